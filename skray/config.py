@@ -1,0 +1,191 @@
+"""The typed experiment config: YAML in, validated objects out, one-line errors for mistakes.
+
+Every section forbids unknown keys so that a typo (``lerning_rate``) fails loudly instead of
+silently training with a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from skray.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(_Section):
+    """Which frozen model to tune: an embedded name, a local HF folder or a hub id."""
+
+    name: str = "smollm2-135m"
+    trust_remote_code: bool = False
+
+
+class DataConfig(_Section):
+    """Which labelled data to use and how to turn a row into model input."""
+
+    name: str = "rotten_tomatoes_critics"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: list[str] | None = Field(default=None, min_length=2)
+    group_column: str | None = None
+    template: str = "{text}"
+    max_length: int = Field(default=128, ge=8, le=8192)
+    max_train_samples: int | None = Field(default=None, ge=1)
+    max_eval_samples: int | None = Field(default=None, ge=1)
+    max_test_samples: int | None = Field(default=None, ge=1)
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _template_has_text(self) -> "DataConfig":
+        if "{text}" not in self.template:
+            raise ValueError("data.template must contain '{text}'")
+        if self.text_pair_column and "{text_pair}" not in self.template:
+            raise ValueError("data.template must contain '{text_pair}' when text_pair_column is set")
+        return self
+
+
+class MethodConfig(_Section):
+    """The SK-Tuning variant, its semantic prompt and the size of what trains."""
+
+    kind: Literal["sk_prefix", "sk_prompt"] = "sk_prefix"
+    wording: str = Field(default="Classify the sentiment of the review as positive or negative.", min_length=1)
+    prefix_length: int = Field(default=8, ge=1, le=1024)
+    adapter_rank: int = Field(default=8, ge=1, le=1024)
+    head: Literal["linear", "verbalizer"] = "verbalizer"
+    label_words: dict[str, str] | None = None
+
+
+class TrainConfig(_Section):
+    """How each Ray Train worker group runs DeepSpeed."""
+
+    num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float | None = Field(default=None, gt=0)
+    use_gpu: bool = False
+    zero_stage: int = Field(default=2, ge=0, le=3)
+    offload: Literal["none", "optimizer", "all"] = "none"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    micro_batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0, le=1.0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    max_steps: int = Field(default=60, ge=1)
+    eval_every: int = Field(default=20, ge=1)
+    eval_batch_size: int = Field(default=16, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> "TrainConfig":
+        if self.offload == "all" and self.zero_stage != 3:
+            raise ValueError("train.offload 'all' (parameters too) needs train.zero_stage 3")
+        if self.offload == "optimizer" and self.zero_stage == 0:
+            raise ValueError("train.offload 'optimizer' needs train.zero_stage 1, 2 or 3")
+        return self
+
+
+class IntRange(_Section):
+    low: int = Field(ge=1)
+    high: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IntRange":
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class LogRange(_Section):
+    low: float = Field(gt=0)
+    high: float = Field(gt=0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "LogRange":
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class SearchConfig(_Section):
+    """What Optuna searches and when ASHA stops a trial early."""
+
+    num_trials: int = Field(default=4, ge=1)
+    wordings: list[str] = Field(min_length=1)
+    prefix_length: IntRange
+    lr: LogRange
+    grace_period: int = Field(default=2, ge=1, description="evaluations before ASHA may stop a trial")
+    reduction_factor: int = Field(default=2, ge=2)
+    max_concurrent_trials: int | None = Field(default=None, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _wordings_not_blank(self) -> "SearchConfig":
+        if any(not w.strip() for w in self.wordings):
+            raise ValueError("search.wordings must not contain blank sentences")
+        return self
+
+
+class ExperimentConfig(_Section):
+    """One experiment: the YAML file a user writes, fully validated."""
+
+    name: str = Field(default="skray", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage_path: str = "runs"
+    backbone: BackboneConfig = BackboneConfig()
+    data: DataConfig = DataConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    search: SearchConfig | None = None
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key (check the spelling; see README for the keys)"
+    msg = first["msg"].removeprefix("Value error, ")
+    given = first.get("input")
+    shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
+    return f"{where}: {msg}{shown}"
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings; values are parsed as YAML so numbers stay numbers."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def parse_config(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML file, apply ``--set`` overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return parse_config(apply_overrides(raw, overrides or []))

@@ -1,0 +1,21 @@
+"""Data by name: embedded sets, local files, hub ids, all returned as the same ``Splits``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from skray.config import DataConfig
+from skray.data.embedded import EMBEDDED
+from skray.data.files import hub_dataset, local_file
+from skray.data.splits import Splits
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    if cfg.name in EMBEDDED:
+        return EMBEDDED[cfg.name](cfg)
+    path = Path(cfg.name).expanduser()
+    if path.exists():
+        return local_file(path, cfg)
+    return hub_dataset(cfg.name, cfg)
+
+
+__all__ = ["Splits", "load_splits"]

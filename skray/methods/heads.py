@@ -1,0 +1,45 @@
+"""Task heads on the frozen model's output: masked pooling + linear, or a verbalizer."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, last_token: bool) -> torch.Tensor:
+    """Last real token (decoders) or mean of real tokens (encoders); padding never counts."""
+    mask = mask.to(hidden.dtype)
+    if last_token:
+        last = mask.sum(1).long().clamp(min=1) - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+
+
+class LinearHead(nn.Module):
+    """A trainable linear classifier; random at step 0, so zero-shot is chance level."""
+
+    def __init__(self, dim: int, num_labels: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, num_labels)
+        nn.init.normal_(self.proj.weight, std=0.02)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.proj(pooled)
+
+
+class VerbalizerHead(nn.Module):
+    """Scores one label word per class with the frozen LM head: no trainable parameters.
+
+    The label words' rows of the output embedding are copied into a buffer at build time, so
+    the head never touches a weight that ZeRO-3 has partitioned away.
+    """
+
+    def __init__(self, output_embeddings: nn.Module, token_ids: list[int]):
+        super().__init__()
+        ids = torch.tensor(token_ids)
+        self.register_buffer("rows", output_embeddings.weight.detach()[ids].clone())
+        bias = getattr(output_embeddings, "bias", None)
+        self.register_buffer("bias", bias.detach()[ids].clone() if bias is not None else torch.zeros(len(ids)))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled @ self.rows.T + self.bias

@@ -1,0 +1,50 @@
+"""SK-Prefix: the whole frozen model reads the prompt; per-layer adapters turn its keys/values into a prefix."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from skray.methods.adapters import KVAdapter
+from skray.methods.base import SKModel
+
+
+class SKPrefix(SKModel):
+    """Per layer l: prompt keys/values (k positions) -> KVAdapter_l -> prefix (m positions).
+
+    The input then runs through the frozen model with those prefixes as past keys/values, as in
+    prefix tuning / P-tuning v2, with the attention mask extended by m.
+    """
+
+    def __init__(self, backbone, cfg, label_names):
+        super().__init__(backbone, cfg, label_names)
+        layers, k, dim = self.prompt_keys.shape
+        self.adapters = nn.ModuleList(KVAdapter(k, cfg.prefix_length, dim, cfg.adapter_rank) for _ in range(layers))
+
+    def _cache_prompt(self) -> None:
+        cache = DynamicCache(config=self.backbone.config)
+        self.backbone.base_model(input_ids=self.prompt_ids, cache=cache, use_cache=True)
+        # (1, heads, k, head_dim) per layer -> (layers, k, heads * head_dim)
+        self.kv_heads, self.head_dim = cache.layers[0].keys.shape[1], cache.layers[0].keys.shape[3]
+        flat = lambda t: t[0].transpose(0, 1).reshape(t.shape[2], -1)
+        self.register_buffer("prompt_keys", torch.stack([flat(l.keys) for l in cache.layers]), persistent=False)
+        self.register_buffer("prompt_values", torch.stack([flat(l.values) for l in cache.layers]), persistent=False)
+
+    def prefix_cache(self, batch_size: int) -> DynamicCache:
+        """The adapted prefix as a fresh cache (the forward pass appends to it, so one per call)."""
+        cache = DynamicCache(config=self.backbone.config)
+        m = self.prefix_length
+        for layer, adapter in enumerate(self.adapters):
+            keys, values = adapter(self.prompt_keys[layer], self.prompt_values[layer])
+            shape = lambda t: t.view(m, self.kv_heads, self.head_dim).transpose(0, 1).unsqueeze(0).expand(batch_size, -1, -1, -1)
+            cache.update(shape(keys), shape(values), layer)
+        return cache
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.backbone.base_model(
+            input_ids=input_ids,
+            attention_mask=self._prefix_mask(attention_mask),
+            cache=self.prefix_cache(input_ids.size(0)),
+            use_cache=True,
+        )
+        return out.last_hidden_state

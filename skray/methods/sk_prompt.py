@@ -1,0 +1,32 @@
+"""SK-Prompt: the prompt's token embeddings, adapted to m positions, are prepended to the input's."""
+from __future__ import annotations
+
+import torch
+
+from skray.methods.adapters import PromptAdapter
+from skray.methods.base import SKModel
+
+
+class SKPrompt(SKModel):
+    """The frozen model's first stage (token embeddings) reads the prompt: H_s in R^{k x d}.
+
+    A PromptAdapter maps H_s to P in R^{m x d}; P is prepended to the input embeddings and the
+    whole sequence runs through the frozen model.
+    """
+
+    def __init__(self, backbone, cfg, label_names):
+        super().__init__(backbone, cfg, label_names)
+        self.adapter = PromptAdapter(self.prompt_tokens, cfg.prefix_length, self.hidden_size, cfg.adapter_rank)
+
+    def _cache_prompt(self) -> None:
+        states = self.backbone.get_input_embeddings()(self.prompt_ids)[0]
+        self.register_buffer("prompt_states", states, persistent=False)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        prefix = self.adapter(self.prompt_states).unsqueeze(0).expand(input_ids.size(0), -1, -1)
+        embeds = self.backbone.get_input_embeddings()(input_ids)
+        out = self.backbone.base_model(
+            inputs_embeds=torch.cat([prefix.to(embeds.dtype), embeds], dim=1),
+            attention_mask=self._prefix_mask(attention_mask),
+        )
+        return out.last_hidden_state[:, self.prefix_length :]

@@ -1,0 +1,15 @@
+"""Checks on the driver before Ray starts, so user mistakes fail in a second, not after a launch."""
+from __future__ import annotations
+
+from skray.backbones import inspect_backbone
+from skray.config import ExperimentConfig
+from skray.data import load_splits
+from skray.methods.base import verbalizer_token_ids
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """Data loads and labels check out; the backbone resolves (converting it once); the head fits it."""
+    splits = load_splits(cfg.data)
+    _, _, tokenizer, is_decoder = inspect_backbone(cfg.backbone)
+    if cfg.method.head == "verbalizer":
+        verbalizer_token_ids(cfg.method, is_decoder, tokenizer, splits.label_names)

@@ -1,0 +1,132 @@
+"""Ray Tune over Ray Train: Optuna proposes, ASHA stops early, every trial is a TorchTrainer.
+
+``skray train`` is the same path with one fixed trial and no search, so both commands write
+one results format that ``skray.results`` reads.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import ray
+from ray import tune
+
+from skray.config import ExperimentConfig
+from skray.errors import ConfigError, ResourceError
+from skray.results import load_results, write_table
+
+SEARCHED = ("wording", "prefix_length", "lr")
+
+
+@dataclass
+class Plan:
+    cpus_per_worker: float
+    max_concurrent: int
+
+
+def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float]) -> Plan:
+    """Per-worker CPUs and trial concurrency that fit the cluster, or a clear error at once.
+
+    Ray's default (1 CPU per worker plus 1 per trial) deadlocks a 2-CPU machine: trials take the
+    CPUs their workers then wait for. Trials here reserve nothing; workers get a share that fits.
+    """
+    t = cfg.train
+    cpus = cluster.get("CPU", 0.0)
+    if t.use_gpu and cluster.get("GPU", 0.0) < t.num_workers:
+        raise ResourceError(f"train.num_workers={t.num_workers} GPU workers, but the Ray cluster has {cluster.get('GPU', 0):g} GPUs; lower train.num_workers or set train.use_gpu false")
+    per_worker = t.cpus_per_worker or min(1.0, cpus / t.num_workers)
+    if per_worker <= 0 or t.num_workers * per_worker > cpus + 1e-9:
+        raise ResourceError(
+            f"train.num_workers={t.num_workers} x train.cpus_per_worker={per_worker:g} needs {t.num_workers * per_worker:g} CPUs "
+            f"but the Ray cluster has {cpus:g}; lower them or add nodes"
+        )
+    concurrent = max(1, math.floor(cpus / (t.num_workers * per_worker) + 1e-9))
+    if cfg.search and cfg.search.max_concurrent_trials:
+        concurrent = min(concurrent, cfg.search.max_concurrent_trials)
+    return Plan(per_worker, concurrent)
+
+
+def with_params(cfg: ExperimentConfig, params: dict) -> ExperimentConfig:
+    """The experiment with a trial's sampled wording, prefix length and learning rate."""
+    method = cfg.method.model_copy(update={k: params[k] for k in ("wording", "prefix_length") if k in params})
+    train = cfg.train.model_copy(update={"lr": params["lr"]} if "lr" in params else {})
+    return cfg.model_copy(update={"method": method, "train": train})
+
+
+def run_trial(params: dict, experiment: dict, cpus_per_worker: float, storage_path: str) -> None:
+    """A Tune trial: build a TorchTrainer for the sampled config; workers report through Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from skray.train.launch import build_trainer
+
+    cfg = with_params(ExperimentConfig.model_validate(experiment), params)
+    name = f"train_{tune.get_context().get_trial_id()}"
+    build_trainer(cfg, cpus_per_worker, storage_path, name, callbacks=[TuneReportCallback()]).fit()
+
+
+def _param_space(cfg: ExperimentConfig, search: bool) -> dict:
+    if not search:
+        return {"method": cfg.method.kind, "wording": cfg.method.wording, "prefix_length": cfg.method.prefix_length, "lr": cfg.train.lr}
+    s = cfg.search
+    return {
+        "method": cfg.method.kind,
+        "wording": tune.choice(s.wordings),
+        "prefix_length": tune.randint(s.prefix_length.low, s.prefix_length.high + 1),
+        "lr": tune.loguniform(s.lr.low, s.lr.high),
+    }
+
+
+def _tune_config(cfg: ExperimentConfig, search: bool, plan: Plan) -> tune.TuneConfig:
+    if not search:
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=1)
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    s, t = cfg.search, cfg.train
+    reports = 1 + math.ceil(t.max_steps / t.eval_every)
+    return tune.TuneConfig(
+        metric="best_val_accuracy",
+        mode="max",
+        num_samples=s.num_trials,
+        max_concurrent_trials=plan.max_concurrent,
+        search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed)),
+        scheduler=ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=s.grace_period, reduction_factor=s.reduction_factor),
+    )
+
+
+def run_experiment(cfg: ExperimentConfig, search: bool, address: str | None = None) -> tuple[Path, pd.DataFrame]:
+    """Run one fixed trial (train) or an Optuna/ASHA search (tune); return the run dir and table."""
+    if search and cfg.search is None:
+        raise ConfigError("search: missing; `skray tune` needs a search section (wordings, prefix_length, lr)")
+    from skray.preflight import preflight
+
+    preflight(cfg)
+    if not ray.is_initialized():
+        ray.init(address=address, dashboard_host="127.0.0.1", log_to_driver=True)
+    plan = plan_resources(cfg, ray.cluster_resources())
+    storage = str(Path(cfg.storage_path).expanduser().resolve())
+    name = f"{cfg.name}-{'tune' if search else 'train'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = Path(storage) / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "experiment.json").write_text(json.dumps({"command": "tune" if search else "train", "config": cfg.model_dump()}, indent=2))
+
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, experiment=cfg.model_dump(), cpus_per_worker=plan.cpus_per_worker, storage_path=str(run_dir)),
+        {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=_param_space(cfg, search),
+        tune_config=_tune_config(cfg, search, plan),
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1),
+    )
+    tuner.fit()
+    (run_dir / "finished").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    table = load_results(run_dir)
+    write_table(table, run_dir)
+    return run_dir, table

@@ -1,0 +1,73 @@
+"""DeepSpeed from the experiment config: the engine, and the trainable state in and out of it.
+
+The optimizer is a plain ``torch.optim.AdamW`` over the trainable parameters only, handed to
+DeepSpeed: that avoids JIT-compiling FusedAdam/CPUAdam and keeps the frozen backbone out of
+the optimizer state entirely.
+"""
+from __future__ import annotations
+
+import torch
+
+from skray.config import TrainConfig
+
+
+def deepspeed_config(cfg: TrainConfig) -> dict:
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if cfg.offload == "all":
+        zero["offload_param"] = {"device": "cpu"}
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 1 << 30,
+    }
+    if cfg.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif cfg.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "initial_scale_power": 12}
+    return ds
+
+
+def build_engine(model: torch.nn.Module, cfg: TrainConfig):
+    """A DeepSpeed engine whose optimizer only sees the adapter and head."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, cfg.max_steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (cfg.max_steps - s) / max(1, cfg.max_steps - warmup)))
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, model_parameters=params, config=deepspeed_config(cfg)
+    )
+    return engine
+
+
+def _trainable(engine) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
+
+
+def gather_trainable(engine) -> dict[str, torch.Tensor]:
+    """Full fp32 copies of the trainable parameters on every rank (ZeRO-3 gathers its shards)."""
+    import deepspeed
+
+    named = _trainable(engine)
+    with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
+        return {n: p.detach().float().clone() for n, p in named}
+
+
+def load_trainable(engine, state: dict[str, torch.Tensor]) -> None:
+    """Put a saved trainable state back into the engine's module (ZeRO-3: rank 0 writes, then re-shards)."""
+    import deepspeed
+
+    named = _trainable(engine)
+    with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=0, enabled=engine.zero_optimization_stage() == 3):
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(state[n].to(p.dtype))
