@@ -6,12 +6,12 @@ that was made. Lines that are cut off mid-write are skipped, never trusted.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
-from pathlib import Path
 
 import pandas as pd
 
+from skray import storage
 from skray.errors import SkrayError
 
 COLUMNS = {
@@ -31,10 +31,10 @@ COLUMNS = {
 }
 
 
-def _read_reports(path: Path) -> list[dict]:
+def _read_reports(path: str) -> list[dict]:
     rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
+    if storage.exists(path):
+        for line in storage.read_text(path).splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
@@ -42,33 +42,33 @@ def _read_reports(path: Path) -> list[dict]:
     return rows
 
 
-def _status(reports: list[dict], trial_dir: Path, finished: bool) -> str:
-    if (trial_dir / "error.txt").exists():
+def _status(reports: list[dict], trial_dir: str, finished: bool) -> str:
+    if storage.exists(storage.join(trial_dir, "error.txt")):
         return "error"
     if reports and reports[-1].get("done") and "test_accuracy" in reports[-1]:
         return "completed"
     return "early_stopped" if finished else "interrupted"
 
 
-def load_results(run_dir: str | Path) -> pd.DataFrame:
-    """One row per trial: what was tried, what it cost and how well it did."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+def load_results(run_dir: str) -> pd.DataFrame:
+    """One row per trial: what was tried, what it cost and how well it did. Paths or URIs."""
+    run_dir = str(run_dir)
+    if not storage.is_dir(run_dir):
         raise SkrayError(f"{run_dir}: no such run directory")
-    finished = (run_dir / "finished").exists()
+    finished = storage.exists(storage.join(run_dir, "finished"))
     rows = []
-    for params_file in sorted(run_dir.glob("*/params.json")):
-        trial_dir = params_file.parent
+    for trial_dir in storage.subdirs(run_dir):
         try:
-            params = json.loads(params_file.read_text())
-        except json.JSONDecodeError:
-            continue
-        reports = _read_reports(trial_dir / "result.json")
+            params = json.loads(storage.read_text(storage.join(trial_dir, "params.json")))
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue  # not a trial directory (e.g. Ray Train's checkpoints), or a half-written one
+        reports = _read_reports(storage.join(trial_dir, "result.json"))
         last = reports[-1] if reports else {}
-        row = {"trial": last.get("trial_id", trial_dir.name), **params, **{k: v for k, v in last.items() if k in COLUMNS}}
+        name = trial_dir.rsplit("/", 1)[-1]
+        row = {"trial": last.get("trial_id", name), **params, **{k: v for k, v in last.items() if k in COLUMNS}}
         row["status"] = _status(reports, trial_dir, finished)
-        if trial_dir.joinpath("error.txt").exists():
-            row["error"] = trial_dir.joinpath("error.txt").read_text().strip().splitlines()[-1][:200]
+        if row["status"] == "error":
+            row["error"] = storage.read_text(storage.join(trial_dir, "error.txt")).strip().splitlines()[-1][:200]
         rows.append(row)
     if not rows:
         raise SkrayError(f"{run_dir}: no trials found (is this a skray run directory?)")
@@ -81,17 +81,13 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     return table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_table(table: pd.DataFrame, run_dir: str | Path) -> None:
-    run_dir = Path(run_dir)
-    _atomic_write(run_dir / "results.csv", lambda p: table.to_csv(p, index=False))
-    _atomic_write(run_dir / "results.parquet", lambda p: table.to_parquet(p, index=False))
+def write_table(table: pd.DataFrame, run_dir: str) -> None:
+    """CSV and Parquet beside the trials, each written whole so no reader sees half a file."""
+    run_dir = str(run_dir)
+    storage.write_text(storage.join(run_dir, "results.csv"), table.to_csv(index=False))
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    storage.write_bytes(storage.join(run_dir, "results.parquet"), buf.getvalue())
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -9,12 +9,12 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import ray
 from ray import tune
 
+from skray import storage
 from skray.config import ExperimentConfig
 from skray.errors import ConfigError, ResourceError
 from skray.results import load_results, write_table
@@ -99,7 +99,7 @@ def _tune_config(cfg: ExperimentConfig, search: bool, plan: Plan) -> tune.TuneCo
     )
 
 
-def run_experiment(cfg: ExperimentConfig, search: bool, address: str | None = None) -> tuple[Path, pd.DataFrame]:
+def run_experiment(cfg: ExperimentConfig, search: bool, address: str | None = None) -> tuple[str, pd.DataFrame]:
     """Run one fixed trial (train) or an Optuna/ASHA search (tune); return the run dir and table."""
     if search and cfg.search is None:
         raise ConfigError("search: missing; `skray tune` needs a search section (wordings, prefix_length, lr)")
@@ -109,24 +109,23 @@ def run_experiment(cfg: ExperimentConfig, search: bool, address: str | None = No
     if not ray.is_initialized():
         ray.init(address=address, dashboard_host="127.0.0.1", log_to_driver=True)
     plan = plan_resources(cfg, ray.cluster_resources())
-    storage = str(Path(cfg.storage_path).expanduser().resolve())
+    root = storage.location(cfg.storage_path)
     name = f"{cfg.name}-{'tune' if search else 'train'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(storage) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "experiment.json").write_text(json.dumps({"command": "tune" if search else "train", "config": cfg.model_dump()}, indent=2))
+    run_dir = storage.join(root, name)
+    storage.write_text(storage.join(run_dir, "experiment.json"), json.dumps({"command": "tune" if search else "train", "config": cfg.model_dump()}, indent=2))
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, experiment=cfg.model_dump(), cpus_per_worker=plan.cpus_per_worker, storage_path=str(run_dir)),
+        tune.with_parameters(run_trial, experiment=cfg.model_dump(), cpus_per_worker=plan.cpus_per_worker, storage_path=run_dir),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )
     tuner = tune.Tuner(
         trainable,
         param_space=_param_space(cfg, search),
         tune_config=_tune_config(cfg, search, plan),
-        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(name=name, storage_path=root, verbose=1),
     )
     tuner.fit()
-    (run_dir / "finished").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    storage.write_text(storage.join(run_dir, "finished"), time.strftime("%Y-%m-%dT%H:%M:%S"))
     table = load_results(run_dir)
     write_table(table, run_dir)
     return run_dir, table

@@ -35,6 +35,7 @@ def tiny_experiment(backbone_dir, storage, **overrides):
 def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path, stage, kind):
     cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__zero_stage=stage, method__kind=kind)
     run_dir, table = run_experiment(cfg, search=False)
+    run_dir = Path(run_dir)
     row = table.iloc[0]
     assert len(table) == 1 and row.status == "completed", table.to_dict("records")
     assert 0 <= row.test_acc <= 1 and row.zero_shot_acc >= 0 and row.trainable_params > 0
@@ -55,10 +56,13 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path,
 def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_llama_dir, tmp_path, capsys):
     cfg = tiny_experiment(tiny_llama_dir, tmp_path)
     run_dir, table = run_experiment(cfg, search=True)
+    run_dir = Path(run_dir)
     assert len(table) == 3
     assert set(table.status) <= {"completed", "early_stopped"} and "completed" in set(table.status)
     assert table.wording.isin(cfg.search.wordings).all()
     assert table.prefix_length.between(2, 6).all() and table.lr.between(1e-4, 1e-2).all()
+    # The same run read back through a URI (what s3:// and gs:// storage go through).
+    assert load_results(f"file://{run_dir}").equals(table)
 
     # An interrupted run: no end marker, and the last report of a trial cut off mid-line.
     (run_dir / "finished").unlink()

@@ -1,0 +1,70 @@
+"""Run directories on a local disk or behind a URI (s3://, gs://, file://), through pyarrow's filesystems.
+
+Multi-node runs need shared storage; Ray Train/Tune already write there through pyarrow, so
+skray's own files (experiment.json, the table, the end marker) go the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def location(path: str) -> str:
+    """A URI stays as it is; a local path becomes absolute (Ray workers may run elsewhere)."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), location(path)
+
+
+def exists(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def is_dir(path: str) -> bool:
+    fs, p = filesystem(path)
+    return fs.get_file_info(p).type == pafs.FileType.Directory
+
+
+def subdirs(path: str) -> list[str]:
+    """Child directories of ``path`` as locations in the same form (path or URI) as ``path``."""
+    fs, p = filesystem(path)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return sorted(join(path, i.base_name) for i in infos if i.type == pafs.FileType.Directory)
+
+
+def read_text(path: str) -> str:
+    fs, p = filesystem(path)
+    with fs.open_input_stream(p) as f:
+        return f.read().decode()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Whole-file write: to a temporary name then renamed locally; object stores put atomically."""
+    fs, p = filesystem(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = p.rsplit("/", 1)[0] + "/." + p.rsplit("/", 1)[1] + ".tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, p)
+    else:
+        with fs.open_output_stream(p) as f:
+            f.write(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode())

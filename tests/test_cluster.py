@@ -1,0 +1,85 @@
+"""From laptop to cluster: cluster.yaml passes Ray's own validation; `ray job submit` runs a sweep."""
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from skray import load_results
+
+ROOT = Path(__file__).parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_cluster_yaml_passes_rays_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(cfg)))
+    gpu_types = [t for t in cfg["available_node_types"].values() if t["node_config"]["InstanceType"].startswith(("g5", "p4d"))]
+    assert gpu_types and all(t["min_workers"] == 0 for t in gpu_types)
+    assert all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in gpu_types)
+    typo = copy.deepcopy(cfg)
+    typo["available_node_types"]["head"]["min_workrs"] = 1
+    with pytest.raises(Exception, match="min_workrs"):
+        validate_config(prepare_config(typo))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir):
+    """The docs' path: generate a token, `ray start --head`, `ray job submit --working-dir .`, results on disk."""
+    home = tmp_path / "home"  # a private ~/.ray/auth_token, never the user's
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "RAY_AUTH_MODE": "token",
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "SKRAY_CACHE": os.environ.get("SKRAY_CACHE", str(Path.home() / ".cache" / "skray")),
+    }
+    subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
+    dashboard = _free_port()
+    head = subprocess.Popen(
+        [BIN / "ray", "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dashboard}",
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        storage = tmp_path / "results"
+        submit = [
+            BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(ROOT), "--",
+            "skray", "tune", "experiments/quickstart.yaml",
+            "--set", f"backbone.name={tiny_llama_dir}", "--set", f"storage_path={storage}",
+            "--set", "search.num_trials=2", "--set", "train.max_steps=2", "--set", "train.eval_every=2",
+            "--set", "data.max_train_samples=32", "--set", "data.max_eval_samples=16", "--set", "data.max_test_samples=16",
+            "--set", "method.label_words={fresh: ' good', rotten: ' bad'}",
+        ]
+        for _ in range(30):  # the dashboard's job API comes up a few seconds after the head
+            proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+            if "Connection refused" not in proc.stdout + proc.stderr and "Failed to connect" not in proc.stdout + proc.stderr:
+                break
+            time.sleep(2)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "succeeded" in proc.stdout + proc.stderr
+        (run_dir,) = storage.iterdir()
+        table = load_results(run_dir)
+        assert len(table) == 2 and set(table.status) == {"completed"}
+        assert (run_dir / "results.parquet").exists()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops every process it started
+        head.wait(timeout=60)
+    time.sleep(2)
+    leftovers = subprocess.run(["pgrep", "-f", f"dashboard-port={dashboard}|--dashboard_port={dashboard}"], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), "the head started by this test is still running"
