@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,21 @@ SEARCHED = ("wording", "prefix_length", "lr")
 class Plan:
     cpus_per_worker: float
     max_concurrent: int
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at ``address`` or ``$RAY_ADDRESS``; otherwise start a private local Ray.
+
+    Never Ray's implicit "find a running cluster": a stale /tmp/ray/ray_current_cluster left by
+    a crashed `ray start` would make it wait on a dead head.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(address="local", dashboard_host="127.0.0.1")  # dashboard on loopback only
 
 
 def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float]) -> Plan:
@@ -106,8 +122,7 @@ def run_experiment(cfg: ExperimentConfig, search: bool, address: str | None = No
     from skray.preflight import preflight
 
     preflight(cfg)
-    if not ray.is_initialized():
-        ray.init(address=address, dashboard_host="127.0.0.1", log_to_driver=True)
+    connect(address)
     plan = plan_resources(cfg, ray.cluster_resources())
     root = storage.location(cfg.storage_path)
     name = f"{cfg.name}-{'tune' if search else 'train'}-{time.strftime('%Y%m%d-%H%M%S')}"

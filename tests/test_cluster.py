@@ -1,10 +1,12 @@
 """From laptop to cluster: cluster.yaml passes Ray's own validation; `ray job submit` runs a sweep."""
 import copy
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,9 +53,10 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
     }
     subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     dashboard = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # own session files: nothing left in /tmp/ray for others to find
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true"],
+         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
@@ -80,6 +83,7 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops every process it started
         head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     time.sleep(2)
     leftovers = subprocess.run(["pgrep", "-f", f"dashboard-port={dashboard}|--dashboard_port={dashboard}"], capture_output=True, text=True).stdout
     assert not leftovers.strip(), "the head started by this test is still running"
