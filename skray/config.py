@@ -153,6 +153,18 @@ def _format_error(err: ValidationError) -> str:
     return f"{where}: {msg}{shown}"
 
 
+def _parse_value(text: str) -> Any:
+    """YAML for numbers, booleans, lists and mappings; a template such as "{text}", which YAML
+    would read as a mapping with an empty value, stays the string it was written as."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, dict) and any(v is None for v in value.values()):
+        return text
+    return value
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings; values are parsed as YAML so numbers stay numbers."""
     for item in overrides:
@@ -166,7 +178,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = _parse_value(value)
     return raw
 
 

@@ -91,6 +91,6 @@ def write_table(table: pd.DataFrame, run_dir: str) -> None:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    shown = table.drop(columns=[c for c in table.columns if c not in COLUMNS.values()])
+    shown = table.drop(columns=[c for c in table.columns if c not in [*COLUMNS.values(), "error"]])
     shown = shown.assign(wording=shown["wording"].astype(str).str.slice(0, 48))
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

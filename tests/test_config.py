@@ -62,3 +62,9 @@ def test_console_script_exit_code_and_no_traceback():
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "skray: error: train.zero_stage: Input should be less than or equal to 3 (got 5)"
+
+
+def test_set_keeps_templates_as_strings_and_parses_mappings():
+    cfg = load_config(QUICKSTART, ["data.template={text}", "method.label_words={fresh: ' yes', rotten: ' no'}"])
+    assert cfg.data.template == "{text}"
+    assert cfg.method.label_words == {"fresh": " yes", "rotten": " no"}

@@ -31,9 +31,19 @@ def tiny_experiment(backbone_dir, storage, **overrides):
     return parse_config(raw)
 
 
-@pytest.mark.parametrize("stage, kind", [(2, "sk_prefix"), (3, "sk_prompt"), (3, "sk_prefix")])
-def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path, stage, kind):
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__zero_stage=stage, method__kind=kind)
+CASES = {
+    "zero2-prefix": {"train__zero_stage": 2, "method__kind": "sk_prefix"},
+    "zero3-prompt": {"train__zero_stage": 3, "method__kind": "sk_prompt"},
+    "zero3-prefix-bf16-offload": {"train__zero_stage": 3, "method__kind": "sk_prefix", "train__precision": "bf16", "train__offload": "optimizer"},
+    "encoder-minilm-zero2": {"train__zero_stage": 2, "method__kind": "sk_prefix", "backbone__name": "minilm-l6",
+                             "method__head": "linear", "method__label_words": None, "data__template": "{text}"},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path, case):
+    cfg = tiny_experiment(tiny_llama_dir, tmp_path, **CASES[case])
+    stage, kind = cfg.train.zero_stage, cfg.method.kind
     run_dir, table = run_experiment(cfg, search=False)
     run_dir = Path(run_dir)
     row = table.iloc[0]

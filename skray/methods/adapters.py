@@ -32,7 +32,8 @@ class TokenMixer(nn.Module):
         self.weight = nn.Parameter(resample_matrix(m, k))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("mk,...kd->...md", self.weight, states)
+        # Frozen states are buffers; under bf16/fp16 DeepSpeed casts the parameters, so follow them.
+        return torch.einsum("mk,...kd->...md", self.weight, states.to(self.weight.dtype))
 
 
 class LowRankResidual(nn.Module):

@@ -42,4 +42,4 @@ class VerbalizerHead(nn.Module):
         self.register_buffer("bias", bias.detach()[ids].clone() if bias is not None else torch.zeros(len(ids)))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return pooled @ self.rows.T + self.bias
+        return pooled.to(self.rows.dtype) @ self.rows.T + self.bias
