@@ -74,7 +74,6 @@ class Backbone:
     model: torch.nn.Module
     tokenizer: object
     is_decoder: bool
-    source: str
 
     @property
     def num_parameters(self) -> int:
@@ -110,4 +109,4 @@ def load_backbone(cfg: BackboneConfig) -> Backbone:
     model = auto.from_pretrained(source, config=config, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
     model.requires_grad_(False)
     model.eval()
-    return Backbone(model, tokenizer, is_decoder, source)
+    return Backbone(model, tokenizer, is_decoder)

@@ -20,38 +20,44 @@ from skray.config import ExperimentConfig
 from skray.errors import ConfigError, ResourceError
 from skray.results import load_results, write_table
 
-SEARCHED = ("wording", "prefix_length", "lr")
-
-
 @dataclass
 class Plan:
     cpus_per_worker: float
     max_concurrent: int
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None) -> bool:
     """Join the cluster at ``address`` or ``$RAY_ADDRESS``; otherwise start a private local Ray.
 
     Never Ray's implicit "find a running cluster": a stale /tmp/ray/ray_current_cluster left by
-    a crashed `ray start` would make it wait on a dead head.
+    a crashed `ray start` would make it wait on a dead head. Returns whether we joined a cluster
+    that may grow (an autoscaler can add nodes), as opposed to a fixed one.
     """
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-    else:
-        ray.init(address="local", dashboard_host="127.0.0.1")  # dashboard on loopback only
+        return True
+    ray.init(address="local", dashboard_host="127.0.0.1")  # dashboard on loopback only
+    return False
 
 
-def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float]) -> Plan:
+def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float], can_grow: bool = False) -> Plan:
     """Per-worker CPUs and trial concurrency that fit the cluster, or a clear error at once.
 
     Ray's default (1 CPU per worker plus 1 per trial) deadlocks a 2-CPU machine: trials take the
     CPUs their workers then wait for. Trials here reserve nothing; workers get a share that fits.
+    A cluster that can grow (autoscaling GPU nodes from zero) is not held to what it has now:
+    workers ask for 1 CPU (or train.cpus_per_worker) and wait for the autoscaler.
     """
     t = cfg.train
     cpus = cluster.get("CPU", 0.0)
+    limit = cfg.search.max_concurrent_trials if cfg.search else None
+    if can_grow:
+        per_worker = t.cpus_per_worker or 1.0
+        fits = math.floor(cpus / (t.num_workers * per_worker) + 1e-9)
+        return Plan(per_worker, limit or max(1, fits))
     if t.use_gpu and cluster.get("GPU", 0.0) < t.num_workers:
         raise ResourceError(f"train.num_workers={t.num_workers} GPU workers, but the Ray cluster has {cluster.get('GPU', 0):g} GPUs; lower train.num_workers or set train.use_gpu false")
     per_worker = t.cpus_per_worker or min(1.0, cpus / t.num_workers)
@@ -61,9 +67,7 @@ def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float]) -> Plan:
             f"but the Ray cluster has {cpus:g}; lower them or add nodes"
         )
     concurrent = max(1, math.floor(cpus / (t.num_workers * per_worker) + 1e-9))
-    if cfg.search and cfg.search.max_concurrent_trials:
-        concurrent = min(concurrent, cfg.search.max_concurrent_trials)
-    return Plan(per_worker, concurrent)
+    return Plan(per_worker, min(concurrent, limit) if limit else concurrent)
 
 
 def with_params(cfg: ExperimentConfig, params: dict) -> ExperimentConfig:
@@ -122,8 +126,8 @@ def run_experiment(cfg: ExperimentConfig, search: bool, address: str | None = No
     from skray.preflight import preflight
 
     preflight(cfg)
-    connect(address)
-    plan = plan_resources(cfg, ray.cluster_resources())
+    can_grow = connect(address)
+    plan = plan_resources(cfg, ray.cluster_resources(), can_grow)
     root = storage.location(cfg.storage_path)
     name = f"{cfg.name}-{'tune' if search else 'train'}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = storage.join(root, name)

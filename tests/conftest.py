@@ -35,12 +35,12 @@ def tiny_bert() -> BertModel:
 
 @pytest.fixture
 def decoder() -> Backbone:
-    return Backbone(tiny_llama(), minilm_tokenizer(), True, "tiny-llama")
+    return Backbone(tiny_llama(), minilm_tokenizer(), True)
 
 
 @pytest.fixture
 def encoder() -> Backbone:
-    return Backbone(tiny_bert(), minilm_tokenizer(), False, "tiny-bert")
+    return Backbone(tiny_bert(), minilm_tokenizer(), False)
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from skray.cli import main
@@ -10,6 +11,7 @@ from skray.config import parse_config
 from skray.errors import ResourceError
 from skray.results import load_results
 from skray.search import plan_resources, run_experiment
+from skray.train.checkpoint import load_trained
 
 pytestmark = pytest.mark.slow
 
@@ -57,9 +59,11 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path,
     checkpoints = [p for p in run_dir.glob("train_*/checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1
     weights = load_file(checkpoints[0] / "adapter.safetensors")
-    meta = json.loads((checkpoints[0] / "skray.json").read_text())
     assert sum(t.numel() for t in weights.values()) == row.trainable_params  # adapter + head only, never the backbone
+    model, meta = load_trained(checkpoints[0])  # the trained model comes back from backbone name + adapter
     assert meta["method"]["kind"] == kind and meta["label_names"] == ["rotten", "fresh"]
+    trained = dict(model.named_parameters())
+    assert all(torch.equal(trained[n].float(), t) for n, t in weights.items())
     assert (run_dir / "results.csv").exists() and (run_dir / "results.parquet").exists()
 
 
@@ -97,6 +101,9 @@ def test_resource_plan_fits_the_cluster():
     assert plan_resources(parse_config({"train": {"num_workers": 4}}), {"CPU": 2.0}).cpus_per_worker == 0.5
     with pytest.raises(ResourceError, match="GPUs"):
         plan_resources(parse_config({"train": {"use_gpu": True}}), {"CPU": 2.0})
+    # A joined cluster may autoscale GPU nodes from zero (cluster.yaml): not held to what it has now.
+    grows = plan_resources(parse_config({"train": {"use_gpu": True, "num_workers": 4}}), {"CPU": 0.0}, can_grow=True)
+    assert (grows.cpus_per_worker, grows.max_concurrent) == (1.0, 1)
 
 
 def test_report_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):

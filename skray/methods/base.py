@@ -70,9 +70,6 @@ class SKModel(nn.Module):
         hidden = self.encode(input_ids, attention_mask)
         return self.head(pool(hidden, attention_mask, last_token=self.is_decoder))
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.named_parameters() if p.requires_grad}
-
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 

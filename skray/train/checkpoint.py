@@ -23,3 +23,19 @@ def save_checkpoint(directory: str | Path, state: dict[str, torch.Tensor], meta:
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     directory = Path(directory)
     return load_file(directory / WEIGHTS), json.loads((directory / META).read_text())
+
+
+def load_trained(directory: str | Path):
+    """Rebuild a trained model from a checkpoint: the frozen backbone by name, plus what trained."""
+    from skray.backbones import load_backbone
+    from skray.config import BackboneConfig, MethodConfig
+    from skray.methods import build_model
+
+    state, meta = load_checkpoint(directory)
+    backbone = load_backbone(BackboneConfig(name=meta["backbone"]))
+    model = build_model(backbone, MethodConfig(**meta["method"]), meta["label_names"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(state) != trainable:
+        raise ValueError(f"{directory}: checkpoint does not match {meta['method']['kind']} (differs in {sorted(set(state) ^ trainable)[:3]})")
+    model.load_state_dict(state, strict=False)
+    return model.eval(), meta

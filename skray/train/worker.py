@@ -94,6 +94,7 @@ def train_loop_per_worker(config: dict) -> None:
     from skray.backbones import load_backbone
     from skray.data import load_splits
     from skray.data.collate import encode, take
+    from skray.data.splits import SPLITS
     from skray.methods import build_model
     from skray.train.checkpoint import save_checkpoint
     from skray.train.deepspeed import build_engine, gather_trainable, load_trainable
@@ -107,7 +108,7 @@ def train_loop_per_worker(config: dict) -> None:
     splits = load_splits(cfg.data)
     backbone = load_backbone(cfg.backbone)
     model = build_model(backbone, cfg.method, splits.label_names).to(device)
-    data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=not backbone.is_decoder) for s in ("train", "validation", "test")}
+    data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=not backbone.is_decoder) for s in SPLITS}
 
     t = cfg.train
     facts = {
