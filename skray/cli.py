@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             write_table(table, args.run_dir)
             print(format_table(table))
             return 0
+        from skray import storage
         from skray.config import load_config
         from skray.search import run_experiment
 
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         run_dir, table = run_experiment(cfg, search=args.command == "tune", address=args.address)
         print(format_table(table))
         print(f"\nresults: {run_dir}/results.csv and results.parquet")
+        if not storage.exists(storage.join(run_dir, "finished")):
+            print("skray: interrupted before every trial ended; the table holds what was reported", file=sys.stderr)
+            return 130
         return 0
     except SkrayError as err:
         print(f"skray: error: {err}", file=sys.stderr)

@@ -64,8 +64,8 @@ def load_results(run_dir: str) -> pd.DataFrame:
             continue  # not a trial directory (e.g. Ray Train's checkpoints), or a half-written one
         reports = _read_reports(storage.join(trial_dir, "result.json"))
         last = reports[-1] if reports else {}
-        name = trial_dir.rsplit("/", 1)[-1]
-        row = {"trial": last.get("trial_id", name), **params, **{k: v for k, v in last.items() if k in COLUMNS}}
+        name = trial_dir.rsplit("/", 1)[-1]  # Tune names it run_trial_<id>_<n>_<params>_<time>
+        row = {"trial": last.get("trial_id", name.split("_")[2] if name.startswith("run_trial_") else name), **params, **{k: v for k, v in last.items() if k in COLUMNS}}
         row["status"] = _status(reports, trial_dir, finished)
         if row["status"] == "error":
             row["error"] = storage.read_text(storage.join(trial_dir, "error.txt")).strip().splitlines()[-1][:200]

@@ -143,8 +143,11 @@ def run_experiment(cfg: ExperimentConfig, search: bool, address: str | None = No
         tune_config=_tune_config(cfg, search, plan),
         run_config=tune.RunConfig(name=name, storage_path=root, verbose=1),
     )
-    tuner.fit()
-    storage.write_text(storage.join(run_dir, "finished"), time.strftime("%Y-%m-%dT%H:%M:%S"))
+    results = tuner.fit()
+    planned = cfg.search.num_trials if search else 1
+    if len(results) == planned and results.num_terminated + results.num_errors == planned:
+        # Only a sweep that ran to its end is marked so; after Ctrl-C unfinished trials read "interrupted".
+        storage.write_text(storage.join(run_dir, "finished"), time.strftime("%Y-%m-%dT%H:%M:%S"))
     table = load_results(run_dir)
     write_table(table, run_dir)
     return run_dir, table

@@ -1,9 +1,14 @@
 """Real Ray Train + DeepSpeed runs and a real Optuna/ASHA search, on a tiny Llama saved to disk."""
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from skray.cli import main
@@ -109,3 +114,22 @@ def test_resource_plan_fits_the_cluster():
 def test_report_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_llama_dir, tmp_path):
+    """A real `skray tune` process interrupted mid-trial: exit 130, finished reports kept, trial marked interrupted."""
+    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=400, train__eval_every=2)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    proc = subprocess.Popen([sys.executable, "-m", "skray.cli", "tune", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(len(p.read_text().splitlines()) >= 2 for p in tmp_path.glob("*/*/result.json")):
+        time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted before every trial ended" in err
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    table = load_results(run_dir)
+    assert "interrupted" in set(table.status) and not (run_dir / "finished").exists()
+    assert table.zero_shot_acc.notna().any()  # the reports made before Ctrl-C are in the table
