@@ -53,21 +53,22 @@ def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float], can_grow: b
     """
     t = cfg.train
     cpus = cluster.get("CPU", 0.0)
-    limit = cfg.search.max_concurrent_trials if cfg.search else None
     if can_grow:
         per_worker = t.cpus_per_worker or 1.0
-        fits = math.floor(cpus / (t.num_workers * per_worker) + 1e-9)
-        return Plan(per_worker, limit or max(1, fits))
-    if t.use_gpu and cluster.get("GPU", 0.0) < t.num_workers:
-        raise ResourceError(f"train.num_workers={t.num_workers} GPU workers, but the Ray cluster has {cluster.get('GPU', 0):g} GPUs; lower train.num_workers or set train.use_gpu false")
-    per_worker = t.cpus_per_worker or min(1.0, cpus / t.num_workers)
-    if per_worker <= 0 or t.num_workers * per_worker > cpus + 1e-9:
-        raise ResourceError(
-            f"train.num_workers={t.num_workers} x train.cpus_per_worker={per_worker:g} needs {t.num_workers * per_worker:g} CPUs "
-            f"but the Ray cluster has {cpus:g}; lower them or add nodes"
-        )
+    else:
+        if t.use_gpu and cluster.get("GPU", 0.0) < t.num_workers:
+            raise ResourceError(f"train.num_workers={t.num_workers} GPU workers, but the Ray cluster has {cluster.get('GPU', 0):g} GPUs; lower train.num_workers or set train.use_gpu false")
+        per_worker = t.cpus_per_worker or min(1.0, cpus / t.num_workers)
+        if per_worker <= 0 or t.num_workers * per_worker > cpus + 1e-9:
+            raise ResourceError(
+                f"train.num_workers={t.num_workers} x train.cpus_per_worker={per_worker:g} needs {t.num_workers * per_worker:g} CPUs "
+                f"but the Ray cluster has {cpus:g}; lower them or add nodes"
+            )
     concurrent = max(1, math.floor(cpus / (t.num_workers * per_worker) + 1e-9))
-    return Plan(per_worker, min(concurrent, limit) if limit else concurrent)
+    limit = cfg.search.max_concurrent_trials if cfg.search else None
+    if limit:  # a growing cluster may run more trials than fit now; a fixed one may not
+        concurrent = limit if can_grow else min(concurrent, limit)
+    return Plan(per_worker, concurrent)
 
 
 def with_params(cfg: ExperimentConfig, params: dict) -> ExperimentConfig:

@@ -55,9 +55,10 @@ def read_text(path: str) -> str:
 def write_bytes(path: str, data: bytes) -> None:
     """Whole-file write: to a temporary name then renamed locally; object stores put atomically."""
     fs, p = filesystem(path)
-    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    parent, name = p.rsplit("/", 1)
+    fs.create_dir(parent, recursive=True)
     if isinstance(fs, pafs.LocalFileSystem):
-        tmp = p.rsplit("/", 1)[0] + "/." + p.rsplit("/", 1)[1] + ".tmp"
+        tmp = f"{parent}/.{name}.tmp"
         with fs.open_output_stream(tmp) as f:
             f.write(data)
         fs.move(tmp, p)

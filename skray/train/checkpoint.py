@@ -32,7 +32,7 @@ def load_trained(directory: str | Path):
     from skray.methods import build_model
 
     state, meta = load_checkpoint(directory)
-    backbone = load_backbone(BackboneConfig(name=meta["backbone"]))
+    backbone = load_backbone(BackboneConfig(name=meta["backbone"], trust_remote_code=meta.get("trust_remote_code", False)))
     model = build_model(backbone, MethodConfig(**meta["method"]), meta["label_names"])
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != trainable:

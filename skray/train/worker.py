@@ -123,6 +123,7 @@ def train_loop_per_worker(config: dict) -> None:
     engine = build_engine(model, t)  # counts above are taken before ZeRO-3 partitions the parameters
     meta = {
         "backbone": cfg.backbone.name,
+        "trust_remote_code": cfg.backbone.trust_remote_code,
         "method": cfg.method.model_dump(),
         "label_names": splits.label_names,
         "template": cfg.data.template,
