@@ -1,4 +1,4 @@
-"""Command line: `skray train|tune CONFIG [--set k=v]`, `skray report RUN_DIR`. Parsing only."""
+"""Command line: `skray train|tune|compare CONFIG [--set k=v]`, `skray report RUN_DIR`. Parsing only."""
 from __future__ import annotations
 
 import argparse
@@ -10,12 +10,16 @@ from skray.errors import SkrayError
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skray", description="SK-Tuning on Ray: train, search and report.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (("train", "one SK-Tuning run (Ray Train + DeepSpeed)"), ("tune", "an Optuna search with ASHA early stopping")):
+    for name, help_ in (
+        ("train", "one SK-Tuning run (Ray Train + DeepSpeed)"),
+        ("tune", "an Optuna search with ASHA early stopping"),
+        ("compare", "SK-Tuning against PEFT baselines, full fine-tuning and a linear probe, over seeds"),
+    ):
         cmd = sub.add_parser(name, help=help_)
         cmd.add_argument("config", help="experiment YAML")
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-3")
         cmd.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    rep = sub.add_parser("report", help="rebuild the results table of a run directory")
+    rep = sub.add_parser("report", help="rebuild the tables (and compare plots) of a run directory")
     rep.add_argument("run_dir")
     return p
 
@@ -23,21 +27,20 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from skray.results import format_table, load_results, write_table
+        from skray.report import rebuild, show
 
         if args.command == "report":
-            table = load_results(args.run_dir)
-            write_table(table, args.run_dir)
-            print(format_table(table))
+            print(show(rebuild(args.run_dir)))
             return 0
         from skray import storage
         from skray.config import load_config
         from skray.search import run_experiment
 
         cfg = load_config(args.config, args.overrides)
-        run_dir, table = run_experiment(cfg, search=args.command == "tune", address=args.address)
-        print(format_table(table))
-        print(f"\nresults: {run_dir}/results.csv and results.parquet")
+        run_dir, table = run_experiment(cfg, command=args.command, address=args.address)
+        print(show(table))
+        files = "compare.md/.csv/.parquet, two PNG plots" if args.command == "compare" else "results.csv and results.parquet"
+        print(f"\nresults: {run_dir}/ ({files})")
         if not storage.exists(storage.join(run_dir, "finished")):
             print("skray: interrupted before every trial ended; the table holds what was reported", file=sys.stderr)
             return 130

@@ -26,9 +26,14 @@ class BackboneConfig(_Section):
 
 
 class DataConfig(_Section):
-    """Which labelled data to use and how to turn a row into model input."""
+    """Which labelled data to use and how to turn a row into model input.
+
+    ``task: token_classification`` reads a list of words (text_column) and one tag per word
+    (label_column), e.g. IOB2 NER tags; everything else is one label per row.
+    """
 
     name: str = "rotten_tomatoes_critics"
+    task: Literal["classification", "token_classification"] = "classification"
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
@@ -48,18 +53,39 @@ class DataConfig(_Section):
             raise ValueError("data.template must contain '{text}'")
         if self.text_pair_column and "{text_pair}" not in self.template:
             raise ValueError("data.template must contain '{text_pair}' when text_pair_column is set")
+        if self.task == "token_classification" and (self.template != "{text}" or self.text_pair_column):
+            raise ValueError("data.task token_classification reads the words as they are; remove data.template and data.text_pair_column")
         return self
 
 
-class MethodConfig(_Section):
-    """The SK-Tuning variant, its semantic prompt and the size of what trains."""
+MethodKind = Literal[
+    "sk_prefix", "sk_prompt",  # SK-Tuning
+    "prompt_tuning", "prompt_tuning_text", "prefix_tuning", "p_tuning", "lora",  # PEFT baselines
+    "full_finetune", "linear_probe",  # the two ends
+]
 
-    kind: Literal["sk_prefix", "sk_prompt"] = "sk_prefix"
+
+class MethodConfig(_Section):
+    """The method, its semantic prompt and the size of what trains.
+
+    ``prefix_length`` is m, the virtual positions of every prompt/prefix method; ``adapter_rank``
+    is the SK adapter's rank and LoRA's r. ``wording`` is what SK methods read and what
+    ``prompt_tuning_text`` initialises from.
+    """
+
+    kind: MethodKind = "sk_prefix"
     wording: str = Field(default="Classify the sentiment of the review as positive or negative.", min_length=1)
     prefix_length: int = Field(default=8, ge=1, le=1024)
     adapter_rank: int = Field(default=8, ge=1, le=1024)
     head: Literal["linear", "verbalizer"] = "verbalizer"
     label_words: dict[str, str] | None = None
+    lora_target_modules: list[str] | None = Field(default=None, min_length=1, description="PEFT's default for the architecture if unset")
+
+    @model_validator(mode="after")
+    def _probe_is_linear(self) -> "MethodConfig":
+        if self.kind == "linear_probe" and self.head != "linear":
+            raise ValueError("method.kind linear_probe trains only a head; set method.head: linear")
+        return self
 
 
 class TrainConfig(_Section):
@@ -130,6 +156,24 @@ class SearchConfig(_Section):
         return self
 
 
+class CompareConfig(_Section):
+    """What ``skray compare`` runs: methods x seeds on the same data, steps and batch size.
+
+    A method is a kind (``lora``) or a mapping of method keys that override the ``method``
+    section for that entry (``{kind: sk_prefix, head: linear}``).
+    """
+
+    methods: list[MethodKind | dict[str, Any]] = Field(min_length=1)
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    target_accuracy: float = Field(default=0.8, gt=0, le=1, description="steps_to_target counts steps until validation reaches this")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "CompareConfig":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("compare.seeds must be distinct")
+        return self
+
+
 class ExperimentConfig(_Section):
     """One experiment: the YAML file a user writes, fully validated."""
 
@@ -140,6 +184,27 @@ class ExperimentConfig(_Section):
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
     search: SearchConfig | None = None
+    compare: CompareConfig | None = None
+
+    @model_validator(mode="after")
+    def _task_fits_method(self) -> "ExperimentConfig":
+        if self.data.task == "token_classification" and self.method.head == "verbalizer":
+            raise ValueError("method.head: token classification scores every word with a linear head; set method.head: linear")
+        if self.compare:
+            for entry in self.compare.methods:
+                method_variant(self.method, entry)  # every entry must make a valid method section
+        return self
+
+
+def method_variant(base: MethodConfig, entry: str | dict[str, Any]) -> MethodConfig:
+    """The ``method`` section with one compare entry applied; a probe always gets a linear head."""
+    update = {"kind": entry} if isinstance(entry, str) else dict(entry)
+    if update.get("kind") == "linear_probe":
+        update.setdefault("head", "linear")
+    try:
+        return MethodConfig.model_validate({**base.model_dump(), **update})
+    except ValidationError as err:
+        raise ValueError(f"compare.methods entry {entry!r}: {_format_error(err)}") from None
 
 
 def _format_error(err: ValidationError) -> str:

@@ -17,18 +17,27 @@ from skray.errors import SkrayError
 COLUMNS = {
     "trial": "trial",
     "method": "method",
+    "seed": "seed",
     "wording": "wording",
     "prefix_length": "prefix_length",
     "lr": "lr",
     "zero_shot_accuracy": "zero_shot_acc",
     "best_val_accuracy": "best_val_acc",
+    "best_val_f1": "best_val_f1",
     "test_accuracy": "test_acc",
+    "test_f1": "test_f1",
+    "steps_to_target": "steps_to_target",
     "trainable_params": "trainable_params",
+    "backbone_params": "backbone_params",
     "train_seconds": "train_s",
     "samples_per_sec": "samples_per_s",
+    "tokens_per_sec": "tokens_per_s",
     "peak_memory_mb": "peak_mem_mb",
+    "checkpoint_bytes": "checkpoint_bytes",
     "status": "status",
 }
+SHOWN = ["trial", "method", "seed", "wording", "prefix_length", "lr", "zero_shot_acc", "best_val_acc", "test_acc",
+         "trainable_params", "train_s", "samples_per_s", "peak_mem_mb", "status", "error"]
 
 
 def _read_reports(path: str) -> list[dict]:
@@ -50,12 +59,28 @@ def _status(reports: list[dict], trial_dir: str, finished: bool) -> str:
     return "early_stopped" if finished else "interrupted"
 
 
+def experiment(run_dir: str) -> dict:
+    """What the run was started with: {"command": ..., "config": ...} (empty if not recorded)."""
+    path = storage.join(str(run_dir), "experiment.json")
+    return json.loads(storage.read_text(path)) if storage.exists(path) else {}
+
+
+def _steps_to_target(reports: list[dict], target: float) -> float:
+    return next((float(r["step"]) for r in reports if r.get("val_accuracy", -1.0) >= target), float("nan"))
+
+
 def load_results(run_dir: str) -> pd.DataFrame:
-    """One row per trial: what was tried, what it cost and how well it did. Paths or URIs."""
+    """One row per trial: what was tried, what it cost and how well it did. Paths or URIs.
+
+    ``steps_to_target`` is the first evaluated step at which validation accuracy reached
+    ``compare.target_accuracy`` (compare runs; NaN if it never did).
+    """
     run_dir = str(run_dir)
     if not storage.is_dir(run_dir):
         raise SkrayError(f"{run_dir}: no such run directory")
     finished = storage.exists(storage.join(run_dir, "finished"))
+    config = experiment(run_dir).get("config") or {}
+    compare = config.get("compare")
     rows = []
     for trial_dir in storage.subdirs(run_dir):
         try:
@@ -66,6 +91,8 @@ def load_results(run_dir: str) -> pd.DataFrame:
         last = reports[-1] if reports else {}
         name = trial_dir.rsplit("/", 1)[-1]  # Tune names it run_trial_<id>_<n>_<params>_<time>
         row = {"trial": last.get("trial_id", name.split("_")[2] if name.startswith("run_trial_") else name), **params, **{k: v for k, v in last.items() if k in COLUMNS}}
+        if compare:
+            row["steps_to_target"] = _steps_to_target(reports, compare["target_accuracy"])
         row["status"] = _status(reports, trial_dir, finished)
         if row["status"] == "error":
             row["error"] = storage.read_text(storage.join(trial_dir, "error.txt")).strip().splitlines()[-1][:200]
@@ -78,7 +105,8 @@ def load_results(run_dir: str) -> pd.DataFrame:
             table[col] = pd.NA
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table[list(COLUMNS) + extra].rename(columns=COLUMNS)
-    return table.sort_values("best_val_acc", ascending=False, na_position="last").reset_index(drop=True)
+    key = "best_val_f1" if (config.get("data") or {}).get("task") == "token_classification" else "best_val_acc"
+    return table.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
 
 
 def write_table(table: pd.DataFrame, run_dir: str) -> None:
@@ -91,6 +119,6 @@ def write_table(table: pd.DataFrame, run_dir: str) -> None:
 
 
 def format_table(table: pd.DataFrame) -> str:
-    shown = table.drop(columns=[c for c in table.columns if c not in [*COLUMNS.values(), "error"]])
+    shown = table[[c for c in SHOWN if c in table.columns and table[c].notna().any()]]
     shown = shown.assign(wording=shown["wording"].astype(str).str.slice(0, 48))
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

@@ -1,7 +1,7 @@
-"""Ray Tune over Ray Train: Optuna proposes, ASHA stops early, every trial is a TorchTrainer.
+"""Ray Tune over Ray Train: every trial is a TorchTrainer; the command says what the trials are.
 
-``skray train`` is the same path with one fixed trial and no search, so both commands write
-one results format that ``skray.results`` reads.
+``tune``: Optuna proposes, ASHA stops early. ``train``: one fixed trial. ``compare``: a grid of
+methods x seeds. All three write one results format that ``skray.results`` reads.
 """
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ import ray
 from ray import tune
 
 from skray import storage
+from skray.compare import variants
 from skray.config import ExperimentConfig
 from skray.errors import ConfigError, ResourceError
-from skray.results import load_results, write_table
+from skray.report import rebuild
+
+COMMANDS = ("train", "tune", "compare")
 
 @dataclass
 class Plan:
@@ -71,26 +74,33 @@ def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float], can_grow: b
     return Plan(per_worker, concurrent)
 
 
-def with_params(cfg: ExperimentConfig, params: dict) -> ExperimentConfig:
-    """The experiment with a trial's sampled wording, prefix length and learning rate."""
-    method = cfg.method.model_copy(update={k: params[k] for k in ("wording", "prefix_length") if k in params})
-    train = cfg.train.model_copy(update={"lr": params["lr"]} if "lr" in params else {})
+def with_params(cfg: ExperimentConfig, params: dict, command: str) -> ExperimentConfig:
+    """The experiment a trial runs: sampled wording, prefix length and lr (tune), or one
+    method variant and seed (compare)."""
+    if command == "compare":
+        method = variants(cfg)[params["method"]]
+        train = cfg.train.model_copy(update={"seed": params["seed"]})
+    else:
+        method = cfg.method.model_copy(update={k: params[k] for k in ("wording", "prefix_length") if k in params})
+        train = cfg.train.model_copy(update={"lr": params["lr"]} if "lr" in params else {})
     return cfg.model_copy(update={"method": method, "train": train})
 
 
-def run_trial(params: dict, experiment: dict, cpus_per_worker: float, storage_path: str) -> None:
-    """A Tune trial: build a TorchTrainer for the sampled config; workers report through Tune."""
+def run_trial(params: dict, experiment: dict, command: str, cpus_per_worker: float, storage_path: str) -> None:
+    """A Tune trial: build a TorchTrainer for the trial's config; workers report through Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from skray.train.launch import build_trainer
 
-    cfg = with_params(ExperimentConfig.model_validate(experiment), params)
+    cfg = with_params(ExperimentConfig.model_validate(experiment), params, command)
     name = f"train_{tune.get_context().get_trial_id()}"
     build_trainer(cfg, cpus_per_worker, storage_path, name, callbacks=[TuneReportCallback()]).fit()
 
 
-def _param_space(cfg: ExperimentConfig, search: bool) -> dict:
-    if not search:
+def _param_space(cfg: ExperimentConfig, command: str) -> dict:
+    if command == "compare":
+        return {"method": tune.grid_search(list(variants(cfg))), "seed": tune.grid_search(cfg.compare.seeds)}
+    if command == "train":
         return {"method": cfg.method.kind, "wording": cfg.method.wording, "prefix_length": cfg.method.prefix_length, "lr": cfg.train.lr}
     s = cfg.search
     return {
@@ -101,17 +111,20 @@ def _param_space(cfg: ExperimentConfig, search: bool) -> dict:
     }
 
 
-def _tune_config(cfg: ExperimentConfig, search: bool, plan: Plan) -> tune.TuneConfig:
-    if not search:
+def _tune_config(cfg: ExperimentConfig, command: str, plan: Plan) -> tune.TuneConfig:
+    if command == "train":
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=1)
+    if command == "compare":
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent)
     import optuna
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     s, t = cfg.search, cfg.train
     reports = 1 + math.ceil(t.max_steps / t.eval_every)
+    metric = "best_val_f1" if cfg.data.task == "token_classification" else "best_val_accuracy"
     return tune.TuneConfig(
-        metric="best_val_accuracy",
+        metric=metric,
         mode="max",
         num_samples=s.num_trials,
         max_concurrent_trials=plan.max_concurrent,
@@ -120,35 +133,42 @@ def _tune_config(cfg: ExperimentConfig, search: bool, plan: Plan) -> tune.TuneCo
     )
 
 
-def run_experiment(cfg: ExperimentConfig, search: bool, address: str | None = None) -> tuple[str, pd.DataFrame]:
-    """Run one fixed trial (train) or an Optuna/ASHA search (tune); return the run dir and table."""
-    if search and cfg.search is None:
+def planned_trials(cfg: ExperimentConfig, command: str) -> int:
+    if command == "compare":
+        return len(cfg.compare.methods) * len(cfg.compare.seeds)
+    return cfg.search.num_trials if command == "tune" else 1
+
+
+def run_experiment(cfg: ExperimentConfig, command: str = "train", address: str | None = None) -> tuple[str, pd.DataFrame]:
+    """Run one fixed trial (train), an Optuna/ASHA search (tune) or a methods x seeds grid
+    (compare); return the run dir and the table to show."""
+    if command == "tune" and cfg.search is None:
         raise ConfigError("search: missing; `skray tune` needs a search section (wordings, prefix_length, lr)")
+    if command == "compare" and cfg.compare is None:
+        raise ConfigError("compare: missing; `skray compare` needs a compare section (methods, seeds)")
     from skray.preflight import preflight
 
     preflight(cfg)
     can_grow = connect(address)
     plan = plan_resources(cfg, ray.cluster_resources(), can_grow)
     root = storage.location(cfg.storage_path)
-    name = f"{cfg.name}-{'tune' if search else 'train'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = storage.join(root, name)
-    storage.write_text(storage.join(run_dir, "experiment.json"), json.dumps({"command": "tune" if search else "train", "config": cfg.model_dump()}, indent=2))
+    storage.write_text(storage.join(run_dir, "experiment.json"), json.dumps({"command": command, "config": cfg.model_dump()}, indent=2))
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, experiment=cfg.model_dump(), cpus_per_worker=plan.cpus_per_worker, storage_path=run_dir),
+        tune.with_parameters(run_trial, experiment=cfg.model_dump(), command=command, cpus_per_worker=plan.cpus_per_worker, storage_path=run_dir),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=_param_space(cfg, search),
-        tune_config=_tune_config(cfg, search, plan),
+        param_space=_param_space(cfg, command),
+        tune_config=_tune_config(cfg, command, plan),
         run_config=tune.RunConfig(name=name, storage_path=root, verbose=1),
     )
     results = tuner.fit()
-    planned = cfg.search.num_trials if search else 1
+    planned = planned_trials(cfg, command)
     if len(results) == planned and results.num_terminated + results.num_errors == planned:
         # Only a sweep that ran to its end is marked so; after Ctrl-C unfinished trials read "interrupted".
         storage.write_text(storage.join(run_dir, "finished"), time.strftime("%Y-%m-%dT%H:%M:%S"))
-    table = load_results(run_dir)
-    write_table(table, run_dir)
-    return run_dir, table
+    return run_dir, rebuild(run_dir)

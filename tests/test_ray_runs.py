@@ -51,7 +51,7 @@ CASES = {
 def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path, case):
     cfg = tiny_experiment(tiny_llama_dir, tmp_path, **CASES[case])
     stage, kind = cfg.train.zero_stage, cfg.method.kind
-    run_dir, table = run_experiment(cfg, search=False)
+    run_dir, table = run_experiment(cfg, "train")
     run_dir = Path(run_dir)
     row = table.iloc[0]
     assert len(table) == 1 and row.status == "completed", table.to_dict("records")
@@ -74,7 +74,7 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path,
 
 def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_llama_dir, tmp_path, capsys):
     cfg = tiny_experiment(tiny_llama_dir, tmp_path)
-    run_dir, table = run_experiment(cfg, search=True)
+    run_dir, table = run_experiment(cfg, "tune")
     run_dir = Path(run_dir)
     assert len(table) == 3
     assert set(table.status) <= {"completed", "early_stopped"} and "completed" in set(table.status)
@@ -96,7 +96,7 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_lla
 def test_request_that_cannot_fit_fails_at_once(ray_cluster, tiny_llama_dir, tmp_path, capsys):
     cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__num_workers=4, train__cpus_per_worker=1.0)
     with pytest.raises(ResourceError, match="needs 4 CPUs but the Ray cluster has 2"):
-        run_experiment(cfg, search=True)
+        run_experiment(cfg, "tune")
 
 
 def test_resource_plan_fits_the_cluster():

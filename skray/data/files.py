@@ -21,7 +21,14 @@ def _split_frame(df: pd.DataFrame, cfg: DataConfig, source: str) -> Splits:
     """One table with no split column: split deterministically, grouped if asked."""
     if cfg.group_column and cfg.group_column not in df.columns:
         raise DataError(f"{source}: group column {cfg.group_column!r} not found; fix data.group_column")
-    keys = df[cfg.group_column] if cfg.group_column else df[cfg.text_column] if cfg.text_column in df.columns else df.index
+    if cfg.group_column:
+        keys = df[cfg.group_column]
+    elif cfg.text_column in df.columns:  # equal texts (or pairs) stay in one split
+        keys = df[cfg.text_column].astype(str)
+        if cfg.text_pair_column in df.columns:
+            keys = keys + "\x1f" + df[cfg.text_pair_column].astype(str)
+    else:
+        keys = df.index
     return build_splits(split_by_group(df, pd.Series(keys, index=df.index), cfg), cfg, source)
 
 

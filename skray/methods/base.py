@@ -24,30 +24,25 @@ def verbalizer_token_ids(cfg: MethodConfig, is_decoder: bool, tokenizer, label_n
     return ids
 
 
-class SKModel(nn.Module):
-    """A frozen backbone read through a semantic prompt; subclasses say how the prompt joins the input.
+class TaskModel(nn.Module):
+    """A frozen backbone, whatever a method trains, and a head; ``forward`` gives label logits.
 
-    The prompt pass runs once, here in the constructor (before DeepSpeed partitions anything),
-    and its result is kept as a non-persistent buffer: it is never saved, and never recomputed
-    per step. ``prompt_passes`` counts how often it ran, so tests and reports can check that.
+    Plain, this reads the input as it is: with a linear head it is the linear probe. Methods
+    override ``encode`` (SK, PEFT) or unfreeze the backbone (full fine-tuning). Building a
+    method takes ownership of the backbone: some methods change it in place (LoRA layers).
+    For token classification the head scores every position instead of a pooled one.
     """
 
-    def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str]):
+    prefix_length = 0  # virtual positions joined to the input (none here)
+    prompt_tokens = 0  # tokens of a semantic prompt the frozen model read (none here)
+
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
         super().__init__()
         self.backbone = backbone.model
         self.is_decoder = backbone.is_decoder
-        self.prefix_length = cfg.prefix_length
-        prompt = backbone.tokenizer(cfg.wording, add_special_tokens=True, return_tensors="pt")["input_ids"]
-        self.register_buffer("prompt_ids", prompt, persistent=False)
+        self.token_level = token_level
         self.prompt_passes = 0
-        with torch.no_grad():
-            self._cache_prompt()
-        self.prompt_passes += 1
         self.head = self._build_head(backbone, cfg, label_names)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.prompt_ids.shape[1]
 
     @property
     def hidden_size(self) -> int:
@@ -59,19 +54,51 @@ class SKModel(nn.Module):
         ids = verbalizer_token_ids(cfg, backbone.is_decoder, backbone.tokenizer, label_names)
         return VerbalizerHead(backbone.model.get_output_embeddings(), ids)
 
-    def _cache_prompt(self) -> None:
-        raise NotImplementedError
-
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states of the input tokens only (virtual positions already dropped)."""
-        raise NotImplementedError
+        return self.backbone.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encode(input_ids, attention_mask)
+        if self.token_level:
+            return self.head(hidden)
         return self.head(pool(hidden, attention_mask, last_token=self.is_decoder))
 
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class FullFineTune(TaskModel):
+    """Every backbone weight trains: the upper end of cost that parameter-efficient methods avoid."""
+
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
+        super().__init__(backbone, cfg, label_names, token_level)
+        self.backbone.requires_grad_(True)
+
+
+class SKModel(TaskModel):
+    """A frozen backbone read through a semantic prompt; subclasses say how the prompt joins the input.
+
+    The prompt pass runs once, here in the constructor (before DeepSpeed partitions anything),
+    and its result is kept as a non-persistent buffer: it is never saved, and never recomputed
+    per step. ``prompt_passes`` counts how often it ran, so tests and reports can check that.
+    """
+
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
+        super().__init__(backbone, cfg, label_names, token_level)
+        self.prefix_length = cfg.prefix_length
+        prompt = backbone.tokenizer(cfg.wording, add_special_tokens=True, return_tensors="pt")["input_ids"]
+        self.register_buffer("prompt_ids", prompt, persistent=False)
+        with torch.no_grad():
+            self._cache_prompt()
+        self.prompt_passes += 1
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prompt_ids.shape[1]
+
+    def _cache_prompt(self) -> None:
+        raise NotImplementedError
 
     def _prefix_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
         ones = attention_mask.new_ones(attention_mask.size(0), self.prefix_length)

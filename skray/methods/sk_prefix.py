@@ -16,8 +16,8 @@ class SKPrefix(SKModel):
     prefix tuning / P-tuning v2, with the attention mask extended by m.
     """
 
-    def __init__(self, backbone, cfg, label_names):
-        super().__init__(backbone, cfg, label_names)
+    def __init__(self, backbone, cfg, label_names, token_level=False):
+        super().__init__(backbone, cfg, label_names, token_level)
         layers, k, dim = self.prompt_keys.shape
         self.adapters = nn.ModuleList(KVAdapter(k, cfg.prefix_length, dim, cfg.adapter_rank) for _ in range(layers))
 

@@ -14,8 +14,8 @@ class SKPrompt(SKModel):
     whole sequence runs through the frozen model.
     """
 
-    def __init__(self, backbone, cfg, label_names):
-        super().__init__(backbone, cfg, label_names)
+    def __init__(self, backbone, cfg, label_names, token_level=False):
+        super().__init__(backbone, cfg, label_names, token_level)
         self.adapter = PromptAdapter(self.prompt_tokens, cfg.prefix_length, self.hidden_size, cfg.adapter_rank)
 
     def _cache_prompt(self) -> None:

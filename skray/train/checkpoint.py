@@ -33,7 +33,8 @@ def load_trained(directory: str | Path):
 
     state, meta = load_checkpoint(directory)
     backbone = load_backbone(BackboneConfig(name=meta["backbone"], trust_remote_code=meta.get("trust_remote_code", False)))
-    model = build_model(backbone, MethodConfig(**meta["method"]), meta["label_names"])
+    token_level = meta.get("task") == "token_classification"
+    model = build_model(backbone, MethodConfig(**meta["method"]), meta["label_names"], token_level)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != trainable:
         raise ValueError(f"{directory}: checkpoint does not match {meta['method']['kind']} (differs in {sorted(set(state) ^ trainable)[:3]})")

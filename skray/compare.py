@@ -1,0 +1,71 @@
+"""`skray compare`: methods x seeds on one backbone, data, step budget and batch size.
+
+Every (method, seed) is one Tune trial running its own Ray Train + DeepSpeed group, so a method
+that fails is one failed row and the others still finish. The per-trial table is then folded
+into the comparison: one row per method and seed, plus a mean ± sd row per method.
+"""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pandas as pd
+
+from skray import storage
+from skray.config import ExperimentConfig, MethodConfig, method_variant
+
+SCORES = ["zero_shot_acc", "best_val_acc", "best_val_f1", "test_acc", "test_f1", "steps_to_target"]
+COSTS = ["trainable_params", "trainable_pct", "train_s", "samples_per_s", "tokens_per_s", "peak_mem_mb", "checkpoint_bytes"]
+
+
+def label(entry: str | dict[str, Any]) -> str:
+    """A readable name per compare entry: ``lora`` or ``sk_prefix(head=linear)``."""
+    if isinstance(entry, str):
+        return entry
+    rest = ",".join(f"{k}={v}" for k, v in entry.items() if k != "kind")
+    return f"{entry['kind']}({rest})" if rest else entry["kind"]
+
+
+def variants(cfg: ExperimentConfig) -> dict[str, MethodConfig]:
+    """Method label -> the method section that trial runs."""
+    return {label(e): method_variant(cfg.method, e) for e in cfg.compare.methods}
+
+
+def summarize(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per method and seed, then per method "mean ± sd" over the seeds that completed."""
+    t = trials.copy()
+    if "error" not in t.columns:
+        t["error"] = pd.NA
+    t["trainable_pct"] = 100 * t["trainable_params"] / t["backbone_params"]
+    per_seed = t[["method", "seed", *SCORES, *COSTS, "status", "error"]].sort_values(["method", "seed"])
+    done = per_seed[per_seed["status"] == "completed"]
+    order = pd.to_numeric(done["test_acc"], errors="coerce").groupby(done["method"]).mean().sort_values(ascending=False)
+    methods = list(order.index) + [m for m in per_seed["method"].unique() if m not in order.index]
+    rows = []
+    for method in methods:
+        group = per_seed[per_seed["method"] == method]
+        done = group[group["status"] == "completed"]
+        row: dict[str, Any] = {"method": method, "seed": "mean ± sd", "status": f"{len(done)}/{len(group)} completed"}
+        for col in SCORES + COSTS:
+            values = pd.to_numeric(done[col], errors="coerce").dropna()
+            row[col] = _mean_sd(values, col)
+        rows.append(row)
+    per_seed = per_seed.astype({"seed": str})
+    return pd.concat([pd.DataFrame(rows), per_seed], ignore_index=True)
+
+
+def _mean_sd(values: pd.Series, col: str) -> str:
+    if values.empty:
+        return ""
+    fmt = "{:.0f}" if col in ("trainable_params", "checkpoint_bytes", "peak_mem_mb", "steps_to_target") else "{:.4g}"
+    mean = fmt.format(values.mean())
+    return mean if len(values) < 2 else f"{mean} ± {fmt.format(values.std())}"
+
+
+def write_compare(table: pd.DataFrame, run_dir: str) -> None:
+    """compare.csv, compare.parquet and compare.md beside the trials, each written whole."""
+    storage.write_text(storage.join(run_dir, "compare.csv"), table.to_csv(index=False))
+    buf = io.BytesIO()
+    table.astype({c: str for c in table.columns if table[c].dtype == object}).to_parquet(buf, index=False)
+    storage.write_bytes(storage.join(run_dir, "compare.parquet"), buf.getvalue())
+    storage.write_text(storage.join(run_dir, "compare.md"), table.to_markdown(index=False, floatfmt=".4g") + "\n")

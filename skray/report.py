@@ -1,0 +1,39 @@
+"""What a finished (or interrupted) run leaves beside its trials, rebuilt from what is on disk.
+
+Used at the end of every run and by `skray report`, so both always agree.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from skray.compare import summarize, write_compare
+from skray.plots import plot_compare
+from skray.results import experiment, format_table, load_results, write_table
+
+BRIEF = ["method", "seed", "zero_shot_acc", "test_acc", "test_f1", "steps_to_target", "trainable_params", "trainable_pct",
+         "train_s", "tokens_per_s", "peak_mem_mb", "status"]
+
+
+def rebuild(run_dir: str) -> pd.DataFrame:
+    """results.csv/.parquet for every run; for a compare run also compare.csv/.parquet/.md and
+    two PNG plots. Returns the table to show: the comparison, or the trials."""
+    trials = load_results(run_dir)
+    write_table(trials, run_dir)
+    if experiment(run_dir).get("command") != "compare":
+        return trials
+    table = summarize(trials)
+    write_compare(table, run_dir)
+    plot_compare(trials, run_dir)
+    return table
+
+
+def show(table: pd.DataFrame) -> str:
+    """Text for the terminal: a comparison's per-method rows (files hold every seed), or the trials."""
+    if "trainable_pct" not in table.columns:
+        return format_table(table)
+    means = table[table["seed"] == "mean ± sd"]
+    failed = table[table["status"] == "error"]
+    text = means[[c for c in BRIEF if c in means.columns]].to_string(index=False)
+    for _, row in failed.iterrows():
+        text += f"\nfailed: {row['method']} seed {row['seed']}: {row['error']}"
+    return text

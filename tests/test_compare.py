@@ -1,0 +1,86 @@
+"""`skray compare` and the other task families, as real Ray Train + DeepSpeed runs on a tiny Llama."""
+import json
+import runpy
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from skray.cli import main
+from skray.config import parse_config
+from skray.errors import ConfigError
+from skray.search import run_experiment
+
+pytestmark = pytest.mark.slow
+THINGS = ("cat", "dog", "car", "cup", "hat", "box", "pen", "bag", "key", "map")
+MAKE_NER = runpy.run_path(str(Path(__file__).parents[1] / "experiments" / "data" / "make_ner.py"))["write"]
+
+
+def experiment(backbone_dir, storage, **sections):
+    raw = {
+        "name": "tiny",
+        "storage_path": str(storage),
+        "backbone": {"name": backbone_dir},
+        "data": {"max_length": 32, "max_train_samples": 64, "max_eval_samples": 24, "max_test_samples": 24},
+        "method": {"prefix_length": 4, "adapter_rank": 2, "label_words": {"fresh": " good", "rotten": " bad"}},
+        "train": {"num_workers": 1, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2, "eval_batch_size": 8},
+    }
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return parse_config(raw)
+
+
+def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_rest(ray_cluster, tiny_llama_dir, tmp_path, capsys):
+    bad_lora = {"kind": "lora", "lora_target_modules": ["not_a_layer"]}
+    cfg = experiment(tiny_llama_dir, tmp_path, compare={"methods": ["sk_prefix", "prefix_tuning", bad_lora, "linear_probe"], "seeds": [0, 1], "target_accuracy": 0.01})
+    run_dir, table = run_experiment(cfg, "compare")
+    run_dir = Path(run_dir)
+    for name in ("compare.csv", "compare.parquet", "compare.md", "accuracy_vs_params.png", "accuracy_vs_time.png", "finished"):
+        assert (run_dir / name).stat().st_size > 0, name
+    per_seed = table[table.seed != "mean ± sd"]
+    assert len(per_seed) == 8 and set(per_seed.seed) == {"0", "1"}
+    lora = per_seed[per_seed.method == "lora(lora_target_modules=['not_a_layer'])"]
+    assert set(lora.status) == {"error"} and lora.error.str.contains("not_a_layer").all()
+    rest = per_seed[~per_seed.method.str.startswith("lora")]
+    assert set(rest.status) == {"completed"}
+    assert (rest.test_acc.between(0, 1)).all() and (rest.test_f1.between(0, 1)).all()
+    assert (rest.steps_to_target == 0).all()  # any model reaches 1% accuracy at step 0
+    probe = rest[rest.method == "linear_probe"]
+    assert (probe.trainable_params == 2 * 32 + 2).all() and (rest.trainable_pct < 100).all()
+    means = table[table.seed == "mean ± sd"].set_index("method")
+    assert means.loc["sk_prefix", "status"] == "2/2 completed" and "±" in means.loc["sk_prefix", "test_acc"]
+    assert means.loc[lora.method.iloc[0], "status"] == "0/2 completed"
+    assert pd.read_parquet(run_dir / "compare.parquet").shape == table.shape
+    # The same files come back from `skray report`, which also names the failures.
+    (run_dir / "compare.csv").unlink()
+    assert main(["report", str(run_dir)]) == 0
+    assert "failed: lora" in capsys.readouterr().out and (run_dir / "compare.csv").exists()
+
+
+def test_compare_without_a_compare_section_is_a_clear_error(tiny_llama_dir, tmp_path):
+    with pytest.raises(ConfigError, match="compare: missing"):
+        run_experiment(experiment(tiny_llama_dir, tmp_path), "compare")
+
+
+def test_token_classification_reports_span_f1(ray_cluster, tiny_llama_dir, tmp_path):
+    data = MAKE_NER(tmp_path / "ner.jsonl", rows=120)
+    cfg = experiment(tiny_llama_dir, tmp_path, data={"name": str(data), "task": "token_classification", "text_column": "tokens", "label_column": "tags"},
+                     method={"head": "linear", "label_words": None})
+    _, table = run_experiment(cfg, "train")
+    row = table.iloc[0]
+    assert row.status == "completed" and 0 <= row.test_f1 <= 1 and 0 < row.test_acc <= 1
+    assert row.trainable_params > 7 * 32  # the head scores 7 IOB tags at every position
+
+
+def test_sentence_pair_classification_runs(ray_cluster, tiny_llama_dir, tmp_path):
+    rows = [{"premise": f"the {a} is red", "hypothesis": f"the {b} is red", "label": "same" if a == b else "different"}
+            for a in THINGS for b in THINGS]
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    cfg = experiment(tiny_llama_dir, tmp_path, data={"name": str(path), "text_column": "premise", "text_pair_column": "hypothesis",
+                                                     "template": "{text} / {text_pair} ?"},
+                     method={"kind": "sk_prompt", "head": "linear", "label_words": None})
+    run_dir, table = run_experiment(cfg, "train")
+    assert table.iloc[0].status == "completed"
+    meta = json.loads(next(Path(run_dir).glob("train_*/checkpoint_*/skray.json")).read_text())
+    assert meta["label_names"] == ["different", "same"] and meta["template"] == "{text} / {text_pair} ?"
