@@ -22,13 +22,13 @@ def label(entry: str | dict[str, Any]) -> str:
     """A readable name per compare entry: ``lora`` or ``sk_prefix(head=linear)``."""
     if isinstance(entry, str):
         return entry
-    rest = ",".join(f"{k}={v}" for k, v in entry.items() if k != "kind")
+    rest = ",".join(f"{k}={v}" for k, v in entry.items() if k not in ("kind", "lr"))
     return f"{entry['kind']}({rest})" if rest else entry["kind"]
 
 
-def variants(cfg: ExperimentConfig) -> dict[str, MethodConfig]:
-    """Method label -> the method section that trial runs."""
-    return {label(e): method_variant(cfg.method, e) for e in cfg.compare.methods}
+def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
+    """Method label -> the method section and learning rate that trial runs."""
+    return {label(e): (method_variant(cfg.method, e), e.get("lr", cfg.train.lr) if isinstance(e, dict) else cfg.train.lr) for e in cfg.compare.methods}
 
 
 def summarize(trials: pd.DataFrame) -> pd.DataFrame:
@@ -37,7 +37,7 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     if "error" not in t.columns:
         t["error"] = pd.NA
     t["trainable_pct"] = 100 * t["trainable_params"] / t["backbone_params"]
-    per_seed = t[["method", "seed", *SCORES, *COSTS, "status", "error"]].sort_values(["method", "seed"])
+    per_seed = t[["method", "seed", "lr", *SCORES, *COSTS, "status", "error"]].sort_values(["method", "seed"])
     done = per_seed[per_seed["status"] == "completed"]
     order = pd.to_numeric(done["test_acc"], errors="coerce").groupby(done["method"]).mean().sort_values(ascending=False)
     methods = list(order.index) + [m for m in per_seed["method"].unique() if m not in order.index]
@@ -46,7 +46,7 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
         group = per_seed[per_seed["method"] == method]
         done = group[group["status"] == "completed"]
         row: dict[str, Any] = {"method": method, "seed": "mean ± sd", "status": f"{len(done)}/{len(group)} completed"}
-        for col in SCORES + COSTS:
+        for col in ["lr", *SCORES, *COSTS]:
             values = pd.to_numeric(done[col], errors="coerce").dropna()
             row[col] = _mean_sd(values, col)
         rows.append(row)

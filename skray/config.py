@@ -160,7 +160,8 @@ class CompareConfig(_Section):
     """What ``skray compare`` runs: methods x seeds on the same data, steps and batch size.
 
     A method is a kind (``lora``) or a mapping of method keys that override the ``method``
-    section for that entry (``{kind: sk_prefix, head: linear}``).
+    section for that entry (``{kind: sk_prefix, head: linear}``), plus optionally its own ``lr``
+    (methods differ in the step size they need; everything else stays the same).
     """
 
     methods: list[MethodKind | dict[str, Any]] = Field(min_length=1)
@@ -193,12 +194,15 @@ class ExperimentConfig(_Section):
         if self.compare:
             for entry in self.compare.methods:
                 method_variant(self.method, entry)  # every entry must make a valid method section
+                lr = entry.get("lr", self.train.lr) if isinstance(entry, dict) else self.train.lr
+                if not isinstance(lr, (int, float)) or not 0 < lr <= 1:
+                    raise ValueError(f"compare.methods entry {entry!r}: lr must be a number in (0, 1]")
         return self
 
 
 def method_variant(base: MethodConfig, entry: str | dict[str, Any]) -> MethodConfig:
     """The ``method`` section with one compare entry applied; a probe always gets a linear head."""
-    update = {"kind": entry} if isinstance(entry, str) else dict(entry)
+    update = {"kind": entry} if isinstance(entry, str) else {k: v for k, v in entry.items() if k != "lr"}
     if update.get("kind") == "linear_probe":
         update.setdefault("head", "linear")
     try:

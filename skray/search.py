@@ -78,8 +78,8 @@ def with_params(cfg: ExperimentConfig, params: dict, command: str) -> Experiment
     """The experiment a trial runs: sampled wording, prefix length and lr (tune), or one
     method variant and seed (compare)."""
     if command == "compare":
-        method = variants(cfg)[params["method"]]
-        train = cfg.train.model_copy(update={"seed": params["seed"]})
+        method, lr = variants(cfg)[params["method"]]
+        train = cfg.train.model_copy(update={"seed": params["seed"], "lr": lr})
     else:
         method = cfg.method.model_copy(update={k: params[k] for k in ("wording", "prefix_length") if k in params})
         train = cfg.train.model_copy(update={"lr": params["lr"]} if "lr" in params else {})

@@ -144,6 +144,7 @@ def train_loop_per_worker(config: dict) -> None:
         prompt_tokens=model.prompt_tokens,
         world_size=world,
         zero_stage=t.zero_stage,
+        lr=t.lr,
     )
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
     engine = build_engine(model, t)  # counts above are taken before ZeRO-3 partitions the parameters
