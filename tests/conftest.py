@@ -56,6 +56,8 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=2, log_to_driver=False)  # the dashboard serves the state API that frees finished trials
+    # A private Ray ("local"), never one another process started on this machine; the dashboard
+    # serves the state API that frees finished trials.
+    ray.init(address="local", num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
