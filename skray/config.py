@@ -105,8 +105,6 @@ class TrainConfig(_Section):
     eval_every: int = Field(default=20, ge=1)
     eval_batch_size: int = Field(default=16, ge=1)
     seed: int = 0
-    timing_warmup_steps: int = Field(default=2, ge=0, description="steps left out of steady-state throughput")
-    max_failures: int = Field(default=2, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> "TrainConfig":

@@ -1,14 +1,9 @@
 """train_loop_per_worker: the only place a training step happens.
 
-Each Ray Train worker loads the data and the frozen backbone, builds the method's model (for SK
-methods the semantic prompt runs through the backbone once), wraps it in a DeepSpeed engine and
-trains. Every rank joins each evaluation and each report, so ZeRO-3's collectives stay in step.
-
-Each report carries a checkpoint that every rank writes its part of (Ray Train merges them into
-one directory): DeepSpeed's state of what trains (frozen weights excluded), optimizer and
-schedule included, plus the best trainable state so far as safetensors. A restarted worker group
-(Ray Train's FailureConfig) or a re-run of the same trial resumes from it: same step, optimizer
-and data position.
+Each Ray Train worker loads the data and the frozen backbone, runs the semantic prompt through
+it once, wraps the SK model in a DeepSpeed engine and trains. Rank 0 reports metrics (and a
+checkpoint whenever validation accuracy improves); every rank joins each report and each
+evaluation, so ZeRO-3's collective parameter gathers stay in step.
 """
 from __future__ import annotations
 
@@ -96,30 +91,15 @@ def evaluate(engine, encoded: dict, batch_size: int, rank: int, world: int, devi
     return {**scores, "loss": loss / max(scored, 1.0)}
 
 
-def _train_batches(n: int, micro: int, rank: int, world: int, seed: int, skip: int = 0):
-    """Endless micro-batches of row indices: a fresh seeded shuffle per epoch, sharded by rank.
-
-    ``skip`` batches are passed over first, so a resumed run sees the data a straight run would.
-    """
+def _train_batches(n: int, micro: int, rank: int, world: int, seed: int):
+    """Endless micro-batches of row indices: a fresh seeded shuffle per epoch, sharded by rank."""
     epoch = 0
     while True:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         shard = torch.randperm(n, generator=g)[rank::world]
         for i in range(0, len(shard) - micro + 1, micro):
-            if skip:
-                skip -= 1
-                continue
             yield shard[i : i + micro]
         epoch += 1
-
-
-def held_param_bytes(engine) -> int:
-    """Parameter bytes this rank holds: its ZeRO-3 partition, or whole parameters below stage 3."""
-    held = 0
-    for p in engine.module.parameters():
-        t = getattr(p, "ds_tensor", p)
-        held += t.numel() * t.element_size()
-    return held
 
 
 def selection_metric(token_level: bool) -> str:
@@ -130,7 +110,6 @@ def selection_metric(token_level: bool) -> str:
 def train_loop_per_worker(config: dict) -> None:
     from skray.config import ExperimentConfig
 
-    started = time.perf_counter()
     cfg = ExperimentConfig.model_validate(config["experiment"])
     _setup_env(cfg.train.use_gpu)
 
@@ -142,7 +121,7 @@ def train_loop_per_worker(config: dict) -> None:
     from skray.data.collate import encode, take
     from skray.data.splits import SPLITS
     from skray.methods import build_model
-    from skray.train.checkpoint import read_resume_state, write_resume_state
+    from skray.train.checkpoint import save_checkpoint
     from skray.train.deepspeed import build_engine, gather_trainable, load_trainable
 
     ctx = ray.train.get_context()
@@ -165,13 +144,10 @@ def train_loop_per_worker(config: dict) -> None:
         prompt_tokens=model.prompt_tokens,
         world_size=world,
         zero_stage=t.zero_stage,
-        offload=t.offload,
-        micro_batch_size=t.micro_batch_size,
         lr=t.lr,
     )
     deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
     engine = build_engine(model, t)  # counts above are taken before ZeRO-3 partitions the parameters
-    facts["param_bytes_per_worker"] = held_param_bytes(engine)
     meta = {
         "backbone": cfg.backbone.name,
         "trust_remote_code": cfg.backbone.trust_remote_code,
@@ -182,88 +158,65 @@ def train_loop_per_worker(config: dict) -> None:
         "max_length": cfg.data.max_length,
     }
     key = selection_metric(token_level)
-    # Everything a resumed run needs besides DeepSpeed's own state; the best weights live in best_state.
-    run = {"step": 0, "best_score": -1.0, "best_val": {}, "best_step": 0, "zero_shot": {}, "checkpoint_bytes": 0,
-           "train_seconds": 0.0, "train_tokens": 0, "steady_seconds": 0.0, "steady_steps": 0, "steady_tokens": 0,
-           "eval_seconds": 0.0, "time_to_first_step": None, "resumed_from": 0}
-    best_state = None
-    restored = ray.train.get_checkpoint()
-    if restored:
-        with restored.as_directory() as directory:
-            run, best_state = read_resume_state(engine, directory)
-        run["resumed_from"] = run["step"]
-    losses = []
+    best = {"score": -1.0, "val": {}, "step": 0, "state": None, "checkpoint_bytes": 0, "zero_shot": None}
+    train_seconds, train_tokens, losses = 0.0, 0, []
 
     def run_eval(split: str) -> dict[str, float]:
-        start = time.perf_counter()
-        scores = evaluate(engine, data[split], t.eval_batch_size, rank, world, device, labels)
-        run["eval_seconds"] += time.perf_counter() - start
-        return scores
+        return evaluate(engine, data[split], t.eval_batch_size, rank, world, device, labels)
 
     def report(step: int, final: bool = False) -> None:
-        """Evaluate, keep the best state, checkpoint, report; the final report adds test scores of the best state."""
-        nonlocal best_state
+        """Evaluate, keep the best state, report; the final report adds test scores of the best state."""
         val = run_eval("validation")
         if step == 0:
-            run["zero_shot"] = val
-        if val[key] > run["best_score"]:
-            run.update(best_score=val[key], best_val=val, best_step=step)
-            best_state = gather_trainable(engine)
+            best["zero_shot"] = val
+        improved = val[key] > best["score"]
+        if improved:
+            best.update(score=val[key], val=val, step=step, state=gather_trainable(engine))
         extra = {}
         if final:
-            load_trainable(engine, best_state)
+            load_trainable(engine, best["state"])
             extra = {f"test_{k}": v for k, v in run_eval("test").items() if k != "loss"} | {"done": True}
-        train_loss, tokens, steady_tokens = _all_reduce([sum(losses) / max(1, len(losses)), float(run["train_tokens"]), float(run["steady_tokens"])])
+        train_loss, tokens = _all_reduce([sum(losses) / max(1, len(losses)), float(train_tokens)])
         (peak,) = _all_reduce([_peak_memory_mb(device)], op=torch.distributed.ReduceOp.MAX)
         losses.clear()
-        per_step = t.micro_batch_size * t.grad_accum * world
-        seconds, steady = run["train_seconds"], run["steady_seconds"]
+        samples = step * t.micro_batch_size * t.grad_accum * world
         metrics = {
             **facts,
             "step": step,
             **{f"val_{k}": v for k, v in val.items()},
             "train_loss": train_loss / world if step else float("nan"),
-            **{f"best_val_{k}": v for k, v in run["best_val"].items() if k != "loss"},
-            "best_step": run["best_step"],
-            **{f"zero_shot_{k}": v for k, v in run["zero_shot"].items() if k != "loss"},
-            "train_seconds": seconds,
-            "samples_per_sec": step * per_step / seconds if seconds else 0.0,
-            "tokens_per_sec": tokens / seconds if seconds else 0.0,
-            "steady_samples_per_sec": run["steady_steps"] * per_step / steady if steady else float("nan"),
-            "steady_tokens_per_sec": steady_tokens / steady if steady else float("nan"),
-            "time_to_first_step": run["time_to_first_step"],
+            **{f"best_val_{k}": v for k, v in best["val"].items() if k != "loss"},
+            "best_step": best["step"],
+            **{f"zero_shot_{k}": v for k, v in best["zero_shot"].items() if k != "loss"},
+            "train_seconds": train_seconds,
+            "samples_per_sec": samples / train_seconds if train_seconds else 0.0,
+            "tokens_per_sec": tokens / train_seconds if train_seconds else 0.0,
             "peak_memory_mb": peak,
             "prompt_passes": model.prompt_passes,
-            "resumed_from": run["resumed_from"],
             **extra,
         }
-        run["step"] = step
-        with tempfile.TemporaryDirectory(prefix="skray-ckpt-") as directory:
-            size = write_resume_state(engine, directory, run, best_state if rank == 0 else None, {**meta, "step": run["best_step"], f"val_{key}": run["best_score"]})
-            if rank == 0:
-                run["checkpoint_bytes"] = size
-            metrics["checkpoint_bytes"] = run["checkpoint_bytes"]
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        checkpoint_dir = None
+        if improved and rank == 0:
+            checkpoint_dir = tempfile.mkdtemp(prefix="skray-ckpt-")
+            best["checkpoint_bytes"] = save_checkpoint(checkpoint_dir, best["state"], {**meta, "step": step, f"val_{key}": val[key]})
+        metrics["checkpoint_bytes"] = best["checkpoint_bytes"]
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+        if checkpoint_dir:
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
-    if run["step"] == 0:
-        report(0)
-    batches = _train_batches(len(data["train"]["labels"]), t.micro_batch_size, rank, world, t.seed, skip=run["step"] * t.grad_accum)
-    for step in range(run["step"] + 1, t.max_steps + 1):
+    report(0)
+
+    batches = _train_batches(len(data["train"]["labels"]), t.micro_batch_size, rank, world, t.seed)
+    for step in range(1, t.max_steps + 1):
         start = time.perf_counter()
-        tokens = 0
         for _ in range(t.grad_accum):
             batch = {k: v.to(device) for k, v in take(data["train"], next(batches)).items()}
             loss = task_loss(engine(batch["input_ids"], batch["attention_mask"]), batch["labels"])
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
-            tokens += int(batch["attention_mask"].sum())
-        took = time.perf_counter() - start
-        run["train_seconds"] += took
-        run["train_tokens"] += tokens
-        if step > t.timing_warmup_steps:  # steady state: compilation, allocation and caches warmed up
-            run.update(steady_seconds=run["steady_seconds"] + took, steady_steps=run["steady_steps"] + 1, steady_tokens=run["steady_tokens"] + tokens)
-        if step == 1 and run["time_to_first_step"] is None:
-            run["time_to_first_step"] = time.perf_counter() - started - run["eval_seconds"]
+            train_tokens += int(batch["attention_mask"].sum())
+        train_seconds += time.perf_counter() - start
         if step % t.eval_every == 0 or step == t.max_steps:
             report(step, final=step == t.max_steps)
