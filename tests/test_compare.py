@@ -10,6 +10,7 @@ from skray.cli import main
 from skray.config import parse_config
 from skray.errors import ConfigError
 from skray.search import run_experiment
+from tests.test_ray_runs import tiny_experiment
 
 pytestmark = pytest.mark.slow
 THINGS = ("cat", "dog", "car", "cup", "hat", "box", "pen", "bag", "key", "map")
@@ -17,16 +18,11 @@ MAKE_NER = runpy.run_path(str(Path(__file__).parents[1] / "experiments" / "data"
 
 
 def experiment(backbone_dir, storage, **sections):
-    raw = {
-        "name": "tiny",
-        "storage_path": str(storage),
-        "backbone": {"name": backbone_dir},
-        "data": {"max_length": 32, "max_train_samples": 64, "max_eval_samples": 24, "max_test_samples": 24},
-        "method": {"prefix_length": 4, "adapter_rank": 2, "label_words": {"fresh": " good", "rotten": " bad"}},
-        "train": {"num_workers": 1, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2, "eval_batch_size": 8},
-    }
+    """The tiny run of test_ray_runs with one worker per run, no search, and whole sections merged in."""
+    raw = tiny_experiment(backbone_dir, storage).model_dump(exclude={"search"})
+    raw["train"]["num_workers"] = 1
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        raw[section] = {**(raw.get(section) or {}), **values}
     return parse_config(raw)
 
 
