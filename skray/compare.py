@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from skray import storage
-from skray.config import ExperimentConfig, MethodConfig, method_variant
+from skray.config import ExperimentConfig, MethodConfig, entry_lr, method_variant
 
 SCORES = ["zero_shot_acc", "best_val_acc", "best_val_f1", "test_acc", "test_f1", "steps_to_target"]
 COSTS = ["trainable_params", "trainable_pct", "train_s", "samples_per_s", "tokens_per_s", "peak_mem_mb", "checkpoint_bytes"]
@@ -28,7 +28,7 @@ def label(entry: str | dict[str, Any]) -> str:
 
 def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
     """Method label -> the method section and learning rate that trial runs."""
-    return {label(e): (method_variant(cfg.method, e), e.get("lr", cfg.train.lr) if isinstance(e, dict) else cfg.train.lr) for e in cfg.compare.methods}
+    return {label(e): (method_variant(cfg.method, e), entry_lr(e, cfg.train.lr)) for e in cfg.compare.methods}
 
 
 def summarize(trials: pd.DataFrame) -> pd.DataFrame:

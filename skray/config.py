@@ -194,10 +194,15 @@ class ExperimentConfig(_Section):
         if self.compare:
             for entry in self.compare.methods:
                 method_variant(self.method, entry)  # every entry must make a valid method section
-                lr = entry.get("lr", self.train.lr) if isinstance(entry, dict) else self.train.lr
+                lr = entry_lr(entry, self.train.lr)
                 if not isinstance(lr, (int, float)) or not 0 < lr <= 1:
                     raise ValueError(f"compare.methods entry {entry!r}: lr must be a number in (0, 1]")
         return self
+
+
+def entry_lr(entry: str | dict[str, Any], default: float) -> Any:
+    """A compare entry's own learning rate, else the train section's."""
+    return entry.get("lr", default) if isinstance(entry, dict) else default
 
 
 def method_variant(base: MethodConfig, entry: str | dict[str, Any]) -> MethodConfig:
