@@ -1,10 +1,12 @@
-"""Command line: `skray train|tune|compare CONFIG [--set k=v]`, `skray report RUN_DIR`. Parsing only."""
+"""Command line: `skray train|tune|compare|scale CONFIG [--set k=v]`, `skray report RUN_DIR`. Parsing only."""
 from __future__ import annotations
 
 import argparse
 import sys
 
 from skray.errors import SkrayError
+
+FILES = {"compare": "compare.md/.csv/.parquet, two PNG plots", "scale": "scale.md/.csv/.parquet, scaling.png"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -14,12 +16,13 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "one SK-Tuning run (Ray Train + DeepSpeed)"),
         ("tune", "an Optuna search with ASHA early stopping"),
         ("compare", "SK-Tuning against PEFT baselines, full fine-tuning and a linear probe, over seeds"),
+        ("scale", "throughput and memory over workers x ZeRO stage x offload x micro batch"),
     ):
         cmd = sub.add_parser(name, help=help_)
         cmd.add_argument("config", help="experiment YAML")
         cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-3")
         cmd.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    rep = sub.add_parser("report", help="rebuild the tables (and compare plots) of a run directory")
+    rep = sub.add_parser("report", help="rebuild the tables (and plots) of a run directory")
     rep.add_argument("run_dir")
     return p
 
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir, table = run_experiment(cfg, command=args.command, address=args.address)
         print(show(table))
-        files = "compare.md/.csv/.parquet, two PNG plots" if args.command == "compare" else "results.csv and results.parquet"
+        files = FILES.get(args.command, "results.csv and results.parquet")
         print(f"\nresults: {run_dir}/ ({files})")
         if not storage.exists(storage.join(run_dir, "finished")):
             print("skray: interrupted before every trial ended; the table holds what was reported", file=sys.stderr)

@@ -6,12 +6,10 @@ into the comparison: one row per method and seed, plus a mean ± sd row per meth
 """
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import pandas as pd
 
-from skray import storage
 from skray.config import ExperimentConfig, MethodConfig, entry_lr, method_variant
 
 SCORES = ["zero_shot_acc", "best_val_acc", "best_val_f1", "test_acc", "test_f1", "steps_to_target"]
@@ -49,6 +47,8 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
         for col in ["lr", *SCORES, *COSTS]:
             values = pd.to_numeric(done[col], errors="coerce").dropna()
             row[col] = _mean_sd(values, col)
+        if 0 < len(values := pd.to_numeric(done["steps_to_target"], errors="coerce").dropna()) < len(done):
+            row["steps_to_target"] += f" ({len(values)}/{len(done)} seeds)"  # the mean is over the seeds that got there
         rows.append(row)
     per_seed = per_seed.astype({"seed": str})
     return pd.concat([pd.DataFrame(rows), per_seed], ignore_index=True)
@@ -59,13 +59,6 @@ def _mean_sd(values: pd.Series, col: str) -> str:
         return ""
     fmt = "{:.0f}" if col in ("trainable_params", "checkpoint_bytes", "peak_mem_mb", "steps_to_target") else "{:.4g}"
     mean = fmt.format(values.mean())
-    return mean if len(values) < 2 else f"{mean} ± {fmt.format(values.std())}"
-
-
-def write_compare(table: pd.DataFrame, run_dir: str) -> None:
-    """compare.csv, compare.parquet and compare.md beside the trials, each written whole."""
-    storage.write_text(storage.join(run_dir, "compare.csv"), table.to_csv(index=False))
-    buf = io.BytesIO()
-    table.astype({c: str for c in table.columns if table[c].dtype == object}).to_parquet(buf, index=False)
-    storage.write_bytes(storage.join(run_dir, "compare.parquet"), buf.getvalue())
-    storage.write_text(storage.join(run_dir, "compare.md"), table.to_markdown(index=False, floatfmt=".4g") + "\n")
+    if len(values) < 2 or values.nunique() == 1:  # one seed, or the same on every seed (a count, a fixed lr)
+        return mean
+    return f"{mean} ± {fmt.format(values.std())}"

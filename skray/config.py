@@ -6,7 +6,7 @@ silently training with a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -89,14 +89,19 @@ class MethodConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """How each Ray Train worker group runs DeepSpeed."""
+    """How each Ray Train worker group runs DeepSpeed.
+
+    ``auto`` values are settled per run: ``use_gpu`` by whether Ray sees GPUs, ``precision``
+    as bf16 on GPUs and fp32 on CPUs (see ``resolve_device``), and ``zero_stage`` (with
+    ``offload``) in the workers from a memory estimate before the engine is built.
+    """
 
     num_workers: int = Field(default=2, ge=1)
     cpus_per_worker: float | None = Field(default=None, gt=0)
-    use_gpu: bool = False
-    zero_stage: int = Field(default=2, ge=0, le=3)
+    use_gpu: bool | Literal["auto"] = "auto"
+    zero_stage: Annotated[int, Field(ge=0, le=3)] | Literal["auto"] = 2
     offload: Literal["none", "optimizer", "all"] = "none"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     micro_batch_size: int = Field(default=4, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     lr: float = Field(default=1e-3, gt=0, le=1.0)
@@ -105,14 +110,26 @@ class TrainConfig(_Section):
     eval_every: int = Field(default=20, ge=1)
     eval_batch_size: int = Field(default=16, ge=1)
     seed: int = 0
+    warmup_steps: int = Field(default=2, ge=0, description="first steps left out of the steady-state throughput")
+    max_failures: int = Field(default=2, ge=-1, description="restarts of a failed worker group from its last checkpoint (-1: no limit)")
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> "TrainConfig":
-        if self.offload == "all" and self.zero_stage != 3:
+        if self.zero_stage == "auto":
+            if self.offload != "none":
+                raise ValueError("train.offload is chosen by zero_stage auto; remove train.offload or set train.zero_stage 0-3")
+        elif self.offload == "all" and self.zero_stage != 3:
             raise ValueError("train.offload 'all' (parameters too) needs train.zero_stage 3")
-        if self.offload == "optimizer" and self.zero_stage == 0:
+        elif self.offload == "optimizer" and self.zero_stage == 0:
             raise ValueError("train.offload 'optimizer' needs train.zero_stage 1, 2 or 3")
         return self
+
+
+def resolve_device(train: TrainConfig, cluster_gpus: float) -> TrainConfig:
+    """``use_gpu``/``precision`` auto made concrete: GPUs (bf16) when Ray sees any, else CPU (fp32)."""
+    use_gpu = cluster_gpus > 0 if train.use_gpu == "auto" else train.use_gpu
+    precision = ("bf16" if use_gpu else "fp32") if train.precision == "auto" else train.precision
+    return train.model_copy(update={"use_gpu": use_gpu, "precision": precision})
 
 
 class IntRange(_Section):
@@ -175,6 +192,16 @@ class CompareConfig(_Section):
         return self
 
 
+class ScaleConfig(_Section):
+    """What ``skray scale`` measures: each valid point of workers x ZeRO stage x offload x micro
+    batch, one short run at a time (``train.max_steps`` steps, ``train.warmup_steps`` not timed)."""
+
+    num_workers: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 2], min_length=1)
+    zero_stages: list[Annotated[int, Field(ge=0, le=3)]] = Field(default=[0, 1, 2, 3], min_length=1)
+    offloads: list[Literal["none", "optimizer", "all"]] = Field(default=["none"], min_length=1)
+    micro_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default=[8], min_length=1)
+
+
 class ExperimentConfig(_Section):
     """One experiment: the YAML file a user writes, fully validated."""
 
@@ -186,6 +213,7 @@ class ExperimentConfig(_Section):
     train: TrainConfig = TrainConfig()
     search: SearchConfig | None = None
     compare: CompareConfig | None = None
+    scale: ScaleConfig | None = None
 
     @model_validator(mode="after")
     def _task_fits_method(self) -> "ExperimentConfig":
@@ -216,12 +244,23 @@ def method_variant(base: MethodConfig, entry: str | dict[str, Any]) -> MethodCon
         raise ValueError(f"compare.methods entry {entry!r}: {_format_error(err)}") from None
 
 
+def _field_path(loc: tuple) -> str:
+    """``train.zero_stage``: the keys a user wrote, without pydantic's union-member tags."""
+    return ".".join(str(p) for p in loc if isinstance(p, int) or (p.isidentifier() and p not in _UNION_TAGS))
+
+
+_UNION_TAGS = {"bool", "int", "float", "str", "list", "dict"}
+
+
 def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
+    errors = err.errors()
+    first = errors[0]
+    where = _field_path(first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key (check the spelling; see README for the keys)"
-    msg = first["msg"].removeprefix("Value error, ")
+    # A union (``0-3`` or ``auto``) fails once per member: say every way the value could be right.
+    msgs = dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors if _field_path(e["loc"]) == _field_path(first["loc"]))
+    msg = "; or ".join(msgs)
     given = first.get("input")
     shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"
     return f"{where}: {msg}{shown}"

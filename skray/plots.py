@@ -1,4 +1,5 @@
-"""The two pictures of a comparison: accuracy against what trains, and against training time."""
+"""Pictures of a run: for a comparison, accuracy against what trains and against training time;
+for a scaling grid, throughput and memory against workers."""
 from __future__ import annotations
 
 import io
@@ -13,31 +14,63 @@ PLOTS = {
 }
 
 
-def plot_compare(trials: pd.DataFrame, run_dir: str) -> list[str]:
-    """One point per method (mean over completed seeds, bars: sd); returns the files written."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, run_dir: str, name: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    path = storage.join(run_dir, name)
+    storage.write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_compare(trials: pd.DataFrame, run_dir: str) -> list[str]:
+    """One point per method (mean over completed seeds, bars: sd); returns the files written."""
+    plt = _pyplot()
     done = trials[trials["status"] == "completed"]
     written = []
     for name, (x, xlabel, log) in PLOTS.items():
         stats = done.groupby("method")[[x, "test_acc"]].agg(["mean", "std"]).fillna(0.0)
-        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-        for method, row in stats.iterrows():
-            ax.errorbar(row[(x, "mean")], row[("test_acc", "mean")], xerr=row[(x, "std")], yerr=row[("test_acc", "std")], fmt="o", capsize=3)
-            ax.annotate(method, (row[(x, "mean")], row[("test_acc", "mean")]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
+        for i, (method, row) in enumerate(stats.iterrows()):  # up to 20 methods stay distinct (colour x marker)
+            ax.errorbar(row[(x, "mean")], row[("test_acc", "mean")], xerr=row[(x, "std")], yerr=row[("test_acc", "std")],
+                        fmt="osD^v"[i % 5], color=plt.cm.tab20(i % 20), capsize=3, label=method)
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (mean ± sd over seeds)")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
+        written.append(_save(fig, run_dir, name))
         plt.close(fig)
-        path = storage.join(run_dir, name)
-        storage.write_bytes(path, buf.getvalue())
-        written.append(path)
     return written
+
+
+def plot_scale(table: pd.DataFrame, run_dir: str) -> str:
+    """scaling.png: samples/s and peak memory per worker against workers, one line per ZeRO setting."""
+    plt = _pyplot()
+    done = table[table["status"] == "completed"]
+    fig, (speed, memory) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    for (stage, offload, micro), group in done.groupby(["zero_stage", "offload", "micro_batch"]):
+        group = group.sort_values("workers")
+        name = f"ZeRO {stage}, offload {offload}, micro {micro}"
+        speed.plot(group["workers"], group["samples_per_s"], "o-", label=name)
+        memory.plot(group["workers"], group["peak_mem_mb"], "o-", label=name)
+    for ax, ylabel in ((speed, "samples/s (steady state)"), (memory, "peak memory per worker (MiB)")):
+        ax.set_xlabel("workers")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(sorted(done["workers"].unique()) if len(done) else [])
+        ax.grid(alpha=0.3)
+    speed.legend(fontsize=7)
+    fig.tight_layout()
+    path = _save(fig, run_dir, "scaling.png")
+    plt.close(fig)
+    return path

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from skray.compare import summarize, write_compare
-from skray.plots import plot_compare
+from skray import compare, scale
+from skray.plots import plot_compare, plot_scale
 from skray.results import experiment, format_table, load_results, write_table
 
 BRIEF = ["method", "seed", "zero_shot_acc", "test_acc", "test_f1", "steps_to_target", "trainable_params", "trainable_pct",
@@ -16,19 +16,28 @@ BRIEF = ["method", "seed", "zero_shot_acc", "test_acc", "test_f1", "steps_to_tar
 
 def rebuild(run_dir: str) -> pd.DataFrame:
     """results.csv/.parquet for every run; for a compare run also compare.csv/.parquet/.md and
-    two PNG plots. Returns the table to show: the comparison, or the trials."""
+    two PNG plots, for a scale run scale.csv/.parquet/.md and scaling.png. Returns the table to
+    show: the comparison, the scaling grid, or the trials."""
     trials = load_results(run_dir)
     write_table(trials, run_dir)
-    if experiment(run_dir).get("command") != "compare":
-        return trials
-    table = summarize(trials)
-    write_compare(table, run_dir)
-    plot_compare(trials, run_dir)
-    return table
+    command = experiment(run_dir).get("command")
+    if command == "compare":
+        table = compare.summarize(trials)
+        write_table(table, run_dir, "compare", markdown=True)
+        plot_compare(trials, run_dir)
+        return table
+    if command == "scale":
+        table = scale.summarize(trials)
+        write_table(table, run_dir, "scale", markdown=True)
+        plot_scale(table, run_dir)
+        return table
+    return trials
 
 
 def show(table: pd.DataFrame) -> str:
     """Text for the terminal: a comparison's per-method rows (files hold every seed), or the trials."""
+    if "scaling_efficiency" in table.columns:
+        return table.drop(columns="point").to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
     if "trainable_pct" not in table.columns:
         return format_table(table)
     means = table[table["seed"] == "mean ± sd"]

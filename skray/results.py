@@ -32,7 +32,16 @@ COLUMNS = {
     "train_seconds": "train_s",
     "samples_per_sec": "samples_per_s",
     "tokens_per_sec": "tokens_per_s",
+    "steady_samples_per_sec": "steady_samples_per_s",
+    "steady_tokens_per_sec": "steady_tokens_per_s",
+    "time_to_first_step": "time_to_first_step_s",
     "peak_memory_mb": "peak_mem_mb",
+    "estimated_memory_mb": "est_mem_mb",
+    "param_bytes_per_worker": "param_bytes_per_worker",
+    "world_size": "world_size",
+    "zero_stage": "zero_stage",
+    "offload": "offload",
+    "resumed_from": "resumed_from",
     "checkpoint_bytes": "checkpoint_bytes",
     "status": "status",
 }
@@ -109,13 +118,18 @@ def load_results(run_dir: str) -> pd.DataFrame:
     return table.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
 
 
-def write_table(table: pd.DataFrame, run_dir: str) -> None:
-    """CSV and Parquet beside the trials, each written whole so no reader sees half a file."""
+def write_table(table: pd.DataFrame, run_dir: str, stem: str = "results", markdown: bool = False) -> None:
+    """``stem``.csv and .parquet (and .md) beside the trials, each written whole so no reader sees
+    half a file. Mixed-type columns (numbers beside "mean ± sd", dicts) are stored as text."""
     run_dir = str(run_dir)
-    storage.write_text(storage.join(run_dir, "results.csv"), table.to_csv(index=False))
+    storage.write_text(storage.join(run_dir, f"{stem}.csv"), table.to_csv(index=False))
+    text = {c: table[c].where(table[c].isna(), table[c].astype(str)) for c in table.columns if table[c].dtype == object}
     buf = io.BytesIO()
-    table.to_parquet(buf, index=False)
-    storage.write_bytes(storage.join(run_dir, "results.parquet"), buf.getvalue())
+    table.assign(**text).to_parquet(buf, index=False)
+    storage.write_bytes(storage.join(run_dir, f"{stem}.parquet"), buf.getvalue())
+    if markdown:  # for reading: 4 significant digits, blanks for missing values
+        shown = table.map(lambda v: "" if v is None or v is pd.NA or v != v else f"{v:.4g}" if isinstance(v, float) else v)
+        storage.write_text(storage.join(run_dir, f"{stem}.md"), shown.to_markdown(index=False) + "\n")
 
 
 def format_table(table: pd.DataFrame) -> str:

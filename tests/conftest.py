@@ -56,8 +56,10 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 def ray_cluster():
     import ray
 
-    # A private Ray ("local"), never one another process started on this machine; the dashboard
-    # serves the state API that frees finished trials.
-    ray.init(address="local", num_cpus=2, log_to_driver=False)
+    from skray.search import start_private_ray
+
+    # A private Ray, never one another process started on this machine, and one that still finds
+    # itself when another is running (the gpu_check and CLI tests start their own).
+    start_private_ray(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()

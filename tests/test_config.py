@@ -7,6 +7,7 @@ import pytest
 
 from skray.cli import main
 from skray.config import load_config
+from skray.errors import ConfigError
 
 QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
 
@@ -28,6 +29,8 @@ def test_quickstart_parses_with_overrides():
         ("method.prefix_length=0", "method.prefix_length", "greater than or equal to 1"),
         ("search.prefix_length.low=0", "search.prefix_length.low", "greater than or equal to 1"),
         ("train.offload=all", "train", "zero_stage 3"),
+        ("train.use_gpu=maybe", "train.use_gpu", "'auto'"),
+        ("scale.zero_stages=[4]", "scale.zero_stages.0", "less than or equal to 3"),
     ],
 )
 def test_bad_values_give_one_line_and_exit_2(capsys, override, key, words):
@@ -54,6 +57,19 @@ def test_tune_needs_search_section(tmp_path, capsys):
     assert "search: missing" in capsys.readouterr().err
 
 
+def test_auto_settings_parse_and_resolve():
+    from skray.config import resolve_device
+
+    cfg = load_config(QUICKSTART, ["train.zero_stage=auto", "train.use_gpu=auto", "train.precision=auto"])
+    assert cfg.train.zero_stage == "auto"
+    assert (resolve_device(cfg.train, 0).use_gpu, resolve_device(cfg.train, 0).precision) == (False, "fp32")
+    assert (resolve_device(cfg.train, 1).use_gpu, resolve_device(cfg.train, 1).precision) == (True, "bf16")
+    pinned = load_config(QUICKSTART, ["train.use_gpu=false", "train.precision=fp16"]).train
+    assert (resolve_device(pinned, 8).use_gpu, resolve_device(pinned, 8).precision) == (False, "fp16")
+    with pytest.raises(ConfigError, match="chosen by zero_stage auto"):
+        load_config(QUICKSTART, ["train.zero_stage=auto", "train.offload=optimizer"])
+
+
 def test_console_script_exit_code_and_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "skray.cli", "train", str(QUICKSTART), "--set", "train.zero_stage=5"],
@@ -61,7 +77,7 @@ def test_console_script_exit_code_and_no_traceback():
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "skray: error: train.zero_stage: Input should be less than or equal to 3 (got 5)"
+    assert proc.stderr.strip() == "skray: error: train.zero_stage: Input should be less than or equal to 3; or Input should be 'auto' (got 5)"
 
 
 def test_set_keeps_templates_as_strings_and_parses_mappings():

@@ -133,3 +133,25 @@ def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_llama_dir, tmp_path):
     table = load_results(run_dir)
     assert "interrupted" in set(table.status) and not (run_dir / "finished").exists()
     assert table.zero_shot_acc.notna().any()  # the reports made before Ctrl-C are in the table
+
+
+def test_private_ray_finds_itself_beside_another_ray(ray_cluster):
+    """With a second Ray on the machine, Ray's state API inside ours still finds ours (Ray Train's
+    placement-group cleaner depends on it; without, a session's second run waits forever)."""
+    import ray
+
+    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(address='local', num_cpus=1); print('up', flush=True); time.sleep(300)"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+
+        @ray.remote(num_cpus=0)
+        def nodes_seen_from_inside() -> int:
+            from ray.util.state import list_nodes
+
+            return len(list_nodes())
+
+        assert ray.get(nodes_seen_from_inside.remote(), timeout=120) == 1
+    finally:
+        other.kill()
+        other.wait()

@@ -1,4 +1,5 @@
-"""Checkpoints hold only what trained (safetensors) plus JSON saying how to rebuild the model."""
+"""Checkpoints hold only what trained: the best weights (safetensors) plus JSON saying how to
+rebuild the model, and DeepSpeed's resume state (trainable weights, optimizer, schedule)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ from safetensors.torch import load_file, save_file
 
 WEIGHTS = "adapter.safetensors"
 META = "skray.json"
+RESUME = "deepspeed"  # DeepSpeed's own layout: one file per rank for optimizer partitions
+TAG = "state"
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, torch.Tensor], meta: dict) -> int:
@@ -40,3 +43,17 @@ def load_trained(directory: str | Path):
         raise ValueError(f"{directory}: checkpoint does not match {meta['method']['kind']} (differs in {sorted(set(state) ^ trainable)[:3]})")
     model.load_state_dict(state, strict=False)
     return model.eval(), meta
+
+
+def write_resume_state(engine, directory: str | Path, run: dict, best_state: dict[str, torch.Tensor] | None, meta: dict) -> int:
+    """Every rank: DeepSpeed's state without frozen weights (a collective). The rank given the
+    best state also writes it as safetensors + meta; returns those weights' bytes (0 otherwise)."""
+    engine.save_checkpoint(str(Path(directory) / RESUME), tag=TAG, client_state={"skray": run}, exclude_frozen_parameters=True)
+    return save_checkpoint(directory, best_state, meta) if best_state is not None else 0
+
+
+def read_resume_state(engine, directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore DeepSpeed's state in place; return the run's counters and the best weights so far."""
+    _, client = engine.load_checkpoint(str(Path(directory) / RESUME), tag=TAG, load_module_strict=False)
+    best, _ = load_checkpoint(directory)
+    return client["skray"], best

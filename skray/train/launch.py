@@ -20,6 +20,6 @@ def build_trainer(cfg: ExperimentConfig, cpus_per_worker: float, storage_path: s
             storage_path=storage_path,
             callbacks=callbacks or [],
             checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=t.max_failures),
         ),
     )

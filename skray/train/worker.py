@@ -1,18 +1,23 @@
 """train_loop_per_worker: the only place a training step happens.
 
-Each Ray Train worker loads the data and the frozen backbone, runs the semantic prompt through
-it once, wraps the SK model in a DeepSpeed engine and trains. Rank 0 reports metrics (and a
-checkpoint whenever validation accuracy improves); every rank joins each report and each
-evaluation, so ZeRO-3's collective parameter gathers stay in step.
+Each Ray Train worker loads the data and the frozen backbone, builds the method's model (for SK
+methods the semantic prompt runs through the backbone once), settles the ZeRO stage (``auto``:
+the first that fits, from a memory estimate), wraps the model in a DeepSpeed engine and trains.
+Every rank joins each evaluation and each report, so ZeRO-3's collectives stay in step.
+
+Each report carries a checkpoint that every rank writes its part of (Ray Train gathers them in
+one directory): DeepSpeed's state of what trains (frozen weights excluded), optimizer and
+schedule included, plus the best trainable state so far as safetensors. A worker group that
+Ray Train restarts after a failure resumes from it: same step, optimizer and data position.
 """
 from __future__ import annotations
 
 import math
 import os
 import resource
-import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +39,17 @@ def _all_reduce(values: list[float], op=None) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    """Start the peak from here, so it is training's peak and not that of loading the backbone whole."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets this process's peak RSS
+    except OSError:
+        pass  # elsewhere the peak includes loading
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -91,15 +107,45 @@ def evaluate(engine, encoded: dict, batch_size: int, rank: int, world: int, devi
     return {**scores, "loss": loss / max(scored, 1.0)}
 
 
-def _train_batches(n: int, micro: int, rank: int, world: int, seed: int):
-    """Endless micro-batches of row indices: a fresh seeded shuffle per epoch, sharded by rank."""
+def _train_batches(n: int, micro: int, rank: int, world: int, seed: int, skip: int = 0):
+    """Endless micro-batches of row indices: a fresh seeded shuffle per epoch, sharded by rank.
+
+    ``skip`` batches are passed over first, so a resumed run sees the data a straight run would.
+    """
     epoch = 0
     while True:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         shard = torch.randperm(n, generator=g)[rank::world]
         for i in range(0, len(shard) - micro + 1, micro):
+            if skip:
+                skip -= 1
+                continue
             yield shard[i : i + micro]
         epoch += 1
+
+
+def held_param_bytes(engine) -> int:
+    """Parameter bytes this rank holds: its ZeRO-3 partition, or whole parameters below stage 3."""
+    held = (getattr(p, "ds_tensor", p) for p in engine.module.parameters())
+    return sum(t.numel() * t.element_size() for t in held)
+
+
+def settle_zero(model, t, world: int, local_world: int, device, batch: dict) -> tuple:
+    """The ZeRO setting this run uses and its memory estimate (DeepSpeed's estimators plus the
+    activations of one measured micro batch). ``zero_stage: auto`` takes the first setting that
+    fits the smallest budget of any rank, and says so in one line."""
+    from skray.train.memory import choose, estimate, measure_activation_bytes, model_counts, worker_budget_bytes
+
+    counts = model_counts(model, t.precision)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        activations = measure_activation_bytes(model, batch["input_ids"], batch["attention_mask"])
+    if t.zero_stage != "auto":
+        return t, estimate(**counts, world_size=world, stage=t.zero_stage, offload=t.offload, activation_bytes=activations)
+    (budget,) = _all_reduce([float(worker_budget_bytes(t.use_gpu, local_world))], op=torch.distributed.ReduceOp.MIN)
+    est = choose(**counts, world_size=world, activation_bytes=activations, budget_bytes=int(budget), use_gpu=t.use_gpu)
+    print(est.line(int(budget)), flush=True)
+    return t.model_copy(update={"zero_stage": est.stage, "offload": est.offload}), est
 
 
 def selection_metric(token_level: bool) -> str:
@@ -110,6 +156,7 @@ def selection_metric(token_level: bool) -> str:
 def train_loop_per_worker(config: dict) -> None:
     from skray.config import ExperimentConfig
 
+    started = time.perf_counter()
     cfg = ExperimentConfig.model_validate(config["experiment"])
     _setup_env(cfg.train.use_gpu)
 
@@ -120,8 +167,9 @@ def train_loop_per_worker(config: dict) -> None:
     from skray.data import load_splits
     from skray.data.collate import encode, take
     from skray.data.splits import SPLITS
+    from skray.errors import DataError
     from skray.methods import build_model
-    from skray.train.checkpoint import save_checkpoint
+    from skray.train.checkpoint import read_resume_state, write_resume_state
     from skray.train.deepspeed import build_engine, gather_trainable, load_trainable
 
     ctx = ray.train.get_context()
@@ -132,22 +180,32 @@ def train_loop_per_worker(config: dict) -> None:
 
     token_level = cfg.data.task == "token_classification"
     splits = load_splits(cfg.data)
+    rows, per_step = len(splits["train"]), cfg.train.micro_batch_size * world
+    if rows < per_step:
+        raise DataError(f"train.micro_batch_size {cfg.train.micro_batch_size} x {world} workers takes {per_step} training rows per step "
+                        f"but the train split has {rows}; lower train.micro_batch_size or raise data.max_train_samples")
     labels = splits.label_names
     backbone = load_backbone(cfg.backbone)
     facts = {"backbone_params": backbone.num_parameters, "backbone_bytes": backbone.byte_size}
     model = build_model(backbone, cfg.method, labels, token_level).to(device)
     data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=not backbone.is_decoder) for s in SPLITS}
 
-    t = cfg.train
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.train.use_gpu else "gloo")
+    first = {k: v.to(device) for k, v in take(data["train"], torch.arange(cfg.train.micro_batch_size) % len(data["train"]["labels"])).items()}
+    t, est = settle_zero(model, cfg.train, world, ctx.get_local_world_size(), device, first)
     facts.update(
-        trainable_params=model.num_trainable(),
+        trainable_params=model.num_trainable(),  # counted before ZeRO-3 partitions the parameters
         prompt_tokens=model.prompt_tokens,
         world_size=world,
         zero_stage=t.zero_stage,
+        offload=t.offload,
+        micro_batch_size=t.micro_batch_size,
         lr=t.lr,
+        estimated_memory_mb=est.total_bytes / 2**20,
     )
-    deepspeed.init_distributed(dist_backend="nccl" if t.use_gpu else "gloo")
-    engine = build_engine(model, t)  # counts above are taken before ZeRO-3 partitions the parameters
+    engine = build_engine(model, t)
+    facts["param_bytes_per_worker"] = held_param_bytes(engine)
+    _reset_peak_memory(device)
     meta = {
         "backbone": cfg.backbone.name,
         "trust_remote_code": cfg.backbone.trust_remote_code,
@@ -158,65 +216,89 @@ def train_loop_per_worker(config: dict) -> None:
         "max_length": cfg.data.max_length,
     }
     key = selection_metric(token_level)
-    best = {"score": -1.0, "val": {}, "step": 0, "state": None, "checkpoint_bytes": 0, "zero_shot": None}
-    train_seconds, train_tokens, losses = 0.0, 0, []
+    # Everything a resumed run needs besides DeepSpeed's own state; the best weights are best_state.
+    run = {"step": 0, "best_score": -1.0, "best_val": {}, "best_step": 0, "zero_shot": {}, "checkpoint_bytes": 0,
+           "train_seconds": 0.0, "train_tokens": 0, "steady_seconds": 0.0, "steady_steps": 0, "steady_tokens": 0,
+           "eval_seconds": 0.0, "time_to_first_step": None, "resumed_from": 0}
+    best_state = None
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as directory:
+            run, best_state = read_resume_state(engine, directory)
+        run["resumed_from"] = run["step"]
+    losses: list[float] = []
 
     def run_eval(split: str) -> dict[str, float]:
-        return evaluate(engine, data[split], t.eval_batch_size, rank, world, device, labels)
+        start = time.perf_counter()
+        scores = evaluate(engine, data[split], t.eval_batch_size, rank, world, device, labels)
+        run["eval_seconds"] += time.perf_counter() - start
+        return scores
 
     def report(step: int, final: bool = False) -> None:
-        """Evaluate, keep the best state, report; the final report adds test scores of the best state."""
+        """Evaluate, keep the best state, checkpoint, report; the final report adds test scores of the best state."""
+        nonlocal best_state
         val = run_eval("validation")
         if step == 0:
-            best["zero_shot"] = val
-        improved = val[key] > best["score"]
-        if improved:
-            best.update(score=val[key], val=val, step=step, state=gather_trainable(engine))
+            run["zero_shot"] = val
+        if val[key] > run["best_score"]:
+            run.update(best_score=val[key], best_val=val, best_step=step)
+            best_state = gather_trainable(engine)
         extra = {}
         if final:
-            load_trainable(engine, best["state"])
+            load_trainable(engine, best_state)
             extra = {f"test_{k}": v for k, v in run_eval("test").items() if k != "loss"} | {"done": True}
-        train_loss, tokens = _all_reduce([sum(losses) / max(1, len(losses)), float(train_tokens)])
+        train_loss, tokens, steady_tokens = _all_reduce([sum(losses) / max(1, len(losses)), float(run["train_tokens"]), float(run["steady_tokens"])])
         (peak,) = _all_reduce([_peak_memory_mb(device)], op=torch.distributed.ReduceOp.MAX)
         losses.clear()
-        samples = step * t.micro_batch_size * t.grad_accum * world
+        per_step = t.micro_batch_size * t.grad_accum * world
+        seconds, steady = run["train_seconds"], run["steady_seconds"]
         metrics = {
             **facts,
             "step": step,
             **{f"val_{k}": v for k, v in val.items()},
             "train_loss": train_loss / world if step else float("nan"),
-            **{f"best_val_{k}": v for k, v in best["val"].items() if k != "loss"},
-            "best_step": best["step"],
-            **{f"zero_shot_{k}": v for k, v in best["zero_shot"].items() if k != "loss"},
-            "train_seconds": train_seconds,
-            "samples_per_sec": samples / train_seconds if train_seconds else 0.0,
-            "tokens_per_sec": tokens / train_seconds if train_seconds else 0.0,
+            **{f"best_val_{k}": v for k, v in run["best_val"].items() if k != "loss"},
+            "best_step": run["best_step"],
+            **{f"zero_shot_{k}": v for k, v in run["zero_shot"].items() if k != "loss"},
+            "train_seconds": seconds,
+            "samples_per_sec": step * per_step / seconds if seconds else 0.0,
+            "tokens_per_sec": tokens / seconds if seconds else 0.0,
+            "steady_samples_per_sec": run["steady_steps"] * per_step / steady if steady else float("nan"),
+            "steady_tokens_per_sec": steady_tokens / steady if steady else float("nan"),
+            "time_to_first_step": run["time_to_first_step"],
             "peak_memory_mb": peak,
             "prompt_passes": model.prompt_passes,
+            "resumed_from": run["resumed_from"],
             **extra,
         }
-        checkpoint_dir = None
-        if improved and rank == 0:
-            checkpoint_dir = tempfile.mkdtemp(prefix="skray-ckpt-")
-            best["checkpoint_bytes"] = save_checkpoint(checkpoint_dir, best["state"], {**meta, "step": step, f"val_{key}": val[key]})
-        metrics["checkpoint_bytes"] = best["checkpoint_bytes"]
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-        if checkpoint_dir:
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        run["step"] = step
+        with tempfile.TemporaryDirectory(prefix="skray-ckpt-") as directory:
+            size = write_resume_state(engine, directory, run, best_state if rank == 0 else None,
+                                      {**meta, "step": run["best_step"], f"val_{key}": run["best_score"]})
+            if rank == 0:
+                run["checkpoint_bytes"] = size
+            metrics["checkpoint_bytes"] = run["checkpoint_bytes"]
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
-    report(0)
-
-    batches = _train_batches(len(data["train"]["labels"]), t.micro_batch_size, rank, world, t.seed)
-    for step in range(1, t.max_steps + 1):
+    if run["step"] == 0:
+        report(0)
+    batches = _train_batches(len(data["train"]["labels"]), t.micro_batch_size, rank, world, t.seed, skip=run["step"] * t.grad_accum)
+    for step in range(run["step"] + 1, t.max_steps + 1):
         start = time.perf_counter()
+        tokens = 0
         for _ in range(t.grad_accum):
             batch = {k: v.to(device) for k, v in take(data["train"], next(batches)).items()}
             loss = task_loss(engine(batch["input_ids"], batch["attention_mask"]), batch["labels"])
             engine.backward(loss)
             engine.step()
             losses.append(loss.item())
-            train_tokens += int(batch["attention_mask"].sum())
-        train_seconds += time.perf_counter() - start
+            tokens += int(batch["attention_mask"].sum())
+        took = time.perf_counter() - start
+        run["train_seconds"] += took
+        run["train_tokens"] += tokens
+        if step > run["resumed_from"] + t.warmup_steps:  # steady state: allocations and caches warmed up
+            run.update(steady_seconds=run["steady_seconds"] + took, steady_steps=run["steady_steps"] + 1, steady_tokens=run["steady_tokens"] + tokens)
+        if run["time_to_first_step"] is None:
+            run["time_to_first_step"] = time.perf_counter() - started - run["eval_seconds"]
         if step % t.eval_every == 0 or step == t.max_steps:
             report(step, final=step == t.max_steps)

@@ -1,0 +1,187 @@
+"""Per-worker memory estimates for ``train.zero_stage: auto``: pick the cheapest ZeRO setting that fits.
+
+Lower stages and no offload communicate less and run faster, so the choice is the first of
+(0, none), (1, none), (2, none), (3, none), (2, optimizer), (3, optimizer), (3, all) whose
+estimate fits the worker, decided before launch instead of discovered as an out-of-memory crash.
+
+The estimate is params + optimizer states + activations on the device that runs the model.
+Activations are measured (one forward of one micro batch); model states come from DeepSpeed's
+own estimators for the trainable part, with the frozen backbone added here because DeepSpeed
+assumes every parameter trains.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from skray.errors import ResourceError
+
+GIB = 2**30
+# In that order: no offload before offload, then the stage that partitions more.
+CANDIDATES: tuple[tuple[int, str], ...] = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "all"))
+_DS_BYTES = 2  # DeepSpeed's estimators assume 16-bit params and 16-bit grads
+_FP32_STATES = 16  # per trainable param: fp32 grad + fp32 master weight + Adam m + Adam v (DeepSpeed's 18 less its 16-bit grad)
+
+
+@dataclass
+class ZeroEstimate:
+    """Bytes one worker needs at one ZeRO stage and offload; the first three sum to ``total_bytes``."""
+
+    stage: int
+    offload: str
+    param_bytes: int  # frozen + trainable params on the device (stage 3: the partition plus the largest layer gathered)
+    optimizer_bytes: int  # grads, fp32 master copy and Adam m, v of the trainable params on the device
+    activation_bytes: int
+    total_bytes: int
+    offloaded_bytes: int  # held in CPU RAM by offload
+
+    def line(self, budget_bytes: int) -> str:
+        """One line for the log: the choice, its estimate and the budget it was held against."""
+        cpu = f", +{self.offloaded_bytes / GIB:.2f} GiB in CPU RAM" if self.offloaded_bytes else ""
+        return (
+            f"zero_stage auto: stage {self.stage}, offload {self.offload}: ~{self.total_bytes / GIB:.2f} GiB per worker "
+            f"(params {self.param_bytes / GIB:.2f}, optimizer {self.optimizer_bytes / GIB:.2f}, "
+            f"activations {self.activation_bytes / GIB:.2f}) of {budget_bytes / GIB:.1f} GiB{cpu}"
+        )
+
+
+def _ds_estimators():
+    """DeepSpeed picks its accelerator at import; on a machine without CUDA it must be told."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    return estimate_zero2_model_states_mem_needs, estimate_zero3_model_states_mem_needs
+
+
+def _trainable_states(trainable: int, grad_bytes: int, world: int, stage: int, offload: str) -> tuple[int, int]:
+    """(on the device, in CPU RAM) bytes of the trainable params' grads and Adam states, params excluded.
+
+    Stages 2 and 3 take DeepSpeed's figure less its own param part: stage 2 gives 2 + 18/world
+    bytes per param (16-bit params whole; 16-bit grad, fp32 grad, fp32 master, m, v partitioned),
+    stage 3 gives 18/world including the 2-byte param partition (DeepSpeed counts 2 bytes less
+    there: its fp32 grads exist per sub-group only while the optimizer steps). Grads are
+    ``grad_bytes`` each (the model's precision), so the difference to 16-bit is added.
+    Stages 0 and 1 are not in DeepSpeed's estimators: grads stay whole, and stage 1 partitions
+    the 16 fp32 bytes. Offloaded states live in CPU RAM: the 16 fp32 bytes per param partition
+    (DeepSpeed's CPU figure is that summed over a node, times a 1.5 buffer factor).
+    """
+    part = -(-trainable // world)
+    offloaded = _FP32_STATES * part if offload != "none" else 0
+    if stage < 2:
+        fp32 = 0 if offload != "none" else _FP32_STATES * (trainable if stage == 0 else part)
+        return grad_bytes * trainable + fp32, offloaded
+    zero2, zero3 = _ds_estimators()
+    if stage == 2:
+        _, gpu = zero2(trainable, num_gpus_per_node=world, num_nodes=1, cpu_offload=offload != "none")
+        states = gpu - _DS_BYTES * trainable
+    else:
+        _, gpu, _ = zero3(trainable, 0, num_gpus_per_node=world, num_nodes=1,
+                          cpu_offload=offload != "none", cpu_offload_params=offload == "all")
+        states = gpu - (0 if offload == "all" else int(_DS_BYTES * trainable / world))
+    if offload == "none":
+        states += (grad_bytes - _DS_BYTES) * part
+    return states, offloaded
+
+
+def estimate(total_params: int, trainable_params: int, param_bytes_each: int, world_size: int, stage: int, offload: str,
+             activation_bytes: int, largest_layer_params: int = 0) -> ZeroEstimate:
+    """Per-worker bytes of one micro batch's training step at ``stage`` with ``offload``.
+
+    Counted: every parameter at ``param_bytes_each`` (frozen ones too: held whole at stages 0-2,
+    partitioned over ``world_size`` at stage 3, in CPU RAM with offload "all"; at stage 3 the
+    largest layer, ``largest_layer_params``, is gathered whole while it runs); the grads and
+    Adam states of the trainable params only (frozen ones have none, see ``_trainable_states``);
+    the measured activations, which ZeRO does not partition. Not counted: communication buckets,
+    allocator fragmentation and the CUDA context, which the budget has to leave room for.
+    """
+    if stage not in (0, 1, 2, 3) or offload not in ("none", "optimizer", "all") or (offload == "all" and stage != 3) or (offload == "optimizer" and stage == 0):
+        raise ValueError(f"stage {stage} with offload {offload!r}: offload 'optimizer' needs stage 1-3, 'all' needs stage 3")
+    if stage == 3:
+        partition = -(-total_params // world_size) * param_bytes_each
+        gathered = largest_layer_params * param_bytes_each
+        params, offloaded_params = (gathered, partition) if offload == "all" else (partition + gathered, 0)
+    else:
+        params, offloaded_params = total_params * param_bytes_each, 0
+    optimizer, offloaded = _trainable_states(trainable_params, param_bytes_each, world_size, stage, offload)
+    return ZeroEstimate(stage, offload, params, optimizer, activation_bytes, params + optimizer + activation_bytes,
+                        offloaded + offloaded_params)
+
+
+def measure_activation_bytes(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward after one forward of this micro batch.
+
+    Measured rather than modelled because what is saved depends on the method (a frozen
+    backbone saves only what the path to the trainable parts needs). Parameters and buffers
+    (and views of them) are left out, since they are counted as params; a storage saved twice
+    counts once. Run the model in the mode, dtype and device training uses.
+    """
+    held = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    saved: dict[int, torch.UntypedStorage] = {}  # keeping the storages alive keeps their addresses unique
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in held:
+            saved.setdefault(storage.data_ptr(), storage)
+        return t
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids, attention_mask)
+    return sum(s.nbytes() for s in saved.values())
+
+
+def choose(total_params: int, trainable_params: int, param_bytes_each: int, world_size: int, activation_bytes: int,
+           budget_bytes: int, largest_layer_params: int = 0, *, use_gpu: bool) -> ZeroEstimate:
+    """The first of ``CANDIDATES`` whose estimate fits ``budget_bytes``; ResourceError if none does.
+
+    On CPU workers offload would move states from RAM to the same RAM, so only the stages
+    without offload are tried there.
+    """
+    tried = [
+        estimate(total_params, trainable_params, param_bytes_each, world_size, stage, offload, activation_bytes, largest_layer_params)
+        for stage, offload in CANDIDATES
+        if use_gpu or offload == "none"
+    ]
+    for est in tried:
+        if est.total_bytes <= budget_bytes:
+            return est
+    best = min(tried, key=lambda e: e.total_bytes)
+    raise ResourceError(
+        f"zero_stage auto: nothing fits; the smallest estimate is stage {best.stage}, offload {best.offload} at "
+        f"~{best.total_bytes / GIB:.2f} GiB per worker (params {best.param_bytes / GIB:.2f}, optimizer "
+        f"{best.optimizer_bytes / GIB:.2f}, activations {best.activation_bytes / GIB:.2f}) but a worker has "
+        f"{budget_bytes / GIB:.2f} GiB; use more workers (train.num_workers), a smaller train.micro_batch_size "
+        f"or a smaller backbone"
+    )
+
+
+def worker_budget_bytes(use_gpu: bool, workers_per_node: int) -> int:
+    """Memory one worker may use: free memory of GPU 0 (a worker has a GPU to itself), or the
+    node's available RAM shared by the workers placed on it."""
+    if workers_per_node < 1:
+        raise ValueError(f"workers_per_node must be at least 1 (got {workers_per_node})")
+    if use_gpu:
+        if not torch.cuda.is_available():
+            raise ResourceError("train.use_gpu is true but this process sees no CUDA device; set train.use_gpu: false or run on a GPU node")
+        return torch.cuda.mem_get_info(0)[0]
+    import psutil
+
+    return psutil.virtual_memory().available // workers_per_node
+
+
+
+def model_counts(model: nn.Module, precision: str) -> dict[str, int]:
+    """What the estimators need, read off a built model before ZeRO partitions it: all and
+    trainable params, bytes per param, and the largest single module's own params (what
+    ZeRO-3 gathers whole while that layer runs)."""
+    return {
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "param_bytes_each": 4 if precision == "fp32" else 2,
+        "largest_layer_params": max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0),
+    }

@@ -1,0 +1,152 @@
+"""zero_stage auto: measured activations, per-stage estimates, the choice, and DeepSpeed's own figures."""
+import os
+
+import pytest
+import torch
+
+from skray.config import MethodConfig
+from skray.errors import ResourceError
+from skray.methods import build_model
+from skray.train.memory import (
+    CANDIDATES,
+    GIB,
+    ZeroEstimate,
+    choose,
+    estimate,
+    measure_activation_bytes,
+    worker_budget_bytes,
+)
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs  # noqa: E402
+from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs  # noqa: E402
+
+N = 10_000_000  # an all-trainable model, divisible by the world sizes used
+
+
+def sk_model(decoder):
+    return build_model(decoder, MethodConfig(kind="sk_prefix", head="linear", prefix_length=4), ["a", "b"])
+
+
+def ids(batch, length):
+    return torch.randint(1, 1000, (batch, length)), torch.ones(batch, length, dtype=torch.long)
+
+
+def test_activation_bytes_grow_with_batch_and_length(decoder):
+    model = sk_model(decoder)
+    small = measure_activation_bytes(model, *ids(2, 16))
+    assert small > 0
+    assert measure_activation_bytes(model, *ids(4, 16)) > small
+    assert measure_activation_bytes(model, *ids(2, 64)) > small
+
+
+def test_activation_bytes_leave_out_parameters(decoder):
+    """A frozen model saves nothing for backward; the adapter's own weights are not activations."""
+    model = sk_model(decoder)
+    x = ids(2, 16)
+    frozen = measure_activation_bytes(model.requires_grad_(False), *x)
+    assert frozen == 0
+    full = measure_activation_bytes(model.requires_grad_(True), *x)
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    assert 0 < full < params  # the embedding table (30522 x 32) alone dwarfs these activations
+
+
+def test_total_non_increasing_from_stage_0_to_3_when_everything_trains():
+    totals = [estimate(N, N, 4, 2, stage, "none", 10**6).total_bytes for stage in range(4)]
+    assert totals == sorted(totals, reverse=True)
+    assert totals[0] > totals[3]
+
+
+def test_frozen_params_whole_below_stage_3_and_partitioned_at_stage_3():
+    frozen, trainable, world = 12_000_000, 1_000, 4
+    for stage in range(3):
+        assert estimate(frozen + trainable, trainable, 4, world, stage, "none", 0).param_bytes == (frozen + trainable) * 4
+    at3 = estimate(frozen, 0, 4, world, 3, "none", 0)
+    assert at3.param_bytes == frozen * 4 // world
+    assert at3.optimizer_bytes == 0  # nothing trains: no grads, no Adam states
+    assert estimate(frozen, 0, 4, world, 3, "none", 0, largest_layer_params=500).param_bytes == (frozen // world + 500) * 4
+
+
+def test_offload_moves_states_and_params_to_cpu_ram():
+    none, opt, everything = (estimate(N, N, 2, 2, 3, off, 0, largest_layer_params=100) for off in ("none", "optimizer", "all"))
+    assert opt.optimizer_bytes == 0 and opt.offloaded_bytes == 16 * N // 2
+    assert opt.param_bytes == none.param_bytes
+    assert everything.param_bytes == 100 * 2  # only the gathered layer stays on the device
+    assert everything.offloaded_bytes == 16 * N // 2 + 2 * N // 2
+    assert none.total_bytes > opt.total_bytes > everything.total_bytes
+    with pytest.raises(ValueError, match="needs stage 3"):
+        estimate(N, N, 2, 2, 2, "all", 0)
+
+
+def test_stages_agree_where_nothing_is_partitioned():
+    """At one worker ZeRO partitions nothing: stage 0 and 1 (worked out here) equal stage 2 (DeepSpeed's)."""
+    totals = {estimate(N + 5, N, 4, 1, stage, "none", 7).total_bytes for stage in range(3)}
+    assert len(totals) == 1
+
+
+@pytest.mark.parametrize("world", [1, 2, 8])
+def test_stage_2_and_3_agree_with_deepspeed(world):
+    """All-trainable 16-bit model: params + optimizer is exactly DeepSpeed's per-GPU figure."""
+    _, gpu2 = estimate_zero2_model_states_mem_needs(N, num_gpus_per_node=world, cpu_offload=False)
+    at2 = estimate(N, N, 2, world, 2, "none", 0)
+    assert at2.param_bytes + at2.optimizer_bytes == gpu2
+    assert at2.optimizer_bytes == 18 * N // world
+
+    _, gpu3, _ = estimate_zero3_model_states_mem_needs(N, 0, num_gpus_per_node=world, cpu_offload=False)
+    at3 = estimate(N, N, 2, world, 3, "none", 0)
+    assert at3.param_bytes + at3.optimizer_bytes == gpu3
+    assert at3.optimizer_bytes == 16 * N // world
+
+    _, gpu2_off = estimate_zero2_model_states_mem_needs(N, num_gpus_per_node=world, cpu_offload=True)
+    assert estimate(N, N, 2, world, 2, "optimizer", 0).total_bytes == gpu2_off
+    _, gpu3_off, _ = estimate_zero3_model_states_mem_needs(N, 0, num_gpus_per_node=world, cpu_offload=True, cpu_offload_params=False)
+    assert estimate(N, N, 2, world, 3, "optimizer", 0).total_bytes == gpu3_off
+
+
+def test_choose_stage_0_with_room_and_more_partitioning_when_tight():
+    args = dict(total_params=N, trainable_params=N, param_bytes_each=4, world_size=4, activation_bytes=10**6)
+    assert choose(**args, budget_bytes=100 * GIB, use_gpu=True).stage == 0
+    by_setting = {(s, o): estimate(**args, stage=s, offload=o).total_bytes for s, o in CANDIDATES}
+    tight = choose(**args, budget_bytes=by_setting[(3, "none")], use_gpu=True)
+    assert (tight.stage, tight.offload) == (3, "none")
+    offloaded = choose(**args, budget_bytes=by_setting[(3, "optimizer")], use_gpu=True)
+    assert (offloaded.stage, offloaded.offload) == (3, "optimizer")
+    assert offloaded.line(by_setting[(3, "optimizer")]).startswith("zero_stage auto: stage 3, offload optimizer: ~")
+
+
+def test_choose_on_cpu_never_offloads():
+    args = dict(total_params=N, trainable_params=N, param_bytes_each=4, world_size=4, activation_bytes=10**6)
+    fits_only_offloaded = estimate(**args, stage=3, offload="optimizer").total_bytes
+    assert choose(**args, budget_bytes=fits_only_offloaded, use_gpu=True).offload == "optimizer"
+    with pytest.raises(ResourceError, match="stage 3, offload none"):
+        choose(**args, budget_bytes=fits_only_offloaded, use_gpu=False)
+
+
+def test_choose_raises_one_line_when_nothing_fits():
+    with pytest.raises(ResourceError) as err:
+        choose(N, N, 4, 2, activation_bytes=4 * GIB, budget_bytes=GIB, use_gpu=True)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "stage 3, offload all" in msg and "1.00 GiB" in msg
+    assert "num_workers" in msg and "micro_batch_size" in msg and "smaller backbone" in msg
+
+
+def test_line_reads_like_the_log():
+    est = ZeroEstimate(2, "none", GIB // 2, GIB // 100, int(0.72 * GIB), GIB // 2 + GIB // 100 + int(0.72 * GIB), 0)
+    assert est.line(20 * GIB) == (
+        "zero_stage auto: stage 2, offload none: ~1.23 GiB per worker (params 0.50, optimizer 0.01, activations 0.72) of 20.0 GiB"
+    )
+
+
+def test_cpu_budget_is_a_share_of_available_ram():
+    import psutil
+
+    one, two = worker_budget_bytes(False, 1), worker_budget_bytes(False, 2)
+    assert 0 < two < one <= psutil.virtual_memory().total
+    with pytest.raises(ValueError):
+        worker_budget_bytes(False, 0)
+
+
+def test_line_names_what_offload_keeps_in_cpu_ram():
+    est = estimate(N, N, 2, 2, 3, "optimizer", 0)
+    assert est.line(GIB).endswith(f"of 1.0 GiB, +{16 * N // 2 / GIB:.2f} GiB in CPU RAM")
