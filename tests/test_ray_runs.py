@@ -42,6 +42,7 @@ CASES = {
     "zero2-prefix": {"train__zero_stage": 2, "method__kind": "sk_prefix"},
     "zero3-prompt": {"train__zero_stage": 3, "method__kind": "sk_prompt"},
     "zero3-prefix-bf16-offload": {"train__zero_stage": 3, "method__kind": "sk_prefix", "train__precision": "bf16", "train__offload": "optimizer"},
+    "zero-auto-prompt": {"train__zero_stage": "auto", "method__kind": "sk_prompt"},
     "encoder-minilm-zero2": {"train__zero_stage": 2, "method__kind": "sk_prefix", "backbone__name": "minilm-l6",
                              "method__head": "linear", "method__label_words": None, "data__template": "{text}"},
 }
@@ -50,7 +51,8 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path, case):
     cfg = tiny_experiment(tiny_llama_dir, tmp_path, **CASES[case])
-    stage, kind = cfg.train.zero_stage, cfg.method.kind
+    kind = cfg.method.kind
+    stage = 0 if cfg.train.zero_stage == "auto" else cfg.train.zero_stage  # auto: a tiny model fits with nothing partitioned
     run_dir, table = run_experiment(cfg, "train")
     run_dir = Path(run_dir)
     row = table.iloc[0]
@@ -60,6 +62,7 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path,
     reports = [json.loads(line) for line in next(run_dir.glob("*/result.json")).read_text().splitlines()]
     assert [r["step"] for r in reports] == [0, 2, 4]
     assert all(r["world_size"] == 2 and r["zero_stage"] == stage and r["prompt_passes"] == 1 for r in reports)
+    assert all(r["estimated_memory_mb"] > 0 and r["param_bytes_per_worker"] > 0 for r in reports)
 
     checkpoints = [p for p in run_dir.glob("train_*/checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1
@@ -70,6 +73,13 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path,
     trained = dict(model.named_parameters())
     assert all(torch.equal(trained[n].float(), t) for n, t in weights.items())
     assert (run_dir / "results.csv").exists() and (run_dir / "results.parquet").exists()
+
+    # The resume state: DeepSpeed's files from every rank in the one checkpoint, frozen weights left out.
+    resume = [f for f in (checkpoints[0] / "deepspeed").rglob("*") if f.is_file()]
+    if stage > 0:
+        for r in (0, 1):  # bf16 runs prefix the names with "bf16_"
+            assert any(f.name.endswith(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for f in resume), [f.name for f in resume]
+    assert sum(f.stat().st_size for f in resume) < reports[-1]["backbone_bytes"] / 2
 
 
 def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_llama_dir, tmp_path, capsys):
