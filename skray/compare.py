@@ -47,8 +47,8 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
         for col in ["lr", *SCORES, *COSTS]:
             values = pd.to_numeric(done[col], errors="coerce").dropna()
             row[col] = _mean_sd(values, col)
-        if 0 < len(values := pd.to_numeric(done["steps_to_target"], errors="coerce").dropna()) < len(done):
-            row["steps_to_target"] += f" ({len(values)}/{len(done)} seeds)"  # the mean is over the seeds that got there
+            if col == "steps_to_target" and 0 < len(values) < len(done):
+                row[col] += f" ({len(values)}/{len(done)} seeds)"  # the mean is over the seeds that got there
         rows.append(row)
     per_seed = per_seed.astype({"seed": str})
     return pd.concat([pd.DataFrame(rows), per_seed], ignore_index=True)

@@ -244,12 +244,12 @@ def method_variant(base: MethodConfig, entry: str | dict[str, Any]) -> MethodCon
         raise ValueError(f"compare.methods entry {entry!r}: {_format_error(err)}") from None
 
 
+_UNION_TAGS = {"bool", "int", "float", "str", "list", "dict"}
+
+
 def _field_path(loc: tuple) -> str:
     """``train.zero_stage``: the keys a user wrote, without pydantic's union-member tags."""
     return ".".join(str(p) for p in loc if isinstance(p, int) or (p.isidentifier() and p not in _UNION_TAGS))
-
-
-_UNION_TAGS = {"bool", "int", "float", "str", "list", "dict"}
 
 
 def _format_error(err: ValidationError) -> str:

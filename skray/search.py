@@ -215,17 +215,16 @@ def run_experiment(cfg: ExperimentConfig, command: str = "train", address: str |
     cfg = cfg.model_copy(update={"train": resolve_device(cfg.train, cluster.get("GPU", 0.0))})
     plan = plan_resources(cfg, cluster, can_grow, command)
     root = storage.location(cfg.storage_path)
-    run_dir = unfinished_run(root, cfg, command)
-    if run_dir is None:
-        name = f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = storage.join(root, name)
+    resumed = unfinished_run(root, cfg, command)
+    run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if not resumed:
         storage.write_text(storage.join(run_dir, "experiment.json"), json.dumps({"command": command, "config": cfg.model_dump()}, indent=2))
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, experiment=cfg.model_dump(), command=command, cpus_per_worker=plan.cpus_per_worker, storage_path=run_dir),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )
-    if tune.Tuner.can_restore(run_dir):
+    if resumed:
         print(f"skray: resuming {run_dir} (same command and config, not finished); finished trials are kept", file=sys.stderr)
         tuner = tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
     else:
