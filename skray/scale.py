@@ -41,13 +41,13 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     for col in ("error", "steady_samples_per_s", "steady_tokens_per_s", "est_mem_mb", "param_bytes_per_worker", "time_to_first_step_s"):
         if col not in t.columns:
             t[col] = pd.NA
-    point = t["point"]
+    grid = pd.DataFrame(list(t["point"]), index=t.index)
     table = pd.DataFrame({
-        "point": point.apply(label),
-        "workers": point.apply(lambda p: p["num_workers"]),
-        "zero_stage": point.apply(lambda p: p["zero_stage"]),
-        "offload": point.apply(lambda p: p["offload"]),
-        "micro_batch": point.apply(lambda p: p["micro_batch_size"]),
+        "point": t["point"].apply(label),
+        "workers": grid["num_workers"],
+        "zero_stage": grid["zero_stage"],
+        "offload": grid["offload"],
+        "micro_batch": grid["micro_batch_size"],
         "samples_per_s": pd.to_numeric(t["steady_samples_per_s"], errors="coerce"),
         "tokens_per_s": pd.to_numeric(t["steady_tokens_per_s"], errors="coerce"),
         "peak_mem_mb": pd.to_numeric(t["peak_mem_mb"], errors="coerce"),
