@@ -56,7 +56,7 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 def ray_cluster():
     import ray
 
-    from skray.search import start_private_ray
+    from skray.cluster import start_private_ray
 
     # A private Ray, never one another process started on this machine, and one that still finds
     # itself when another is running (the gpu_check and CLI tests start their own).
