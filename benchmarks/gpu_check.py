@@ -52,7 +52,7 @@ def experiment(backbone: str, storage: str, method: str, size: str) -> dict:
                  "max_eval_samples": 16, "max_test_samples": 16},
         "method": {"kind": method, "prefix_length": 16, "adapter_rank": 8, "head": "linear"},
         "train": {"use_gpu": "auto", "precision": "auto", "cpus_per_worker": 1, "max_steps": 12 if big else 4,
-                  "warmup_steps": 3 if big else 1, "eval_every": 100, "eval_batch_size": 16, "max_failures": 0},
+                  "untimed_steps": 3 if big else 1, "eval_every": 100, "eval_batch_size": 16, "max_failures": 0},
         "scale": {"num_workers": [1], "zero_stages": [2, 3], "offloads": ["none"], "micro_batch_sizes": [8]},
     }
 

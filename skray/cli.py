@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         if not storage.exists(storage.join(run_dir, "finished")):
             print("skray: interrupted before every trial ended; the table holds what was reported", file=sys.stderr)
             return 130
+        failed = int((table["status"] == "error").sum())
+        if failed:
+            print(f"skray: {failed} of the run's trials failed; their errors are in the table's error column", file=sys.stderr)
+            return 1
         return 0
     except SkrayError as err:
         print(f"skray: error: {err}", file=sys.stderr)

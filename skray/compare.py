@@ -10,23 +10,17 @@ from typing import Any
 
 import pandas as pd
 
-from skray.config import ExperimentConfig, MethodConfig, entry_lr, method_variant
+from skray.config import ExperimentConfig, MethodConfig, compare_labels, entry_lr, method_variant
 
 SCORES = ["zero_shot_acc", "best_val_acc", "best_val_f1", "test_acc", "test_f1", "steps_to_target"]
 COSTS = ["trainable_params", "trainable_pct", "train_s", "samples_per_s", "tokens_per_s", "peak_mem_mb", "checkpoint_bytes"]
 
 
-def label(entry: str | dict[str, Any]) -> str:
-    """A readable name per compare entry: ``lora`` or ``sk_prefix(head=linear)``."""
-    if isinstance(entry, str):
-        return entry
-    rest = ",".join(f"{k}={v}" for k, v in entry.items() if k not in ("kind", "lr"))
-    return f"{entry['kind']}({rest})" if rest else entry["kind"]
-
-
 def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
     """Method label -> the method section and learning rate that trial runs."""
-    return {label(e): (method_variant(cfg.method, e), entry_lr(e, cfg.train.lr)) for e in cfg.compare.methods}
+    entries = cfg.compare.methods
+    labels = compare_labels(entries, cfg.train.lr)
+    return {name: (method_variant(cfg.method, e), entry_lr(e, cfg.train.lr)) for name, e in zip(labels, entries)}
 
 
 def summarize(trials: pd.DataFrame) -> pd.DataFrame:

@@ -46,6 +46,7 @@ class DataConfig(_Section):
     max_test_samples: int | None = Field(default=None, ge=1)
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    drop_missing: bool = False  # rows with no text or label: an error naming them, or dropped (and counted) if true
 
     @model_validator(mode="after")
     def _template_has_text(self) -> "DataConfig":
@@ -110,8 +111,17 @@ class TrainConfig(_Section):
     eval_every: int = Field(default=20, ge=1)
     eval_batch_size: int = Field(default=16, ge=1)
     seed: int = 0
-    warmup_steps: int = Field(default=2, ge=0, description="first steps left out of the steady-state throughput")
+    lr_warmup_steps: int | None = Field(default=None, ge=0, description="steps of linear learning-rate warm-up (default: a tenth of max_steps)")
+    untimed_steps: int = Field(default=2, ge=0, description="first steps left out of the steady-state throughput (allocations, caches)")
     max_failures: int = Field(default=2, ge=-1, description="restarts of a failed worker group from its last checkpoint (-1: no limit)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_ambiguous_warmup(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "warmup_steps" in raw:
+            raise ValueError("warmup_steps was split in two: lr_warmup_steps (learning-rate warm-up) "
+                             "and untimed_steps (steps left out of throughput timing); use the one you mean")
+        return raw
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> "TrainConfig":
@@ -122,7 +132,14 @@ class TrainConfig(_Section):
             raise ValueError("train.offload 'all' (parameters too) needs train.zero_stage 3")
         elif self.offload == "optimizer" and self.zero_stage == 0:
             raise ValueError("train.offload 'optimizer' needs train.zero_stage 1, 2 or 3")
+        if self.lr_warmup_steps is not None and self.lr_warmup_steps > self.max_steps:
+            raise ValueError(f"train.lr_warmup_steps ({self.lr_warmup_steps}) must not exceed train.max_steps ({self.max_steps})")
         return self
+
+    @property
+    def warmup(self) -> int:
+        """Learning-rate warm-up steps: as configured, else a tenth of the run (at least 1)."""
+        return self.lr_warmup_steps if self.lr_warmup_steps is not None else max(1, self.max_steps // 10)
 
 
 def resolve_device(train: TrainConfig, cluster_gpus: float) -> TrainConfig:
@@ -194,7 +211,7 @@ class CompareConfig(_Section):
 
 class ScaleConfig(_Section):
     """What ``skray scale`` measures: each valid point of workers x ZeRO stage x offload x micro
-    batch, one short run at a time (``train.max_steps`` steps, ``train.warmup_steps`` not timed)."""
+    batch, one short run at a time (``train.max_steps`` steps, ``train.untimed_steps`` not timed)."""
 
     num_workers: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 2], min_length=1)
     zero_stages: list[Annotated[int, Field(ge=0, le=3)]] = Field(default=[0, 1, 2, 3], min_length=1)
@@ -225,12 +242,34 @@ class ExperimentConfig(_Section):
                 lr = entry_lr(entry, self.train.lr)
                 if not isinstance(lr, (int, float)) or not 0 < lr <= 1:
                     raise ValueError(f"compare.methods entry {entry!r}: lr must be a number in (0, 1]")
+            compare_labels(self.compare.methods, self.train.lr)  # every entry must be told apart
         return self
 
 
 def entry_lr(entry: str | dict[str, Any], default: float) -> Any:
     """A compare entry's own learning rate, else the train section's."""
     return entry.get("lr", default) if isinstance(entry, dict) else default
+
+
+def compare_labels(entries: list[str | dict[str, Any]], default_lr: float) -> list[str]:
+    """A unique, readable name per compare entry, saying what differs: ``lora``,
+    ``sk_prefix(head=linear)``, and ``lora(lr=0.002)`` where entries differ only in learning rate.
+    Two entries that would run the same thing are a config error."""
+
+    def name(entry: str | dict[str, Any], with_lr: bool) -> str:
+        if isinstance(entry, str):
+            entry = {"kind": entry}
+        rest = [f"{k}={v}" for k, v in entry.items() if k not in ("kind", "lr")]
+        if with_lr:
+            rest.append(f"lr={entry_lr(entry, default_lr):g}")
+        return f"{entry['kind']}({','.join(rest)})" if rest else entry["kind"]
+
+    plain = [name(e, with_lr=False) for e in entries]
+    labels = [name(e, with_lr=plain.count(p) > 1) for e, p in zip(entries, plain)]
+    twice = next((label for label in labels if labels.count(label) > 1), None)
+    if twice:
+        raise ValueError(f"compare.methods: two entries both run {twice!r}; remove one or make them differ (e.g. in lr)")
+    return labels
 
 
 def method_variant(base: MethodConfig, entry: str | dict[str, Any]) -> MethodConfig:

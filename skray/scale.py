@@ -2,7 +2,7 @@
 
 Every grid point is one Tune trial running its own short Ray Train + DeepSpeed group, one at a
 time so points do not share CPUs; a point that fails (out of memory, say) is a failed row and the
-grid goes on. Throughput is the steady state: the first ``train.warmup_steps`` steps are left out.
+grid goes on. Throughput is the steady state: the first ``train.untimed_steps`` steps are left out.
 """
 from __future__ import annotations
 

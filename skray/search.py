@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 import ray
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler
 
 from skray import scale, storage
 from skray.cluster import connect
@@ -118,11 +119,9 @@ def _tune_config(cfg: ExperimentConfig, command: str, plan: Plan) -> tune.TuneCo
     if command in ("compare", "scale"):
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=plan.max_concurrent)
     import optuna
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     s, t = cfg.search, cfg.train
-    reports = 1 + math.ceil(t.max_steps / t.eval_every)
     metric = "best_val_f1" if cfg.data.task == "token_classification" else "best_val_accuracy"
     return tune.TuneConfig(
         metric=metric,
@@ -130,8 +129,18 @@ def _tune_config(cfg: ExperimentConfig, command: str, plan: Plan) -> tune.TuneCo
         num_samples=s.num_trials,
         max_concurrent_trials=plan.max_concurrent,
         search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=s.seed)),
-        scheduler=ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=s.grace_period, reduction_factor=s.reduction_factor),
+        scheduler=asha(cfg),
     )
+
+
+def asha(cfg: ExperimentConfig) -> ASHAScheduler:
+    """ASHA over training steps, not reports: after a resume (Tuner.restore) a trial's
+    ``training_iteration`` starts again at 1 while its training goes on from its checkpoint, so
+    only the step makes rungs compare equal amounts of training. Rungs sit at evaluations:
+    ``grace_period`` evaluations, then x ``reduction_factor``."""
+    s, t = cfg.search, cfg.train
+    grace = min(s.grace_period * t.eval_every, t.max_steps)
+    return ASHAScheduler(time_attr="step", max_t=t.max_steps, grace_period=grace, reduction_factor=s.reduction_factor)
 
 
 def planned_trials(cfg: ExperimentConfig, command: str) -> int:
@@ -166,12 +175,13 @@ def run_experiment(cfg: ExperimentConfig, command: str = "train", address: str |
         raise ConfigError("scale: no valid point (offload 'optimizer' needs a ZeRO stage 1-3, 'all' needs stage 3)")
     from skray.preflight import preflight
 
+    root = storage.location(cfg.storage_path)
+    storage.ensure_writable(root)
     preflight(cfg)
     can_grow = connect(address)
     cluster = ray.cluster_resources()
     cfg = cfg.model_copy(update={"train": resolve_device(cfg.train, cluster.get("GPU", 0.0))})
     plan = plan_resources(cfg, cluster, can_grow, command)
-    root = storage.location(cfg.storage_path)
     resumed = unfinished_run(root, cfg, command)
     run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not resumed:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+from skray.errors import ConfigError
 
 
 def is_uri(path: str) -> bool:
@@ -69,3 +72,18 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode())
+
+
+def ensure_writable(path: str) -> None:
+    """Create ``path`` and write a file there now, so that a storage path that cannot hold the run
+    (under a regular file, read-only, no credentials) fails in a second, before any worker starts."""
+    fs, p = filesystem(path)
+    probe = f"{p}/.skray-write-check"
+    try:
+        fs.create_dir(p, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except (OSError, ValueError, pa.ArrowException) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"storage_path {path!r}: cannot write there ({reason}); set storage_path to a writable folder or URI") from None

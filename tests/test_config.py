@@ -1,4 +1,6 @@
 """Configuration errors: one line naming the key and the problem, exit code 2, no traceback."""
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +86,39 @@ def test_set_keeps_templates_as_strings_and_parses_mappings():
     cfg = load_config(QUICKSTART, ["data.template={text}", "method.label_words={fresh: ' yes', rotten: ' no'}"])
     assert cfg.data.template == "{text}"
     assert cfg.method.label_words == {"fresh": " yes", "rotten": " no"}
+
+
+def test_lr_warmup_and_untimed_steps_are_separate_keys():
+    cfg = load_config(QUICKSTART, ["train.lr_warmup_steps=5", "train.untimed_steps=1"])
+    assert (cfg.train.warmup, cfg.train.untimed_steps) == (5, 1)
+    assert load_config(QUICKSTART, ["train.max_steps=48"]).train.warmup == 4  # default: a tenth of the run
+    with pytest.raises(ConfigError, match="lr_warmup_steps .* untimed_steps"):
+        load_config(QUICKSTART, ["train.warmup_steps=2"])  # the old key meant either; say which is which
+    with pytest.raises(ConfigError, match="must not exceed train.max_steps"):
+        load_config(QUICKSTART, ["train.lr_warmup_steps=100", "train.max_steps=10"])
+
+
+def test_unwritable_storage_path_is_one_line_before_anything_starts(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code = main(["train", str(QUICKSTART), "--set", f"storage_path={blocker}/runs"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"skray: error: storage_path '{blocker}/runs': cannot write there") and "writable folder" in err
+
+
+@pytest.mark.parametrize("methods, label", [
+    (["lora", {"kind": "lora"}], "lora(lr=0.003)"),  # the same method at the same (default) lr
+    ([{"kind": "sk_prefix", "lr": 1e-3}, {"kind": "sk_prefix", "lr": 0.001}], "sk_prefix(lr=0.001)"),
+])
+def test_compare_entries_that_run_the_same_thing_are_refused(methods, label):
+    with pytest.raises(ConfigError, match=rf"two entries both run '{re.escape(label)}'"):
+        load_config(QUICKSTART, [f"compare={{methods: {json.dumps(methods)}}}"])
+
+
+def test_compare_labels_say_what_differs():
+    from skray.compare import variants
+
+    cfg = load_config(QUICKSTART, ['compare={methods: [{kind: lora, lr: 0.002}, {kind: lora, lr: 0.0005}, lora, sk_prefix, {kind: sk_prefix, head: linear}]}'])
+    assert list(variants(cfg)) == ["lora(lr=0.002)", "lora(lr=0.0005)", "lora(lr=0.003)", "sk_prefix", "sk_prefix(head=linear)"]
+    assert [lr for _, lr in variants(cfg).values()][:3] == [0.002, 0.0005, 0.003]

@@ -150,3 +150,11 @@ def test_cpu_budget_is_a_share_of_available_ram():
 def test_line_names_what_offload_keeps_in_cpu_ram():
     est = estimate(N, N, 2, 2, 3, "optimizer", 0)
     assert est.line(GIB).endswith(f"of 1.0 GiB, +{16 * N // 2 / GIB:.2f} GiB in CPU RAM")
+
+
+def test_gpu_budget_reads_the_workers_own_device(monkeypatch):
+    """Ray Train may show a worker every GPU of its node: the budget is that of the worker's device, not GPU 0."""
+    free = {0: 1 * GIB, 1: 7 * GIB}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free[torch.device(device).index], 80 * GIB))
+    assert worker_budget_bytes(True, 2, torch.device("cuda:1")) == 7 * GIB

@@ -91,3 +91,17 @@ def test_label_words_must_differ(decoder):
     cfg = MethodConfig(wording=WORDING, label_words={"neg": " good", "pos": " good"})
     with pytest.raises(ConfigError, match="label_words"):
         build_model(decoder, cfg, LABELS)
+
+
+@pytest.mark.parametrize("m_less", [True, False])
+def test_sk_prefix_input_positions_start_after_the_prompt(decoder, m_less):
+    """The prompt's keys carry positions 0..k-1; the input goes on at k for any prefix length m."""
+    k = len(decoder.tokenizer(WORDING)["input_ids"])
+    model, _ = method("sk_prefix", decoder, m=k - 3 if m_less else k + 3)
+    seen = []
+    model.backbone.base_model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True)
+    ids, mask = batch(decoder, special=False)
+    with torch.no_grad():
+        model(ids, mask)
+    (positions,) = seen
+    assert torch.equal(positions, torch.arange(k, k + ids.size(1)).expand(ids.size(0), -1))

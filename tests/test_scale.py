@@ -37,7 +37,7 @@ def test_scaling_efficiency_is_relative_to_one_worker_of_the_same_setting():
 
 @pytest.mark.slow
 def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_llama_dir, tmp_path):
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=4, train__warmup_steps=1, train__eval_every=4, train__max_failures=0)
+    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=4, train__untimed_steps=1, train__eval_every=4, train__max_failures=0)
     cfg = cfg.model_copy(update={"scale": parse_config({"scale": {"num_workers": [1, 2], "zero_stages": [3], "offloads": ["none"],
                                                                   "micro_batch_sizes": [4, 4096]}}).scale})
     run_dir, table = run_experiment(cfg, "scale")

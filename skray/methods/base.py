@@ -35,6 +35,7 @@ class TaskModel(nn.Module):
 
     prefix_length = 0  # virtual positions joined to the input (none here)
     prompt_tokens = 0  # tokens of a semantic prompt the frozen model read (none here)
+    backbone_trains = False  # a frozen backbone stays in eval mode (no dropout) whatever train() is asked
 
     def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
         super().__init__()
@@ -54,6 +55,15 @@ class TaskModel(nn.Module):
         ids = verbalizer_token_ids(cfg, backbone.is_decoder, backbone.tokenizer, label_names)
         return VerbalizerHead(backbone.model.get_output_embeddings(), ids)
 
+    def train(self, mode: bool = True) -> "TaskModel":
+        """Train mode for what trains only: DeepSpeed's ``engine.train()`` sets it on the whole module,
+        and dropout in a frozen backbone would make its outputs noisy (and a resumed run, which skips
+        the step-0 evaluation, differ from a straight one)."""
+        super().train(mode)
+        if not self.backbone_trains:
+            self.backbone.eval()
+        return self
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states of the input tokens only (virtual positions already dropped)."""
         return self.backbone.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -69,7 +79,10 @@ class TaskModel(nn.Module):
 
 
 class FullFineTune(TaskModel):
-    """Every backbone weight trains: the upper end of cost that parameter-efficient methods avoid."""
+    """Every backbone weight trains: the upper end of cost that parameter-efficient methods avoid.
+    The backbone trains as its config says (dropout included), as in ordinary fine-tuning."""
+
+    backbone_trains = True
 
     def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
         super().__init__(backbone, cfg, label_names, token_level)

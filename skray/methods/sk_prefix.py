@@ -40,10 +40,18 @@ class SKPrefix(SKModel):
             cache.update(shape(keys), shape(values), layer)
         return cache
 
+    def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The input's positions start at k, right after the prompt the keys/values were computed
+        from (they carry its positions 0..k-1), whatever the prefix length m: the backbone's default
+        would start them at m and, for m < k, reuse positions the prompt already holds."""
+        start = self.prompt_tokens
+        return torch.arange(start, start + input_ids.size(1), device=input_ids.device).expand(input_ids.size(0), -1)
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.backbone.base_model(
             input_ids=input_ids,
             attention_mask=self._prefix_mask(attention_mask),
+            position_ids=self.position_ids(input_ids),
             cache=self.prefix_cache(input_ids.size(0)),
             use_cache=True,
         )

@@ -33,16 +33,20 @@ def deepspeed_config(cfg: TrainConfig) -> dict:
     return ds
 
 
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """The learning rate's multiplier: linear warm-up over ``warmup`` steps, then linear decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
 def build_engine(model: torch.nn.Module, cfg: TrainConfig):
     """A DeepSpeed engine whose optimizer only sees the adapter and head."""
     import deepspeed
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, cfg.max_steps // 10)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (cfg.max_steps - s) / max(1, cfg.max_steps - warmup)))
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup, cfg.max_steps))
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, model_parameters=params, config=deepspeed_config(cfg)
     )

@@ -160,15 +160,16 @@ def choose(total_params: int, trainable_params: int, param_bytes_each: int, worl
     )
 
 
-def worker_budget_bytes(use_gpu: bool, workers_per_node: int) -> int:
-    """Memory one worker may use: free memory of GPU 0 (a worker has a GPU to itself), or the
-    node's available RAM shared by the workers placed on it."""
+def worker_budget_bytes(use_gpu: bool, workers_per_node: int, device: torch.device | None = None) -> int:
+    """Memory one worker may use: free memory of its own GPU ``device`` (a worker has a GPU to
+    itself; Ray Train may show a worker every GPU of its node), or the node's available RAM shared
+    by the workers placed on it."""
     if workers_per_node < 1:
         raise ValueError(f"workers_per_node must be at least 1 (got {workers_per_node})")
     if use_gpu:
         if not torch.cuda.is_available():
             raise ResourceError("train.use_gpu is true but this process sees no CUDA device; set train.use_gpu: false or run on a GPU node")
-        return torch.cuda.mem_get_info(0)[0]
+        return torch.cuda.mem_get_info(device if device is not None else torch.cuda.current_device())[0]
     import psutil
 
     return psutil.virtual_memory().available // workers_per_node

@@ -107,16 +107,24 @@ def evaluate(engine, encoded: dict, batch_size: int, rank: int, world: int, devi
     return {**scores, "loss": loss / max(scored, 1.0)}
 
 
+def epoch_shard(n: int, micro: int, rank: int, world: int, seed: int, epoch: int) -> torch.Tensor:
+    """This rank's rows of one epoch: a seeded shuffle cut to whole micro-batches on every rank, so
+    all ranks run the same number of batches per epoch and their epochs (and collectives) stay aligned;
+    the fewer than ``world x micro`` rows left over change from epoch to epoch."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    per_rank = n // world // micro * micro
+    return torch.randperm(n, generator=g)[: per_rank * world][rank::world]
+
+
 def _train_batches(n: int, micro: int, rank: int, world: int, seed: int, skip: int = 0):
-    """Endless micro-batches of row indices: a fresh seeded shuffle per epoch, sharded by rank.
+    """Endless micro-batches of row indices, epoch after epoch.
 
     ``skip`` batches are passed over first, so a resumed run sees the data a straight run would.
     """
     epoch = 0
     while True:
-        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        shard = torch.randperm(n, generator=g)[rank::world]
-        for i in range(0, len(shard) - micro + 1, micro):
+        shard = epoch_shard(n, micro, rank, world, seed, epoch)
+        for i in range(0, len(shard), micro):
             if skip:
                 skip -= 1
                 continue
@@ -142,7 +150,7 @@ def settle_zero(model, t, world: int, local_world: int, device, batch: dict) -> 
         activations = measure_activation_bytes(model, batch["input_ids"], batch["attention_mask"])
     if t.zero_stage != "auto":
         return t, estimate(**counts, world_size=world, stage=t.zero_stage, offload=t.offload, activation_bytes=activations)
-    (budget,) = _all_reduce([float(worker_budget_bytes(t.use_gpu, local_world))], op=torch.distributed.ReduceOp.MIN)
+    (budget,) = _all_reduce([float(worker_budget_bytes(t.use_gpu, local_world, device))], op=torch.distributed.ReduceOp.MIN)
     est = choose(**counts, world_size=world, activation_bytes=activations, budget_bytes=int(budget), use_gpu=t.use_gpu)
     print(est.line(int(budget)), flush=True)
     return t.model_copy(update={"zero_stage": est.stage, "offload": est.offload}), est
@@ -280,7 +288,7 @@ def train_loop_per_worker(config: dict) -> None:
             metrics["checkpoint_bytes"] = run["checkpoint_bytes"]
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
-    if run["step"] == 0:
+    if not restored:  # a restored run already reported step 0: reports are made once per step
         report(0)
     batches = _train_batches(len(data["train"]["labels"]), t.micro_batch_size, rank, world, t.seed, skip=run["step"] * t.grad_accum)
     for step in range(run["step"] + 1, t.max_steps + 1):
@@ -296,7 +304,7 @@ def train_loop_per_worker(config: dict) -> None:
         took = time.perf_counter() - start
         run["train_seconds"] += took
         run["train_tokens"] += tokens
-        if step > run["resumed_from"] + t.warmup_steps:  # steady state: allocations and caches warmed up
+        if step > run["resumed_from"] + t.untimed_steps:  # steady state: allocations and caches warmed up
             run.update(steady_seconds=run["steady_seconds"] + took, steady_steps=run["steady_steps"] + 1, steady_tokens=run["steady_tokens"] + tokens)
         if run["time_to_first_step"] is None:
             run["time_to_first_step"] = time.perf_counter() - started - run["eval_seconds"]

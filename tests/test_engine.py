@@ -1,0 +1,66 @@
+"""The worker's training pieces in this process, on a real DeepSpeed engine (world size 1, gloo, CPU)."""
+import os
+import socket
+
+import pandas as pd
+import pytest
+import torch
+
+from skray.config import DataConfig, MethodConfig, TrainConfig
+from skray.data.collate import encode, take
+from skray.methods import build_model
+from skray.train.deepspeed import build_engine, lr_factor
+from skray.train.worker import _train_batches, epoch_shard, evaluate, task_loss
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        deepspeed.init_distributed(dist_backend="gloo")
+    yield
+
+
+def test_frozen_backbone_never_trains_in_dropout_mode(one_rank, encoder):
+    """DeepSpeed's engine.train() sets train mode on the whole module; the frozen backbone (dropout 0.1
+    in BERT) must stay in eval mode through evaluations and steps, while the adapter trains."""
+    model = build_model(encoder, MethodConfig(kind="sk_prefix", head="linear", prefix_length=3, adapter_rank=2), ["a", "b"])
+    engine = build_engine(model, TrainConfig(zero_stage=2, micro_batch_size=2, max_steps=4, lr=1e-2))
+    df = pd.DataFrame({"text": ["a fine film", "dull", "moving and funny", "too long"], "label": [1, 0, 1, 0]})
+    data = encode(df, encoder.tokenizer, DataConfig(), add_special_tokens=True)
+    evaluate(engine, data, 2, 0, 1, torch.device("cpu"), ["a", "b"])  # ends with engine.train()
+    batch = take(data, torch.arange(2))
+    engine.backward(task_loss(engine(batch["input_ids"], batch["attention_mask"]), batch["labels"]))
+    engine.step()
+    assert not [n for n, m in model.backbone.named_modules() if m.training]
+    assert model.adapters.training and model.head.training
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero(one_rank, decoder):
+    assert [lr_factor(s, 4, 10) for s in (0, 1, 3, 4, 7, 10)] == [0.25, 0.5, 1.0, 1.0, 0.5, 0.0]
+    assert lr_factor(0, 0, 10) == 1.0  # no warm-up: full rate at once
+    model = build_model(decoder, MethodConfig(kind="sk_prompt", head="linear", prefix_length=2), ["a", "b"])
+    engine = build_engine(model, TrainConfig(zero_stage=0, lr=1e-2, max_steps=10, lr_warmup_steps=4))
+    assert engine.get_lr()[0] == pytest.approx(1e-2 * 0.25)
+
+
+@pytest.mark.parametrize("n, world, micro", [(10, 3, 2), (13, 2, 4), (17, 4, 1), (9, 1, 3)])
+def test_every_rank_runs_the_same_batches_per_epoch(n, world, micro):
+    """Ranks with different batch counts per epoch drift apart (one starts epoch 2 while another is in 1)."""
+    for epoch in range(3):
+        shards = [epoch_shard(n, micro, r, world, seed=0, epoch=epoch) for r in range(world)]
+        assert len({len(s) for s in shards}) == 1 and len(shards[0]) % micro == 0
+        rows = torch.cat(shards)
+        assert len(set(rows.tolist())) == len(rows) > n - world * micro  # disjoint, at most a batch per rank left out
+    streams = [_train_batches(n, micro, r, world, seed=0) for r in range(world)]
+    per_epoch = len(shards[0]) // micro
+    first = [[next(s) for _ in range(per_epoch)] for s in streams]
+    assert all(torch.equal(torch.cat(b), shard) for b, shard in zip(first, [epoch_shard(n, micro, r, world, 0, 0) for r in range(world)]))
