@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from skray.cli import main
 from skray.config import parse_config
 from skray.errors import ConfigError
+from skray.report import rebuild
 from skray.search import run_experiment
 from tests.test_ray_runs import tiny_experiment
 
@@ -29,8 +31,12 @@ def experiment(backbone_dir, storage, **sections):
 def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_rest(ray_cluster, tiny_llama_dir, tmp_path, capsys):
     bad_lora = {"kind": "lora", "lora_target_modules": ["not_a_layer"]}
     cfg = experiment(tiny_llama_dir, tmp_path, compare={"methods": ["sk_prefix", "prefix_tuning", bad_lora, "linear_probe"], "seeds": [0, 1], "target_accuracy": 0.01})
-    run_dir, table = run_experiment(cfg, "compare")
-    run_dir = Path(run_dir)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    assert main(["compare", str(path)]) == 1  # the table is written, and the exit code says some trials failed
+    assert "2 of the run's trials failed" in capsys.readouterr().err
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    table = rebuild(str(run_dir))
     for name in ("compare.csv", "compare.parquet", "compare.md", "accuracy_vs_params.png", "accuracy_vs_time.png", "finished"):
         assert (run_dir / name).stat().st_size > 0, name
     per_seed = table[table.seed != "mean ± sd"]

@@ -1,4 +1,5 @@
-"""Data by name: the embedded Rotten Tomatoes split, local files, and label/column errors."""
+"""Data by name: the embedded Rotten Tomatoes split, local files and folders, and label/column/value errors."""
+import datasets
 import pandas as pd
 import pytest
 
@@ -56,8 +57,8 @@ def test_explicit_split_column_and_label_errors(tmp_path):
         load_splits(DataConfig(name=str(path), labels=["x", "z"]))
     with pytest.raises(DataError, match="column 'sentence' not found"):
         load_splits(DataConfig(name=str(path), text_column="sentence"))
-    df[df.split != "test"].to_csv(path, index=False)
-    with pytest.raises(DataError, match="test split is empty"):
+    df.head(1).to_csv(path, index=False)  # one train row: validation and test are carved from it, and some split is empty
+    with pytest.raises(DataError, match="split is empty"):
         load_splits(DataConfig(name=str(path)))
 
 
@@ -76,3 +77,82 @@ def test_encode_pads_right_and_keeps_labels():
     assert enc["input_ids"].shape[1] <= 16
     assert enc["attention_mask"][:, 0].all()  # right padding: real tokens first
     assert enc["labels"].tolist() == s.train.label.tolist()
+
+
+def reviews(n: int, split: str | None = None) -> pd.DataFrame:
+    df = pd.DataFrame({"text": [f"review number {i}" for i in range(n)], "label": ["negative", "positive"] * (n // 2)})
+    return df.assign(split=split) if split else df
+
+
+def test_missing_text_or_label_is_an_error_naming_the_rows(tmp_path):
+    df = reviews(20, "train")
+    df.loc[[2, 6, 9], "label"] = None
+    path = tmp_path / "d.csv"
+    pd.concat([df, reviews(4, "validation"), reviews(4, "test")]).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"train has 3 row\(s\) with no 'label' \(first: 3, 7, 10; 1-based data rows of the file, "
+                                        r"header not counted\); fill them in or set data.drop_missing: true$"):
+        load_splits(DataConfig(name=str(path)))
+    df.loc[[2, 6, 9], "label"] = "positive"
+    df.loc[4, "text"], df.loc[5, "text"] = "", "   "
+    pd.concat([df, reviews(4, "validation"), reviews(4, "test")]).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"train has 2 row\(s\) with no 'text' \(first: 5, 6;"):
+        load_splits(DataConfig(name=str(path)))
+
+
+def test_drop_missing_drops_the_rows_and_counts_them(tmp_path, capsys):
+    df = pd.concat([reviews(20, "train"), reviews(6, "test")], ignore_index=True)
+    df.loc[[1, 3], "label"] = None
+    df.loc[21, "text"] = None
+    path = tmp_path / "d.csv"
+    df.to_csv(path, index=False)
+    s = load_splits(DataConfig(name=str(path), drop_missing=True, validation_fraction=0.2))
+    assert s.label_names == ["negative", "positive"]
+    assert len(s.train) + len(s.validation) == 18 and len(s.test) == 5
+    assert "dropped rows with a missing text or label (data.drop_missing): train 2, validation 0, test 1" in capsys.readouterr().err
+    df["label"] = [0, 1] * 13
+    df.loc[[1, 3], "label"] = None  # integer labels with empty cells are read as floats
+    df.to_csv(path, index=False)
+    assert load_splits(DataConfig(name=str(path), drop_missing=True, validation_fraction=0.2)).label_names == ["0", "1"]
+
+
+def test_split_column_with_train_and_test_only_carves_validation_from_train(tmp_path, capsys):
+    df = pd.concat([reviews(60, "train"), reviews(10, "test").assign(text=lambda d: "held out " + d.text)], ignore_index=True)
+    path = tmp_path / "d.csv"
+    df.to_csv(path, index=False)
+    s = load_splits(DataConfig(name=str(path), validation_fraction=0.2))
+    assert s.test.text.tolist() == df.text[60:].tolist()
+    assert sorted(s.train.text.tolist() + s.validation.text.tolist()) == sorted(df.text[:60]) and len(s.validation) > 0
+    assert f"skray: {path}: carving validation from train (not given, or empty), grouped by 'text'" in capsys.readouterr().err
+    assert load_splits(DataConfig(name=str(path), validation_fraction=0.2)).validation.equals(s.validation)
+
+
+def test_unknown_split_values_are_an_error(tmp_path):
+    path = tmp_path / "d.csv"
+    pd.concat([reviews(10, "train"), reviews(4, "dev"), reviews(4, "test")]).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"unknown value\(s\) \['dev'\] in column 'split'; rename them to train, validation or test"):
+        load_splits(DataConfig(name=str(path)))
+
+
+def test_a_folder_of_split_files_loads_through_datasets_and_keeps_its_test_split(tmp_path, capsys):
+    train, test = reviews(60), reviews(10).assign(text=lambda d: "held out " + d.text)
+    train.to_parquet(tmp_path / "train.parquet")
+    test.to_parquet(tmp_path / "test.parquet")
+    s = load_splits(DataConfig(name=str(tmp_path), validation_fraction=0.2))
+    assert s.test.text.tolist() == test.text.tolist() and s.test.label.tolist() == [0, 1] * 5
+    assert sorted(s.train.text.tolist() + s.validation.text.tolist()) == sorted(train.text) and len(s.validation) > 0
+    assert "carving validation from train" in capsys.readouterr().err
+
+
+def test_hub_rows_without_a_gold_label_are_dropped_and_an_unlabelled_test_split_is_carved(tmp_path, capsys):
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    frames = {"train": reviews(60).assign(label=[0, 1, -1] * 20), "validation": reviews(10).assign(label=[0, 1, 1, -1, 0] * 2),
+              "test": reviews(10).assign(text=lambda d: "unlabelled " + d.text, label=-1)}
+    for split, df in frames.items():
+        datasets.Dataset.from_pandas(df, features=features, preserve_index=False).to_parquet(str(tmp_path / f"{split}.parquet"))
+    s = load_splits(DataConfig(name=str(tmp_path)))
+    assert s.label_names == ["0", "1"]
+    assert len(s.train) + len(s.test) == 40 and len(s.validation) == 8 and len(s.test) > 0
+    assert not s.test.text.str.startswith("unlabelled").any()
+    err = capsys.readouterr().err
+    assert "dropped rows with label -1 (no gold label): train 20, validation 2, test 10 (all)" in err
+    assert "carving test from train" in err

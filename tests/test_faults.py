@@ -20,29 +20,32 @@ from tests.test_ray_runs import tiny_experiment
 pytestmark = pytest.mark.slow
 
 
-def _kill_a_worker_after_reports(storage: Path, reports: int, killed: list) -> None:
+def _kill_a_worker_after_reports(storage: Path, reports: list[int], killed: list) -> None:
+    """SIGKILL one Ray Train worker as soon as the trial has made each number of reports in turn."""
     deadline = time.time() + 300
-    while time.time() < deadline:
-        done = [p for p in storage.glob("*/*/result.json") if len(p.read_text().splitlines()) >= reports]
-        if done:
-            for proc in psutil.Process().children(recursive=True):  # this test's Ray only, not another on the machine
-                if "RayTrainWorker" in " ".join(proc.cmdline()):
-                    os.kill(proc.pid, signal.SIGKILL)
-                    killed.append(proc.pid)
-                    return
+    while reports and time.time() < deadline:
+        done = [p for p in storage.glob("*/*/result.json") if len(p.read_text().splitlines()) >= reports[0]]
+        workers = [p for p in psutil.Process().children(recursive=True) if "RayTrainWorker" in " ".join(p.cmdline())]
+        if done and workers:  # this test's Ray only, not another on the machine
+            os.kill(workers[0].pid, signal.SIGKILL)
+            killed.append(workers[0].pid)
+            reports.pop(0)
         time.sleep(0.2)
 
 
 def test_killed_worker_restarts_from_checkpoint_and_finishes(ray_cluster, tiny_llama_dir, tmp_path):
+    """Two kills: right after the step-0 report (the restored group must not send it again, or ASHA
+    sees one report too many) and mid-run (the group goes on from the checkpoint's step)."""
     cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=300, train__eval_every=50)
     killed: list = []
-    killer = threading.Thread(target=_kill_a_worker_after_reports, args=(tmp_path, 3, killed), daemon=True)
+    killer = threading.Thread(target=_kill_a_worker_after_reports, args=(tmp_path, [1, 3], killed), daemon=True)
     killer.start()
     run_dir, table = run_experiment(cfg, "train")
     killer.join(timeout=5)
-    assert killed, "no worker was killed (the run ended first?)"
+    assert len(killed) == 2, f"killed {len(killed)} workers (the run ended first?)"
     reports = [json.loads(line) for line in next(Path(run_dir).glob("*/result.json")).read_text().splitlines()]
-    assert table.iloc[0].status == "completed" and reports[-1]["step"] == 300
+    assert table.iloc[0].status == "completed"
+    assert [r["step"] for r in reports] == list(range(0, 301, 50))  # every step reported once, none again after a restart
     resumed = [r for r in reports if r["resumed_from"] > 0]
     assert resumed, "the restarted group did not resume from a checkpoint"
     first = resumed[0]
@@ -86,3 +89,38 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(tiny_llam
     for trial, text in before.items():
         assert after[trial] == text  # finished trials were kept as they were, not run again
     assert load_results(run_dir).status.eq("completed").all()
+
+
+def test_killed_tune_driver_resumes_trials_and_asha_counts_steps(tiny_llama_dir, tmp_path):
+    """`skray tune` killed (with its local Ray) after a trial's first evaluation, then run again: the
+    trials go on from their checkpoints, no step is reported twice, and ASHA stops trials only at its
+    rungs in training steps (after a resume, Tune's training_iteration starts again at 1)."""
+    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__num_workers=1, train__max_steps=40, train__eval_every=10)
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    command = [sys.executable, "-m", "skray.cli", "tune", str(path)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    evaluated = lambda: [p for p in tmp_path.glob("*/run_trial_*/result.json") if '"step": 10' in p.read_text()]  # noqa: E731
+    while time.time() < deadline and not evaluated() and proc.poll() is None:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    cut = {p.parent.name for p in evaluated()}
+    assert cut and not (tmp_path / "finished").exists()
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming" in again.stderr
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    table = load_results(run_dir)
+    assert len(table) == 3 and set(table.status) <= {"completed", "early_stopped"}
+    rungs = {10, 20}  # grace_period 1 evaluation = 10 steps, x reduction_factor 2, below max_steps 40
+    for trial_dir in run_dir.glob("run_trial_*"):
+        reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        steps = [r["step"] for r in reports]
+        assert steps == sorted(set(steps)), (trial_dir.name, steps)  # no step twice, no restart from 0
+        if trial_dir.name in cut and steps[-1] > 10:
+            assert any(r["resumed_from"] >= 10 for r in reports), steps  # went on from its checkpoint
+        if "test_accuracy" not in reports[-1]:
+            assert steps[-1] in rungs, (trial_dir.name, steps)  # stopped by ASHA at a rung of training steps

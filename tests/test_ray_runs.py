@@ -4,6 +4,7 @@ import signal
 import subprocess
 import sys
 import time
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,25 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path,
         for r in (0, 1):  # bf16 runs prefix the names with "bf16_"
             assert any(f.name.endswith(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for f in resume), [f.name for f in resume]
     assert sum(f.stat().st_size for f in resume) < reports[-1]["backbone_bytes"] / 2
+    unlisted = [f.name for f in pickled(run_dir) if f not in resume and not any(fnmatch(f.name, p) for p in TUNE_PICKLES)]
+    assert not unlisted, f"the README's list of pickled files is out of date: {unlisted}"
+
+
+# What the README says holds pickles: Ray Tune's state (unpickled by Tuner.restore when a sweep
+# resumes) and DeepSpeed's resume files (torch.load(weights_only=False) when a trial resumes).
+# skray's own files (experiment.json, tables, adapter.safetensors, skray.json) hold none.
+TUNE_PICKLES = ("tuner.pkl", "params.pkl", "searcher-state-*.pkl", "experiment_state-*.json", "basic-variant-state-*.json")
+
+
+def pickled(run_dir: Path) -> list[Path]:
+    """Files holding pickled Python objects: pickle streams, torch.save zips, and JSON with cloudpickle inside."""
+    found = []
+    for f in run_dir.rglob("*"):
+        if f.is_file():
+            head = f.read_bytes()[:4]
+            if head[:1] == b"\x80" or head == b"PK\x03\x04" or (f.suffix == ".json" and b"CLOUDPICKLE" in f.read_bytes()):
+                found.append(f)
+    return found
 
 
 def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_llama_dir, tmp_path, capsys):
@@ -165,3 +185,16 @@ def test_private_ray_finds_itself_beside_another_ray(ray_cluster):
     finally:
         other.kill()
         other.wait()
+
+
+def test_asha_rungs_are_training_steps():
+    """Rungs at grace_period evaluations x reduction_factor, in steps: the same amount of training for
+    every trial it compares, also for a trial resumed mid-way (whose training_iteration restarts)."""
+    from skray.search import asha
+
+    cfg = parse_config({"train": {"max_steps": 80, "eval_every": 10},
+                        "search": {"wordings": ["a"], "prefix_length": {"low": 1, "high": 2}, "lr": {"low": 1e-3, "high": 1e-2},
+                                   "grace_period": 2, "reduction_factor": 2}})
+    scheduler = asha(cfg)
+    assert scheduler._time_attr == "step" and scheduler._max_t == 80
+    assert sorted(m for m, _ in scheduler._brackets[0]._rungs) == [20, 40, 80]

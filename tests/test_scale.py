@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from skray import scale
 from skray.config import parse_config
-from skray.search import run_experiment
+from skray.cli import main
+from skray.report import rebuild
 from tests.test_ray_runs import tiny_experiment
 
 
@@ -40,8 +42,11 @@ def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_
     cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=4, train__untimed_steps=1, train__eval_every=4, train__max_failures=0)
     cfg = cfg.model_copy(update={"scale": parse_config({"scale": {"num_workers": [1, 2], "zero_stages": [3], "offloads": ["none"],
                                                                   "micro_batch_sizes": [4, 4096]}}).scale})
-    run_dir, table = run_experiment(cfg, "scale")
-    table = table.set_index("point")
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    assert main(["scale", str(path)]) == 1  # two points failed: the grid went on, the exit code says so
+    (run_dir,) = [str(p) for p in tmp_path.iterdir() if p.is_dir()]
+    table = rebuild(run_dir).set_index("point")
     for point in ("w1-z3-none-mb4", "w2-z3-none-mb4"):
         row = table.loc[point]
         assert row.status == "completed" and row.samples_per_s > 0 and row.tokens_per_s > 0

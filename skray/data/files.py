@@ -1,12 +1,13 @@
-"""Local CSV / JSONL / Parquet files, and data sets from the Hugging Face Hub."""
+"""Local CSV / JSONL / Parquet files, and data sets from the Hugging Face Hub or a local folder."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from skray.config import DataConfig
-from skray.data.splits import Splits, build_splits, split_by_group
+from skray.data.splits import SPLITS, Splits, build_splits, carve_missing, group_keys, split_by_group
 from skray.errors import DataError
 
 READERS = {
@@ -15,46 +16,55 @@ READERS = {
     ".json": lambda p: pd.read_json(p, lines=True),
     ".parquet": pd.read_parquet,
 }
-
-
-def _split_frame(df: pd.DataFrame, cfg: DataConfig, source: str) -> Splits:
-    """One table with no split column: split deterministically, grouped if asked."""
-    if cfg.group_column and cfg.group_column not in df.columns:
-        raise DataError(f"{source}: group column {cfg.group_column!r} not found; fix data.group_column")
-    if cfg.group_column:
-        keys = df[cfg.group_column]
-    elif cfg.text_column in df.columns:  # equal texts (or pairs) stay in one split
-        keys = df[cfg.text_column].astype(str)
-        if cfg.text_pair_column in df.columns:
-            keys = keys + "\x1f" + df[cfg.text_pair_column].astype(str)
-    else:
-        keys = df.index
-    return build_splits(split_by_group(df, pd.Series(keys, index=df.index), cfg), cfg, source)
+DATASET_ROWS = "1-based rows of the data set's split they came from"
 
 
 def local_file(path: Path, cfg: DataConfig) -> Splits:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv, .jsonl or .parquet)")
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv, .jsonl or .parquet, or a folder of them)")
     try:
         df = reader(path)
     except Exception as err:  # the parsers raise many types; the user needs the file and the reason
         raise DataError(f"{path}: could not read ({type(err).__name__}: {err})") from None
     if "split" in df.columns:
-        parts = {s: df[df["split"] == s] for s in ("train", "validation", "test")}
-        return build_splits(parts, cfg, str(path))
-    return _split_frame(df, cfg, str(path))
+        return build_splits(carve_missing(_given_splits(df, str(path)), cfg, str(path)), cfg, str(path))
+    return build_splits(split_by_group(df, group_keys(df, cfg, str(path)), cfg), cfg, str(path))
+
+
+def _given_splits(df: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
+    """The file's own split column; a value skray does not know would otherwise drop its rows unseen."""
+    unknown = sorted(set(df["split"].astype(str)) - set(SPLITS))
+    if unknown:
+        raise DataError(f"{source}: unknown value(s) {unknown} in column 'split'; rename them to train, validation or test")
+    return {s: df[df["split"] == s] for s in SPLITS}
 
 
 def hub_dataset(name: str, cfg: DataConfig) -> Splits:
-    """A hub data set by id (needs network); missing splits are carved from train."""
+    """A hub data set by id (needs network), or a local folder of split files (train.csv, test.parquet)
+    that datasets reads the same way. Given splits are kept; missing ones are carved from train."""
     import datasets
 
     try:
         ds = datasets.load_dataset(name)
     except Exception as err:
-        raise DataError(f"data {name!r}: not an embedded name, a local file, or a reachable hub dataset ({type(err).__name__})") from None
-    frames = {k: v.to_pandas() for k, v in ds.items()}
-    if "validation" in frames and "test" in frames:
-        return build_splits(frames, cfg, name)
-    return _split_frame(frames["train"], cfg, name)
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise DataError(f"data {name!r}: datasets could not load it ({type(err).__name__}: {reason}); use an embedded "
+                        f"name, a .csv/.jsonl/.parquet file, a folder of split files or a reachable hub dataset id") from None
+    if "train" not in ds:
+        raise DataError(f"data {name!r}: no train split (splits: {', '.join(ds)}); name a data set or folder that has one")
+    parts = {s: ds[s].to_pandas() for s in SPLITS if s in ds}
+    if isinstance(ds["train"].features.get(cfg.label_column), datasets.ClassLabel):
+        parts = _drop_unlabelled(parts, cfg.label_column, name)
+    return build_splits(carve_missing(parts, cfg, name), cfg, name, rows=DATASET_ROWS)
+
+
+def _drop_unlabelled(parts: dict[str, pd.DataFrame], column: str, source: str) -> dict[str, pd.DataFrame]:
+    """-1 is datasets' ClassLabel for "no gold label" (SNLI's unsure rows; GLUE test splits are all -1):
+    left in, it would be one more class. A split left empty is then carved from train."""
+    kept = {s: df[df[column] != -1] for s, df in parts.items()}
+    dropped = {s: len(parts[s]) - len(kept[s]) for s in parts}
+    if any(dropped.values()):
+        counts = ", ".join(f"{s} {n}" + (" (all)" if n == len(parts[s]) else "") for s, n in dropped.items() if n)
+        print(f"skray: {source}: dropped rows with label -1 (no gold label): {counts}", file=sys.stderr)
+    return kept

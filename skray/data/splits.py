@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 
 import pandas as pd
@@ -10,6 +11,7 @@ from skray.config import DataConfig
 from skray.errors import DataError
 
 SPLITS = ("train", "validation", "test")
+FILE_ROWS = "1-based data rows of the file, header not counted"  # what a frame's index + 1 means
 
 
 @dataclass
@@ -28,12 +30,47 @@ def _bucket(key: str) -> float:
     return int(hashlib.md5(key.encode()).hexdigest()[:8], 16) / 16**8
 
 
+def _assign(groups: pd.Series, cfg: DataConfig) -> pd.Series:
+    """The split of every row, by its group's bucket: deterministic, and no group straddles two splits."""
+    u = groups.astype(str).map(_bucket)
+    where = pd.Series("train", index=groups.index)
+    where[u < cfg.test_fraction] = "test"
+    where[(u >= cfg.test_fraction) & (u < cfg.test_fraction + cfg.validation_fraction)] = "validation"
+    return where
+
+
 def split_by_group(df: pd.DataFrame, groups: pd.Series, cfg: DataConfig) -> dict[str, pd.DataFrame]:
     """Deterministic split where every group (e.g. a movie) lands in exactly one split."""
-    u = groups.astype(str).map(_bucket)
-    test = u < cfg.test_fraction
-    val = (u >= cfg.test_fraction) & (u < cfg.test_fraction + cfg.validation_fraction)
-    return {"train": df[~test & ~val], "validation": df[val], "test": df[test]}
+    where = _assign(groups, cfg)
+    return {s: df[where == s] for s in SPLITS}
+
+
+def group_keys(df: pd.DataFrame, cfg: DataConfig, source: str) -> pd.Series:
+    """What keeps rows together in a split: data.group_column, else equal texts (or pairs)."""
+    if cfg.group_column and cfg.group_column not in df.columns:
+        raise DataError(f"{source}: group column {cfg.group_column!r} not found; fix data.group_column")
+    if cfg.group_column:
+        return df[cfg.group_column]
+    if cfg.text_column not in df.columns:
+        return pd.Series(df.index, index=df.index)  # build_splits names the missing column
+    keys = df[cfg.text_column].astype(str)
+    if cfg.text_pair_column in df.columns:
+        keys = keys + "\x1f" + df[cfg.text_pair_column].astype(str)
+    return keys
+
+
+def carve_missing(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str) -> dict[str, pd.DataFrame]:
+    """A source that gives train but no (or an empty) validation or test split: carve those from train,
+    grouped as an unsplit table is, and keep every split it did give as it is."""
+    lacking = [s for s in ("validation", "test") if len(parts.get(s, ())) == 0]
+    if not lacking or len(parts.get("train", ())) == 0:
+        return parts
+    train = parts["train"]
+    where = _assign(group_keys(train, cfg, source), cfg)
+    where[~where.isin(lacking)] = "train"
+    print(f"skray: {source}: carving {' and '.join(lacking)} from train (not given, or empty), "
+          f"grouped by {cfg.group_column or cfg.text_column!r}", file=sys.stderr)
+    return {**parts, **{s: train[where == s] for s in ("train", *lacking)}}
 
 
 def _check_word_lists(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str) -> None:
@@ -51,19 +88,63 @@ def _is_list(value) -> bool:
     return hasattr(value, "__len__") and not isinstance(value, (str, bytes))
 
 
-def build_splits(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str) -> Splits:
-    """Check columns and labels, map labels to ids, cap sizes; errors name the fix."""
-    columns = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
-    for split in SPLITS:
-        df = parts.get(split)
-        if df is None or len(df) == 0:
-            raise DataError(f"{source}: the {split} split is empty (add rows or change data.*_fraction)")
+def _is_blank(value) -> bool:
+    return isinstance(value, str) and not value.strip()
+
+
+def _missing(df: pd.DataFrame, cfg: DataConfig) -> dict[str, pd.Series]:
+    """Per column, the rows with nothing in it: None/NaN anywhere, or a blank text."""
+    texts = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    masks = {c: df[c].isna() | df[c].map(_is_blank).astype(bool) for c in texts}
+    masks[cfg.label_column] = df[cfg.label_column].isna()
+    return masks
+
+
+def _without_missing(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str, rows: str) -> dict[str, pd.DataFrame]:
+    """Rows with a missing text or label are an error naming them, or dropped with data.drop_missing."""
+    out, dropped = {}, {}
+    for split, df in parts.items():
+        masks = _missing(df, cfg)
+        for column, mask in masks.items():
+            if mask.any() and not cfg.drop_missing:
+                first = ", ".join(str(i + 1) for i in df.index[mask.to_numpy()][:5])
+                raise DataError(f"{source}: {split} has {int(mask.sum())} row(s) with no {column!r} (first: {first}; {rows}); "
+                                f"fill them in or set data.drop_missing: true")
+        keep = ~pd.concat(masks.values(), axis=1).any(axis=1)
+        out[split], dropped[split] = _integral_labels(df[keep], cfg.label_column), int((~keep).sum())
+    if any(dropped.values()):
+        counts = ", ".join(f"{s} {n}" for s, n in dropped.items())
+        print(f"skray: {source}: dropped rows with a missing text or label (data.drop_missing): {counts}", file=sys.stderr)
+    return out
+
+
+def _integral_labels(df: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Integer labels that an empty cell turned into floats (1.0) go back to integers, so a label is '1'."""
+    labels = df[column]
+    if pd.api.types.is_float_dtype(labels) and (labels % 1 == 0).all():
+        return df.assign(**{column: labels.astype("int64")})
+    return df
+
+
+def _check_columns(parts: dict[str, pd.DataFrame], columns: list[str], source: str) -> None:
+    for df in parts.values():
         missing = [c for c in columns if c not in df.columns]
         if missing:
             raise DataError(
                 f"{source}: column {missing[0]!r} not found (columns: {', '.join(map(str, df.columns))}); "
                 f"set data.text_column / data.label_column / data.text_pair_column"
             )
+
+
+def build_splits(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str, rows: str = FILE_ROWS) -> Splits:
+    """Check columns, missing values and labels, map labels to ids, cap sizes; errors name the fix.
+    ``rows`` says what a row number in an error means (the frames keep their source's index)."""
+    columns = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+    _check_columns(parts, columns, source)
+    parts = _without_missing(parts, cfg, source, rows)
+    for split in SPLITS:
+        if len(parts.get(split, ())) == 0:
+            raise DataError(f"{source}: the {split} split is empty (add rows or change data.*_fraction)")
     token_level = cfg.task == "token_classification"
     if token_level:
         _check_word_lists(parts, cfg, source)
