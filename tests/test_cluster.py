@@ -48,6 +48,7 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
         **os.environ,
         "HOME": str(home),
         "RAY_AUTH_MODE": "token",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # with --node-ip-address=127.0.0.1: loopback only, as in the docs
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "SKRAY_CACHE": os.environ.get("SKRAY_CACHE", str(Path.home() / ".cache" / "skray")),
     }
@@ -56,7 +57,7 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # own session files: nothing left in /tmp/ray for others to find
     head = subprocess.Popen(
         [BIN / "ray", "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dashboard}",
-         "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
