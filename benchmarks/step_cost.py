@@ -11,6 +11,7 @@ shared CPU), and ratios beside what token counts predict.
 "Re-run" is how the authors' code does it: every forward runs the prompt through the frozen
 model at batch size, with gradients, because their prompt embeddings train.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ from peft import PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_mode
 from skray.backbones import load_backbone
 from skray.config import BackboneConfig, MethodConfig
 from skray.methods import SKPrefix, SKPrompt
+from skray.methods.sk_prefix import flatten_heads
 
 BATCH, M = 8, 16
 SIZES = [(16, 32), (16, 64), (16, 128), (64, 32), (64, 128)]  # (prompt tokens k, input length n)
@@ -53,9 +55,9 @@ class SKPrefixRerun(SKPrefix):
         embeds = self.rerun.embeds.unsqueeze(0).expand(input_ids.size(0), -1, -1)
         self.backbone.base_model(inputs_embeds=embeds, cache=cache, use_cache=True)
         self.prompt_passes += 1
-        flat = lambda t: t[0].transpose(0, 1).reshape(t.shape[2], -1)  # the cached variant's layout; batch row 0
-        self.prompt_keys = torch.stack([flat(l.keys) for l in cache.layers])
-        self.prompt_values = torch.stack([flat(l.values) for l in cache.layers])
+        # the cached variant's layout, from batch row 0
+        self.prompt_keys = torch.stack([flatten_heads(layer.keys) for layer in cache.layers])
+        self.prompt_values = torch.stack([flatten_heads(layer.values) for layer in cache.layers])
         return super().encode(input_ids, attention_mask)
 
 
@@ -65,7 +67,9 @@ class SKPromptRerun(SKPrompt):
         self.rerun = RerunPrompt(self)
 
     def encode(self, input_ids, attention_mask):
-        self.prompt_states = self.rerun.embeds * 1  # a tensor, not a Parameter: the prompt's "first stage" is its embeddings
+        self.prompt_states = (
+            self.rerun.embeds * 1
+        )  # a tensor, not a Parameter: the prompt's "first stage" is its embeddings
         self.prompt_passes += 1
         return super().encode(input_ids, attention_mask)
 
@@ -93,15 +97,26 @@ def wording_of(tokenizer, k: int) -> str:
 def build(name: str, k: int):
     backbone = load_backbone(BackboneConfig(name="smollm2-135m"))
     tok = backbone.tokenizer
-    cfg = MethodConfig(kind="sk_prefix", wording=wording_of(tok, k), prefix_length=M, adapter_rank=8, head="verbalizer", label_words=WORDS)
+    cfg = MethodConfig(
+        kind="sk_prefix",
+        wording=wording_of(tok, k),
+        prefix_length=M,
+        adapter_rank=8,
+        head="verbalizer",
+        label_words=WORDS,
+    )
     word_ids = [tok(WORDS[n], add_special_tokens=False)["input_ids"][0] for n in LABELS]
     makers = {
         "sk_prefix_cached": lambda: SKPrefix(backbone, cfg, LABELS),
         "sk_prefix_rerun": lambda: SKPrefixRerun(backbone, cfg, LABELS),
         "sk_prompt_cached": lambda: SKPrompt(backbone, cfg, LABELS),
         "sk_prompt_rerun": lambda: SKPromptRerun(backbone, cfg, LABELS),
-        "peft_prefix": lambda: PeftClassifier(backbone, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=M), word_ids),
-        "peft_prompt": lambda: PeftClassifier(backbone, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=M), word_ids),
+        "peft_prefix": lambda: PeftClassifier(
+            backbone, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=M), word_ids
+        ),
+        "peft_prompt": lambda: PeftClassifier(
+            backbone, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=M), word_ids
+        ),
     }
     model = makers[name]()
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -160,17 +175,34 @@ def main() -> None:
         for name in names:
             med = statistics.median(times[name])
             trainable = sum(p.numel() for p in built[name][0].parameters() if p.requires_grad)
-            rows.append({"k": k, "n": n, "variant": name, "trainable": trainable, "median_step_s": med,
-                         "vs_sk_prefix_cached": med / base, "predicted": predicted(name, k, n),
-                         "autograd_saved_mb": memory[name] / 2**20})
+            rows.append(
+                {
+                    "k": k,
+                    "n": n,
+                    "variant": name,
+                    "trainable": trainable,
+                    "median_step_s": med,
+                    "vs_sk_prefix_cached": med / base,
+                    "predicted": predicted(name, k, n),
+                    "autograd_saved_mb": memory[name] / 2**20,
+                }
+            )
         del built
     table = pd.DataFrame(rows)
     print(f"SmolLM2-135M, batch {BATCH}, m = {M}, {args.repeats} interleaved repeats, {args.threads} threads\n")
     print(table.to_markdown(index=False, floatfmt=".3g"))
     pivot = table.pivot_table(index=["k", "n"], columns="variant", values="median_step_s")
     print("\nTargets:")
-    print((pivot["sk_prefix_cached"] / pivot["peft_prefix"]).rename("cached SK-Prefix / PEFT prefix (target <= 1.10)").to_markdown(floatfmt=".3f"))
-    print((pivot["sk_prefix_rerun"] / pivot["sk_prefix_cached"]).rename("re-run / cached SK-Prefix (target >= 1.2 at k=16, n=64)").to_markdown(floatfmt=".3f"))
+    print(
+        (pivot["sk_prefix_cached"] / pivot["peft_prefix"])
+        .rename("cached SK-Prefix / PEFT prefix (target <= 1.10)")
+        .to_markdown(floatfmt=".3f")
+    )
+    print(
+        (pivot["sk_prefix_rerun"] / pivot["sk_prefix_cached"])
+        .rename("re-run / cached SK-Prefix (target >= 1.2 at k=16, n=64)")
+        .to_markdown(floatfmt=".3f")
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 itself is already on every node at ~/skray (cluster.yaml's file_mounts), so the config path
 defaults to the quickstart there. It runs `skray tune` against the cluster it is on.
 """
+
 import sys
 from pathlib import Path
 

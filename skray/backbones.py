@@ -1,4 +1,5 @@
 """Backbone names -> frozen models and tokenizers: embedded packages, local folders, hub ids."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Command line: `skray train|tune|compare|scale CONFIG [--set k=v]`, `skray report RUN_DIR`. Parsing only."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,17 @@ def _parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=help_)
         cmd.add_argument("config", help="experiment YAML")
-        cmd.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.lr=1e-3")
-        cmd.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+        cmd.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config key, e.g. train.lr=1e-3",
+        )
+        cmd.add_argument(
+            "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
+        )
     rep = sub.add_parser("report", help="rebuild the tables (and plots) of a run directory")
     rep.add_argument("run_dir")
     return p
@@ -49,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         failed = int((table["status"] == "error").sum())
         if failed:
-            print(f"skray: {failed} of the run's trials failed; their errors are in the table's error column", file=sys.stderr)
+            print(
+                f"skray: {failed} of the run's trials failed; their errors are in the table's error column",
+                file=sys.stderr,
+            )
             return 1
         return 0
     except SkrayError as err:

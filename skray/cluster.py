@@ -1,4 +1,5 @@
 """Where skray's trials run: a Ray cluster it joins, or a private local Ray it starts."""
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ Every (method, seed) is one Tune trial running its own Ray Train + DeepSpeed gro
 that fails is one failed row and the others still finish. The per-trial table is then folded
 into the comparison: one row per method and seed, plus a mean ± sd row per method.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,14 +14,25 @@ import pandas as pd
 from skray.config import ExperimentConfig, MethodConfig, compare_labels, entry_lr, method_variant
 
 SCORES = ["zero_shot_acc", "best_val_acc", "best_val_f1", "test_acc", "test_f1", "steps_to_target"]
-COSTS = ["trainable_params", "trainable_pct", "train_s", "samples_per_s", "tokens_per_s", "peak_mem_mb", "checkpoint_bytes"]
+COSTS = [
+    "trainable_params",
+    "trainable_pct",
+    "train_s",
+    "samples_per_s",
+    "tokens_per_s",
+    "peak_mem_mb",
+    "checkpoint_bytes",
+]
 
 
 def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
     """Method label -> the method section and learning rate that trial runs."""
     entries = cfg.compare.methods
     labels = compare_labels(entries, cfg.train.lr)
-    return {name: (method_variant(cfg.method, e), entry_lr(e, cfg.train.lr)) for name, e in zip(labels, entries)}
+    return {
+        name: (method_variant(cfg.method, e), entry_lr(e, cfg.train.lr))
+        for name, e in zip(labels, entries, strict=True)
+    }
 
 
 def summarize(trials: pd.DataFrame) -> pd.DataFrame:

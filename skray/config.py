@@ -3,6 +3,7 @@
 Every section forbids unknown keys so that a typo (``lerning_rate``) fails loudly instead of
 silently training with a default.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,20 +50,29 @@ class DataConfig(_Section):
     drop_missing: bool = False  # rows with no text or label: an error naming them, or dropped (and counted) if true
 
     @model_validator(mode="after")
-    def _template_has_text(self) -> "DataConfig":
+    def _template_has_text(self) -> DataConfig:
         if "{text}" not in self.template:
             raise ValueError("data.template must contain '{text}'")
         if self.text_pair_column and "{text_pair}" not in self.template:
             raise ValueError("data.template must contain '{text_pair}' when text_pair_column is set")
         if self.task == "token_classification" and (self.template != "{text}" or self.text_pair_column):
-            raise ValueError("data.task token_classification reads the words as they are; remove data.template and data.text_pair_column")
+            raise ValueError(
+                "data.task token_classification reads the words as they are; "
+                "remove data.template and data.text_pair_column"
+            )
         return self
 
 
 MethodKind = Literal[
-    "sk_prefix", "sk_prompt",  # SK-Tuning
-    "prompt_tuning", "prompt_tuning_text", "prefix_tuning", "p_tuning", "lora",  # PEFT baselines
-    "full_finetune", "linear_probe",  # the two ends
+    "sk_prefix",
+    "sk_prompt",  # SK-Tuning
+    "prompt_tuning",
+    "prompt_tuning_text",
+    "prefix_tuning",
+    "p_tuning",
+    "lora",  # PEFT baselines
+    "full_finetune",
+    "linear_probe",  # the two ends
 ]
 
 
@@ -80,10 +90,12 @@ class MethodConfig(_Section):
     adapter_rank: int = Field(default=8, ge=1, le=1024)
     head: Literal["linear", "verbalizer"] = "verbalizer"
     label_words: dict[str, str] | None = None
-    lora_target_modules: list[str] | None = Field(default=None, min_length=1, description="PEFT's default for the architecture if unset")
+    lora_target_modules: list[str] | None = Field(
+        default=None, min_length=1, description="PEFT's default for the architecture if unset"
+    )
 
     @model_validator(mode="after")
-    def _probe_is_linear(self) -> "MethodConfig":
+    def _probe_is_linear(self) -> MethodConfig:
         if self.kind == "linear_probe" and self.head != "linear":
             raise ValueError("method.kind linear_probe trains only a head; set method.head: linear")
         return self
@@ -111,29 +123,41 @@ class TrainConfig(_Section):
     eval_every: int = Field(default=20, ge=1)
     eval_batch_size: int = Field(default=16, ge=1)
     seed: int = 0
-    lr_warmup_steps: int | None = Field(default=None, ge=0, description="steps of linear learning-rate warm-up (default: a tenth of max_steps)")
-    untimed_steps: int = Field(default=2, ge=0, description="first steps left out of the steady-state throughput (allocations, caches)")
-    max_failures: int = Field(default=2, ge=-1, description="restarts of a failed worker group from its last checkpoint (-1: no limit)")
+    lr_warmup_steps: int | None = Field(
+        default=None, ge=0, description="steps of linear learning-rate warm-up (default: a tenth of max_steps)"
+    )
+    untimed_steps: int = Field(
+        default=2, ge=0, description="first steps left out of the steady-state throughput (allocations, caches)"
+    )
+    max_failures: int = Field(
+        default=2, ge=-1, description="restarts of a failed worker group from its last checkpoint (-1: no limit)"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _no_ambiguous_warmup(cls, raw: Any) -> Any:
         if isinstance(raw, dict) and "warmup_steps" in raw:
-            raise ValueError("warmup_steps was split in two: lr_warmup_steps (learning-rate warm-up) "
-                             "and untimed_steps (steps left out of throughput timing); use the one you mean")
+            raise ValueError(
+                "warmup_steps was split in two: lr_warmup_steps (learning-rate warm-up) "
+                "and untimed_steps (steps left out of throughput timing); use the one you mean"
+            )
         return raw
 
     @model_validator(mode="after")
-    def _offload_needs_zero(self) -> "TrainConfig":
+    def _offload_needs_zero(self) -> TrainConfig:
         if self.zero_stage == "auto":
             if self.offload != "none":
-                raise ValueError("train.offload is chosen by zero_stage auto; remove train.offload or set train.zero_stage 0-3")
+                raise ValueError(
+                    "train.offload is chosen by zero_stage auto; remove train.offload or set train.zero_stage 0-3"
+                )
         elif self.offload == "all" and self.zero_stage != 3:
             raise ValueError("train.offload 'all' (parameters too) needs train.zero_stage 3")
         elif self.offload == "optimizer" and self.zero_stage == 0:
             raise ValueError("train.offload 'optimizer' needs train.zero_stage 1, 2 or 3")
         if self.lr_warmup_steps is not None and self.lr_warmup_steps > self.max_steps:
-            raise ValueError(f"train.lr_warmup_steps ({self.lr_warmup_steps}) must not exceed train.max_steps ({self.max_steps})")
+            raise ValueError(
+                f"train.lr_warmup_steps ({self.lr_warmup_steps}) must not exceed train.max_steps ({self.max_steps})"
+            )
         return self
 
     @property
@@ -154,7 +178,7 @@ class IntRange(_Section):
     high: int = Field(ge=1)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "IntRange":
+    def _ordered(self) -> IntRange:
         if self.low > self.high:
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
         return self
@@ -165,7 +189,7 @@ class LogRange(_Section):
     high: float = Field(gt=0, le=1.0)
 
     @model_validator(mode="after")
-    def _ordered(self) -> "LogRange":
+    def _ordered(self) -> LogRange:
         if self.low >= self.high:
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         return self
@@ -184,7 +208,7 @@ class SearchConfig(_Section):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _wordings_not_blank(self) -> "SearchConfig":
+    def _wordings_not_blank(self) -> SearchConfig:
         if any(not w.strip() for w in self.wordings):
             raise ValueError("search.wordings must not contain blank sentences")
         return self
@@ -200,10 +224,12 @@ class CompareConfig(_Section):
 
     methods: list[MethodKind | dict[str, Any]] = Field(min_length=1)
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
-    target_accuracy: float = Field(default=0.8, gt=0, le=1, description="steps_to_target counts steps until validation reaches this")
+    target_accuracy: float = Field(
+        default=0.8, gt=0, le=1, description="steps_to_target counts steps until validation reaches this"
+    )
 
     @model_validator(mode="after")
-    def _distinct(self) -> "CompareConfig":
+    def _distinct(self) -> CompareConfig:
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("compare.seeds must be distinct")
         return self
@@ -233,9 +259,11 @@ class ExperimentConfig(_Section):
     scale: ScaleConfig | None = None
 
     @model_validator(mode="after")
-    def _task_fits_method(self) -> "ExperimentConfig":
+    def _task_fits_method(self) -> ExperimentConfig:
         if self.data.task == "token_classification" and self.method.head == "verbalizer":
-            raise ValueError("method.head: token classification scores every word with a linear head; set method.head: linear")
+            raise ValueError(
+                "method.head: token classification scores every word with a linear head; set method.head: linear"
+            )
         if self.compare:
             for entry in self.compare.methods:
                 method_variant(self.method, entry)  # every entry must make a valid method section
@@ -265,10 +293,12 @@ def compare_labels(entries: list[str | dict[str, Any]], default_lr: float) -> li
         return f"{entry['kind']}({','.join(rest)})" if rest else entry["kind"]
 
     plain = [name(e, with_lr=False) for e in entries]
-    labels = [name(e, with_lr=plain.count(p) > 1) for e, p in zip(entries, plain)]
+    labels = [name(e, with_lr=plain.count(p) > 1) for e, p in zip(entries, plain, strict=True)]
     twice = next((label for label in labels if labels.count(label) > 1), None)
     if twice:
-        raise ValueError(f"compare.methods: two entries both run {twice!r}; remove one or make them differ (e.g. in lr)")
+        raise ValueError(
+            f"compare.methods: two entries both run {twice!r}; remove one or make them differ (e.g. in lr)"
+        )
     return labels
 
 
@@ -298,7 +328,9 @@ def _format_error(err: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key (check the spelling; see README for the keys)"
     # A union (``0-3`` or ``auto``) fails once per member: say every way the value could be right.
-    msgs = dict.fromkeys(e["msg"].removeprefix("Value error, ") for e in errors if _field_path(e["loc"]) == _field_path(first["loc"]))
+    msgs = dict.fromkeys(
+        e["msg"].removeprefix("Value error, ") for e in errors if _field_path(e["loc"]) == _field_path(first["loc"])
+    )
     msg = "; or ".join(msgs)
     given = first.get("input")
     shown = "" if isinstance(given, (dict, list)) or given is None else f" (got {given!r})"

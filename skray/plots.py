@@ -1,5 +1,6 @@
 """Pictures of a run: for a comparison, accuracy against what trains and against training time;
 for a scaling grid, throughput and memory against workers."""
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,16 @@ def plot_compare(trials: pd.DataFrame, run_dir: str) -> list[str]:
         stats = done.groupby("method")[[x, "test_acc"]].agg(["mean", "std"]).fillna(0.0)
         fig, ax = plt.subplots(figsize=(9, 4.5), dpi=120)
         for i, (method, row) in enumerate(stats.iterrows()):  # up to 20 methods stay distinct (colour x marker)
-            ax.errorbar(row[(x, "mean")], row[("test_acc", "mean")], xerr=row[(x, "std")], yerr=row[("test_acc", "std")],
-                        fmt="osD^v"[i % 5], color=plt.cm.tab20(i % 20), capsize=3, label=method)
+            ax.errorbar(
+                row[(x, "mean")],
+                row[("test_acc", "mean")],
+                xerr=row[(x, "std")],
+                yerr=row[("test_acc", "std")],
+                fmt="osD^v"[i % 5],
+                color=plt.cm.tab20(i % 20),
+                capsize=3,
+                label=method,
+            )
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)

@@ -1,4 +1,5 @@
 """Checks on the driver before Ray starts, so user mistakes fail in a second, not after a launch."""
+
 from __future__ import annotations
 
 from skray.backbones import inspect_backbone

@@ -2,6 +2,7 @@
 
 Used at the end of every run and by `skray report`, so both always agree.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -10,8 +11,20 @@ from skray import compare, scale
 from skray.plots import plot_compare, plot_scale
 from skray.results import experiment, format_table, load_results, write_table
 
-BRIEF = ["method", "seed", "zero_shot_acc", "test_acc", "test_f1", "steps_to_target", "trainable_params", "trainable_pct",
-         "train_s", "tokens_per_s", "peak_mem_mb", "status"]
+BRIEF = [
+    "method",
+    "seed",
+    "zero_shot_acc",
+    "test_acc",
+    "test_f1",
+    "steps_to_target",
+    "trainable_params",
+    "trainable_pct",
+    "train_s",
+    "tokens_per_s",
+    "peak_mem_mb",
+    "status",
+]
 
 
 def rebuild(run_dir: str) -> pd.DataFrame:

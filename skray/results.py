@@ -4,6 +4,7 @@ A trial directory holds Tune's ``params.json`` (what was tried) and ``result.jso
 line per report, appended as it happens), so an interrupted run still yields every report
 that was made. Lines that are cut off mid-write are skipped, never trusted.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,8 +46,23 @@ COLUMNS = {
     "checkpoint_bytes": "checkpoint_bytes",
     "status": "status",
 }
-SHOWN = ["trial", "method", "seed", "wording", "prefix_length", "lr", "zero_shot_acc", "best_val_acc", "test_acc",
-         "trainable_params", "train_s", "samples_per_s", "peak_mem_mb", "status", "error"]
+SHOWN = [
+    "trial",
+    "method",
+    "seed",
+    "wording",
+    "prefix_length",
+    "lr",
+    "zero_shot_acc",
+    "best_val_acc",
+    "test_acc",
+    "trainable_params",
+    "train_s",
+    "samples_per_s",
+    "peak_mem_mb",
+    "status",
+    "error",
+]
 
 
 def _read_reports(path: str) -> list[dict]:
@@ -99,7 +115,11 @@ def load_results(run_dir: str) -> pd.DataFrame:
         reports = _read_reports(storage.join(trial_dir, "result.json"))
         last = reports[-1] if reports else {}
         name = trial_dir.rsplit("/", 1)[-1]  # Tune names it run_trial_<id>_<n>_<params>_<time>
-        row = {"trial": last.get("trial_id", name.split("_")[2] if name.startswith("run_trial_") else name), **params, **{k: v for k, v in last.items() if k in COLUMNS}}
+        row = {
+            "trial": last.get("trial_id", name.split("_")[2] if name.startswith("run_trial_") else name),
+            **params,
+            **{k: v for k, v in last.items() if k in COLUMNS},
+        }
         if compare:
             row["steps_to_target"] = _steps_to_target(reports, compare["target_accuracy"])
         row["status"] = _status(reports, trial_dir, finished)
@@ -128,7 +148,9 @@ def write_table(table: pd.DataFrame, run_dir: str, stem: str = "results", markdo
     table.assign(**text).to_parquet(buf, index=False)
     storage.write_bytes(storage.join(run_dir, f"{stem}.parquet"), buf.getvalue())
     if markdown:  # for reading: 4 significant digits, blanks for missing values
-        shown = table.map(lambda v: "" if v is None or v is pd.NA or v != v else f"{v:.4g}" if isinstance(v, float) else v)
+        shown = table.map(
+            lambda v: "" if v is None or v is pd.NA or v != v else f"{v:.4g}" if isinstance(v, float) else v
+        )
         storage.write_text(storage.join(run_dir, f"{stem}.md"), shown.to_markdown(index=False) + "\n")
 
 

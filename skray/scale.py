@@ -4,6 +4,7 @@ Every grid point is one Tune trial running its own short Ray Train + DeepSpeed g
 time so points do not share CPUs; a point that fails (out of memory, say) is a failed row and the
 grid goes on. Throughput is the steady state: the first ``train.untimed_steps`` steps are left out.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -12,8 +13,22 @@ import pandas as pd
 
 from skray.config import ExperimentConfig, TrainConfig
 
-COLUMNS = ["point", "workers", "zero_stage", "offload", "micro_batch", "samples_per_s", "tokens_per_s", "scaling_efficiency",
-           "peak_mem_mb", "est_mem_mb", "param_mb_per_worker", "first_step_s", "status", "error"]
+COLUMNS = [
+    "point",
+    "workers",
+    "zero_stage",
+    "offload",
+    "micro_batch",
+    "samples_per_s",
+    "tokens_per_s",
+    "scaling_efficiency",
+    "peak_mem_mb",
+    "est_mem_mb",
+    "param_mb_per_worker",
+    "first_step_s",
+    "status",
+    "error",
+]
 
 
 def label(point: dict) -> str:
@@ -24,7 +39,9 @@ def points(cfg: ExperimentConfig) -> list[dict]:
     """Every valid grid point (offload 'optimizer' needs stage 1-3, 'all' needs stage 3)."""
     s = cfg.scale
     grid = []
-    for workers, stage, offload, micro in itertools.product(s.num_workers, s.zero_stages, s.offloads, s.micro_batch_sizes):
+    for workers, stage, offload, micro in itertools.product(
+        s.num_workers, s.zero_stages, s.offloads, s.micro_batch_sizes
+    ):
         point = {"num_workers": workers, "zero_stage": stage, "offload": offload, "micro_batch_size": micro}
         try:
             TrainConfig.model_validate({**cfg.train.model_dump(), **point})
@@ -38,27 +55,38 @@ def summarize(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per point; scaling efficiency = samples/s at n workers / (n x samples/s at 1 worker)
     with the same stage, offload and micro batch."""
     t = trials.copy()
-    for col in ("error", "steady_samples_per_s", "steady_tokens_per_s", "est_mem_mb", "param_bytes_per_worker", "time_to_first_step_s"):
+    for col in (
+        "error",
+        "steady_samples_per_s",
+        "steady_tokens_per_s",
+        "est_mem_mb",
+        "param_bytes_per_worker",
+        "time_to_first_step_s",
+    ):
         if col not in t.columns:
             t[col] = pd.NA
     grid = pd.DataFrame(list(t["point"]), index=t.index)
-    table = pd.DataFrame({
-        "point": t["point"].apply(label),
-        "workers": grid["num_workers"],
-        "zero_stage": grid["zero_stage"],
-        "offload": grid["offload"],
-        "micro_batch": grid["micro_batch_size"],
-        "samples_per_s": pd.to_numeric(t["steady_samples_per_s"], errors="coerce"),
-        "tokens_per_s": pd.to_numeric(t["steady_tokens_per_s"], errors="coerce"),
-        "peak_mem_mb": pd.to_numeric(t["peak_mem_mb"], errors="coerce"),
-        "est_mem_mb": pd.to_numeric(t["est_mem_mb"], errors="coerce"),
-        "param_mb_per_worker": pd.to_numeric(t["param_bytes_per_worker"], errors="coerce") / 2**20,
-        "first_step_s": pd.to_numeric(t["time_to_first_step_s"], errors="coerce"),
-        "status": t["status"],
-        "error": t["error"],
-    })
+    table = pd.DataFrame(
+        {
+            "point": t["point"].apply(label),
+            "workers": grid["num_workers"],
+            "zero_stage": grid["zero_stage"],
+            "offload": grid["offload"],
+            "micro_batch": grid["micro_batch_size"],
+            "samples_per_s": pd.to_numeric(t["steady_samples_per_s"], errors="coerce"),
+            "tokens_per_s": pd.to_numeric(t["steady_tokens_per_s"], errors="coerce"),
+            "peak_mem_mb": pd.to_numeric(t["peak_mem_mb"], errors="coerce"),
+            "est_mem_mb": pd.to_numeric(t["est_mem_mb"], errors="coerce"),
+            "param_mb_per_worker": pd.to_numeric(t["param_bytes_per_worker"], errors="coerce") / 2**20,
+            "first_step_s": pd.to_numeric(t["time_to_first_step_s"], errors="coerce"),
+            "status": t["status"],
+            "error": t["error"],
+        }
+    )
     same = ["zero_stage", "offload", "micro_batch"]
     single = table[table["workers"] == 1].set_index(same)["samples_per_s"]
     base = table.set_index(same).index.map(lambda k: single.get(k, float("nan")))
-    table["scaling_efficiency"] = table["samples_per_s"] / (table["workers"] * pd.Series(base, index=table.index, dtype=float))
+    table["scaling_efficiency"] = table["samples_per_s"] / (
+        table["workers"] * pd.Series(base, index=table.index, dtype=float)
+    )
     return table[COLUMNS].sort_values(["micro_batch", "offload", "zero_stage", "workers"]).reset_index(drop=True)

@@ -5,6 +5,7 @@ methods x seeds. ``scale``: a grid of workers x ZeRO settings, one point at a ti
 results format that ``skray.results`` reads. Running the same command on the same config again
 resumes a run that did not reach its end (finished trials stay as they are).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,13 +34,16 @@ NEEDS = {  # the config section each command reads besides the defaults
     "scale": ("scale", "a scale section (num_workers, zero_stages, offloads, micro_batch_sizes)"),
 }
 
+
 @dataclass
 class Plan:
     cpus_per_worker: float
     max_concurrent: int
 
 
-def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float], can_grow: bool = False, command: str = "train") -> Plan:
+def plan_resources(
+    cfg: ExperimentConfig, cluster: dict[str, float], can_grow: bool = False, command: str = "train"
+) -> Plan:
     """Per-worker CPUs and trial concurrency that fit the cluster, or a clear error at once.
 
     Ray's default (1 CPU per worker plus 1 per trial) deadlocks a 2-CPU machine: trials take the
@@ -56,7 +60,10 @@ def plan_resources(cfg: ExperimentConfig, cluster: dict[str, float], can_grow: b
         per_worker = t.cpus_per_worker or 1.0
     else:
         if t.use_gpu is True and cluster.get("GPU", 0.0) < workers:
-            raise ResourceError(f"{key}={workers} GPU workers, but the Ray cluster has {cluster.get('GPU', 0):g} GPUs; lower {key} or set train.use_gpu false")
+            raise ResourceError(
+                f"{key}={workers} GPU workers, but the Ray cluster has {cluster.get('GPU', 0):g} GPUs; "
+                f"lower {key} or set train.use_gpu false"
+            )
         per_worker = t.cpus_per_worker or min(1.0, cpus / workers)
         if per_worker <= 0 or workers * per_worker > cpus + 1e-9:
             raise ResourceError(
@@ -103,7 +110,12 @@ def _param_space(cfg: ExperimentConfig, command: str) -> dict:
     if command == "scale":
         return {"point": tune.grid_search(scale.points(cfg))}
     if command == "train":
-        return {"method": cfg.method.kind, "wording": cfg.method.wording, "prefix_length": cfg.method.prefix_length, "lr": cfg.train.lr}
+        return {
+            "method": cfg.method.kind,
+            "wording": cfg.method.wording,
+            "prefix_length": cfg.method.prefix_length,
+            "lr": cfg.train.lr,
+        }
     s = cfg.search
     return {
         "method": cfg.method.kind,
@@ -121,7 +133,7 @@ def _tune_config(cfg: ExperimentConfig, command: str, plan: Plan) -> tune.TuneCo
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    s, t = cfg.search, cfg.train
+    s = cfg.search
     metric = "best_val_f1" if cfg.data.task == "token_classification" else "best_val_accuracy"
     return tune.TuneConfig(
         metric=metric,
@@ -161,7 +173,9 @@ def unfinished_run(root: str, cfg: ExperimentConfig, command: str) -> str | None
     return runs[-1] if tune.Tuner.can_restore(runs[-1]) else None
 
 
-def run_experiment(cfg: ExperimentConfig, command: str = "train", address: str | None = None) -> tuple[str, pd.DataFrame]:
+def run_experiment(
+    cfg: ExperimentConfig, command: str = "train", address: str | None = None
+) -> tuple[str, pd.DataFrame]:
     """Run one fixed trial (train), an Optuna/ASHA search (tune), a methods x seeds grid
     (compare) or a scaling grid (scale); return the run dir and the table to show.
 
@@ -185,15 +199,29 @@ def run_experiment(cfg: ExperimentConfig, command: str = "train", address: str |
     resumed = unfinished_run(root, cfg, command)
     run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not resumed:
-        storage.write_text(storage.join(run_dir, "experiment.json"), json.dumps({"command": command, "config": cfg.model_dump()}, indent=2))
+        storage.write_text(
+            storage.join(run_dir, "experiment.json"),
+            json.dumps({"command": command, "config": cfg.model_dump()}, indent=2),
+        )
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, experiment=cfg.model_dump(), command=command, cpus_per_worker=plan.cpus_per_worker, storage_path=run_dir),
+        tune.with_parameters(
+            run_trial,
+            experiment=cfg.model_dump(),
+            command=command,
+            cpus_per_worker=plan.cpus_per_worker,
+            storage_path=run_dir,
+        ),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )
     if resumed:
-        print(f"skray: resuming {run_dir} (same command and config, not finished); finished trials are kept", file=sys.stderr)
-        tuner = tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False)
+        print(
+            f"skray: resuming {run_dir} (same command and config, not finished); finished trials are kept",
+            file=sys.stderr,
+        )
+        tuner = tune.Tuner.restore(
+            run_dir, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+        )
     else:
         tuner = tune.Tuner(
             trainable,

@@ -3,6 +3,7 @@
 Multi-node runs need shared storage; Ray Train/Tune already write there through pyarrow, so
 skray's own files (experiment.json, the table, the end marker) go the same way.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -86,4 +87,6 @@ def ensure_writable(path: str) -> None:
         fs.delete_file(probe)
     except (OSError, ValueError, pa.ArrowException) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"storage_path {path!r}: cannot write there ({reason}); set storage_path to a writable folder or URI") from None
+        raise ConfigError(
+            f"storage_path {path!r}: cannot write there ({reason}); set storage_path to a writable folder or URI"
+        ) from None

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny config-built backbones (seconds) and one local Ray for the slow tests."""
+
 from __future__ import annotations
 
 import os
@@ -20,16 +21,31 @@ def minilm_tokenizer():
 
 def tiny_llama() -> LlamaForCausalLM:
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      architectures=["LlamaForCausalLM"], pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        architectures=["LlamaForCausalLM"],
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).eval().requires_grad_(False)
 
 
 def tiny_bert() -> BertModel:
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=256, architectures=["BertModel"])
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        architectures=["BertModel"],
+    )
     return BertModel(cfg).eval().requires_grad_(False)
 
 

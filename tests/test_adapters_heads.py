@@ -1,4 +1,5 @@
 """Adapter shapes for any k -> m, their identity start, and padding-free pooling."""
+
 import pytest
 import torch
 
@@ -6,7 +7,7 @@ from skray.methods.adapters import KVAdapter, PromptAdapter, resample_matrix
 from skray.methods.heads import pool
 
 
-@pytest.mark.parametrize("k, m", [(1, 1), (5, 3), (13, 8), (8, 13), (16, 64), (64, 16)])
+@pytest.mark.parametrize(("k", "m"), [(1, 1), (5, 3), (13, 8), (8, 13), (16, 64), (64, 16)])
 def test_adapter_shapes(k, m):
     states = torch.randn(k, 24)
     assert PromptAdapter(k, m, 24, rank=4)(states).shape == (m, 24)

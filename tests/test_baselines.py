@@ -1,4 +1,5 @@
 """Every method of the registry: builds, trains a few steps, and comes back from its checkpoint."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,14 @@ TEXTS = ["a wonderful moving film", "dull and far too long", "great fun", "a ted
 
 
 def config(kind, head):
-    return MethodConfig(kind=kind, wording="is the review positive or negative?", prefix_length=3, adapter_rank=2, head=head, label_words=WORDS)
+    return MethodConfig(
+        kind=kind,
+        wording="is the review positive or negative?",
+        prefix_length=3,
+        adapter_rank=2,
+        head=head,
+        label_words=WORDS,
+    )
 
 
 @pytest.mark.parametrize("kind", list(METHODS))
@@ -29,7 +37,8 @@ def test_each_method_trains_and_round_trips_its_checkpoint(tiny_llama_dir, tmp_p
     enc = AutoTokenizer.from_pretrained(tiny_llama_dir)(TEXTS, padding=True, return_tensors="pt")
     labels = torch.tensor([1, 0, 1, 0])
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and model.num_trainable() == sum(p.numel() for p in trainable.values())
+    assert trainable
+    assert model.num_trainable() == sum(p.numel() for p in trainable.values())
     opt = torch.optim.AdamW(trainable.values(), lr=1e-2)
     before = {n: p.detach().clone() for n, p in trainable.items()}
     for _ in range(3):
@@ -46,12 +55,16 @@ def test_each_method_trains_and_round_trips_its_checkpoint(tiny_llama_dir, tmp_p
     save_checkpoint(tmp_path, state, {"backbone": tiny_llama_dir, "method": cfg.model_dump(), "label_names": LABELS})
     back, _ = load_trained(tmp_path)
     with torch.no_grad():
-        torch.testing.assert_close(back(enc["input_ids"], enc["attention_mask"]), model.eval()(enc["input_ids"], enc["attention_mask"]))
+        torch.testing.assert_close(
+            back(enc["input_ids"], enc["attention_mask"]), model.eval()(enc["input_ids"], enc["attention_mask"])
+        )
 
 
 def test_text_init_prompt_tuning_starts_from_the_wording(decoder):
     model = build_model(decoder, config("prompt_tuning_text", "verbalizer"), LABELS)
-    ids = decoder.tokenizer("is the review positive or negative?")["input_ids"][:3]  # as SK reads it: with special tokens
+    ids = decoder.tokenizer("is the review positive or negative?")["input_ids"][
+        :3
+    ]  # as SK reads it: with special tokens
     start = model.peft.prompt_encoder["default"].embedding.weight
     torch.testing.assert_close(start, decoder.model.get_input_embeddings().weight[ids])
 

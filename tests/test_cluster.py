@@ -1,4 +1,5 @@
 """From laptop to cluster: cluster.yaml passes Ray's own validation; `ray job submit` runs a sweep."""
+
 import copy
 import os
 import shutil
@@ -24,8 +25,11 @@ def test_cluster_yaml_passes_rays_validation():
 
     cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     validate_config(prepare_config(copy.deepcopy(cfg)))
-    gpu_types = [t for t in cfg["available_node_types"].values() if t["node_config"]["InstanceType"].startswith(("g5", "p4d"))]
-    assert gpu_types and all(t["min_workers"] == 0 for t in gpu_types)
+    gpu_types = [
+        t for t in cfg["available_node_types"].values() if t["node_config"]["InstanceType"].startswith(("g5", "p4d"))
+    ]
+    assert gpu_types
+    assert all(t["min_workers"] == 0 for t in gpu_types)
     assert all(t["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot" for t in gpu_types)
     typo = copy.deepcopy(cfg)
     typo["available_node_types"]["head"]["min_workrs"] = 1
@@ -54,37 +58,82 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
     }
     subprocess.run([BIN / "ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     dashboard = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # own session files: nothing left in /tmp/ray for others to find
+    temp_dir = tempfile.mkdtemp(
+        prefix="ray", dir="/tmp"
+    )  # own session files: nothing left in /tmp/ray for others to find
     head = subprocess.Popen(
-        [BIN / "ray", "start", "--head", "--block", f"--port={_free_port()}", f"--dashboard-port={dashboard}",
-         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            BIN / "ray",
+            "start",
+            "--head",
+            "--block",
+            f"--port={_free_port()}",
+            f"--dashboard-port={dashboard}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         storage = tmp_path / "results"
         submit = [
-            BIN / "ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", str(ROOT), "--",
-            "skray", "tune", "experiments/quickstart.yaml",
-            "--set", f"backbone.name={tiny_llama_dir}", "--set", f"storage_path={storage}",
-            "--set", "search.num_trials=2", "--set", "train.max_steps=2", "--set", "train.eval_every=2",
-            "--set", "data.max_train_samples=32", "--set", "data.max_eval_samples=16", "--set", "data.max_test_samples=16",
-            "--set", "method.label_words={fresh: ' good', rotten: ' bad'}",
+            BIN / "ray",
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dashboard}",
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "skray",
+            "tune",
+            "experiments/quickstart.yaml",
+            "--set",
+            f"backbone.name={tiny_llama_dir}",
+            "--set",
+            f"storage_path={storage}",
+            "--set",
+            "search.num_trials=2",
+            "--set",
+            "train.max_steps=2",
+            "--set",
+            "train.eval_every=2",
+            "--set",
+            "data.max_train_samples=32",
+            "--set",
+            "data.max_eval_samples=16",
+            "--set",
+            "data.max_test_samples=16",
+            "--set",
+            "method.label_words={fresh: ' good', rotten: ' bad'}",
         ]
         for _ in range(30):  # the dashboard's job API comes up a few seconds after the head
             proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-            if "Connection refused" not in proc.stdout + proc.stderr and "Failed to connect" not in proc.stdout + proc.stderr:
+            if (
+                "Connection refused" not in proc.stdout + proc.stderr
+                and "Failed to connect" not in proc.stdout + proc.stderr
+            ):
                 break
             time.sleep(2)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "succeeded" in proc.stdout + proc.stderr
         (run_dir,) = storage.iterdir()
         table = load_results(run_dir)
-        assert len(table) == 2 and set(table.status) == {"completed"}
+        assert len(table) == 2
+        assert set(table.status) == {"completed"}
         assert (run_dir / "results.parquet").exists()
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops every process it started
         head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
     time.sleep(2)
-    leftovers = subprocess.run(["pgrep", "-f", f"dashboard-port={dashboard}|--dashboard_port={dashboard}"], capture_output=True, text=True).stdout
+    leftovers = subprocess.run(
+        ["pgrep", "-f", f"dashboard-port={dashboard}|--dashboard_port={dashboard}"], capture_output=True, text=True
+    ).stdout
     assert not leftovers.strip(), "the head started by this test is still running"

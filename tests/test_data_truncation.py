@@ -1,4 +1,5 @@
 """Over-long rows are cut inside their text, never in the template: the cue the head reads stays."""
+
 import pandas as pd
 import pytest
 
@@ -23,20 +24,25 @@ def test_long_text_is_cut_inside_the_template_and_short_rows_are_unchanged(speci
     long = real_tokens(enc, 0)
     assert len(long) == 24
     text = tok.decode(long, skip_special_tokens=True)
-    assert text.startswith("review : a fine film") and text.endswith(" sentiment :")
+    assert text.startswith("review : a fine film")
+    assert text.endswith(" sentiment :")
     if special:
-        assert long[0] == tok.cls_token_id and long[-1] == tok.sep_token_id
+        assert long[0] == tok.cls_token_id
+        assert long[-1] == tok.sep_token_id
     before = tok(format_rows(df, cfg), add_special_tokens=special, truncation=True, max_length=24)["input_ids"]
     assert [real_tokens(enc, r) for r in (1, 2)] == before[1:]
 
 
 def test_pairs_lose_tokens_from_the_longer_field_first():
     tok = minilm_tokenizer()
-    df = pd.DataFrame({"text": ["one two three", "red " * 40], "text_pair": ["blue " * 40, "green " * 40], "label": [0, 1]})
+    df = pd.DataFrame(
+        {"text": ["one two three", "red " * 40], "text_pair": ["blue " * 40, "green " * 40], "label": [0, 1]}
+    )
     cfg = DataConfig(template="{text} ? {text_pair} Answer:", text_pair_column="hypothesis", max_length=20)
     enc = encode(df, tok, cfg, add_special_tokens=True)
     first, second = (tok.decode(real_tokens(enc, r), skip_special_tokens=True) for r in (0, 1))
-    assert first.startswith("one two three? blue blue") and first.endswith("blue answer :")  # the short text stays whole
+    assert first.startswith("one two three? blue blue")
+    assert first.endswith("blue answer :")
     assert len(real_tokens(enc, 0)) == len(real_tokens(enc, 1)) == 20
     head, tail = second.removesuffix(" answer :").split("?")
     assert abs(head.count("red") - tail.count("green")) <= 1  # both long: an even cut
@@ -45,7 +51,9 @@ def test_pairs_lose_tokens_from_the_longer_field_first():
 def test_a_template_longer_than_max_length_is_a_one_line_error():
     df = pd.DataFrame({"text": ["word " * 50], "label": [0]})
     cfg = DataConfig(template="Read the following movie review carefully and answer: {text}\nSentiment:", max_length=8)
-    with pytest.raises(DataError, match=r"data.template takes 1[0-9] tokens with an empty text but data.max_length is 8; raise"):
+    with pytest.raises(
+        DataError, match=r"data.template takes 1[0-9] tokens with an empty text but data.max_length is 8; raise"
+    ):
         encode(df, minilm_tokenizer(), cfg, add_special_tokens=True)
 
 
@@ -54,7 +62,12 @@ def test_preflight_refuses_a_template_longer_than_max_length(tiny_llama_dir):
     from skray.config import parse_config
     from skray.preflight import preflight
 
-    cfg = parse_config({"backbone": {"name": tiny_llama_dir}, "method": {"head": "linear"},
-                        "data": {"template": "{text}" + " and so on" * 10, "max_length": 8}})
+    cfg = parse_config(
+        {
+            "backbone": {"name": tiny_llama_dir},
+            "method": {"head": "linear"},
+            "data": {"template": "{text}" + " and so on" * 10, "max_length": 8},
+        }
+    )
     with pytest.raises(DataError, match="data.template takes .* tokens with an empty text but data.max_length is 8"):
         preflight(cfg)

@@ -1,4 +1,5 @@
 """The worker's training pieces in this process, on a real DeepSpeed engine (world size 1, gloo, CPU)."""
+
 import os
 import socket
 
@@ -26,13 +27,14 @@ def one_rank():
             port = s.getsockname()[1]
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
         deepspeed.init_distributed(dist_backend="gloo")
-    yield
 
 
 def test_frozen_backbone_never_trains_in_dropout_mode(one_rank, encoder):
     """DeepSpeed's engine.train() sets train mode on the whole module; the frozen backbone (dropout 0.1
     in BERT) must stay in eval mode through evaluations and steps, while the adapter trains."""
-    model = build_model(encoder, MethodConfig(kind="sk_prefix", head="linear", prefix_length=3, adapter_rank=2), ["a", "b"])
+    model = build_model(
+        encoder, MethodConfig(kind="sk_prefix", head="linear", prefix_length=3, adapter_rank=2), ["a", "b"]
+    )
     engine = build_engine(model, TrainConfig(zero_stage=2, micro_batch_size=2, max_steps=4, lr=1e-2))
     df = pd.DataFrame({"text": ["a fine film", "dull", "moving and funny", "too long"], "label": [1, 0, 1, 0]})
     data = encode(df, encoder.tokenizer, DataConfig(), add_special_tokens=True)
@@ -41,7 +43,8 @@ def test_frozen_backbone_never_trains_in_dropout_mode(one_rank, encoder):
     engine.backward(task_loss(engine(batch["input_ids"], batch["attention_mask"]), batch["labels"]))
     engine.step()
     assert not [n for n, m in model.backbone.named_modules() if m.training]
-    assert model.adapters.training and model.head.training
+    assert model.adapters.training
+    assert model.head.training
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero(one_rank, decoder):
@@ -52,15 +55,17 @@ def test_lr_schedule_warms_up_then_decays_to_zero(one_rank, decoder):
     assert engine.get_lr()[0] == pytest.approx(1e-2 * 0.25)
 
 
-@pytest.mark.parametrize("n, world, micro", [(10, 3, 2), (13, 2, 4), (17, 4, 1), (9, 1, 3)])
+@pytest.mark.parametrize(("n", "world", "micro"), [(10, 3, 2), (13, 2, 4), (17, 4, 1), (9, 1, 3)])
 def test_every_rank_runs_the_same_batches_per_epoch(n, world, micro):
     """Ranks with different batch counts per epoch drift apart (one starts epoch 2 while another is in 1)."""
     for epoch in range(3):
         shards = [epoch_shard(n, micro, r, world, seed=0, epoch=epoch) for r in range(world)]
-        assert len({len(s) for s in shards}) == 1 and len(shards[0]) % micro == 0
+        assert len({len(s) for s in shards}) == 1
+        assert len(shards[0]) % micro == 0
         rows = torch.cat(shards)
         assert len(set(rows.tolist())) == len(rows) > n - world * micro  # disjoint, at most a batch per rank left out
     streams = [_train_batches(n, micro, r, world, seed=0) for r in range(world)]
     per_epoch = len(shards[0]) // micro
-    first = [[next(s) for _ in range(per_epoch)] for s in streams]
-    assert all(torch.equal(torch.cat(b), shard) for b, shard in zip(first, [epoch_shard(n, micro, r, world, 0, 0) for r in range(world)]))
+    for rank, stream in enumerate(streams):  # the stream goes through epoch 0 batch by batch
+        first = torch.cat([next(stream) for _ in range(per_epoch)])
+        assert torch.equal(first, epoch_shard(n, micro, rank, world, seed=0, epoch=0))

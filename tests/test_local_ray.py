@@ -1,4 +1,5 @@
 """A local Ray, skray's own or the docs' `ray start --head`, is reachable from this machine only."""
+
 from __future__ import annotations
 
 import contextlib
@@ -69,8 +70,11 @@ def _listening(root: int) -> list[tuple[str, str, int]]:
     found = []
     for proc in [parent, *parent.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            found += [(proc.name(), c.laddr.ip, c.laddr.port)
-                      for c in proc.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN]
+            found += [
+                (proc.name(), c.laddr.ip, c.laddr.port)
+                for c in proc.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            ]
     return found
 
 
@@ -100,8 +104,14 @@ def test_skrays_private_ray_listens_on_loopback_only_and_runs_tasks(tmp_path):
     """`skray` without an address starts a Ray that nothing on the network can reach."""
     result, log = tmp_path / "result", tmp_path / "driver.log"
     with log.open("w") as err:
-        driver = subprocess.Popen([sys.executable, "-c", SKRAY_DRIVER, str(result)], cwd=ROOT,
-                                  env=_private_env(tmp_path), stdin=subprocess.PIPE, stdout=err, stderr=err)
+        driver = subprocess.Popen(
+            [sys.executable, "-c", SKRAY_DRIVER, str(result)],
+            cwd=ROOT,
+            env=_private_env(tmp_path),
+            stdin=subprocess.PIPE,
+            stdout=err,
+            stderr=err,
+        )
     try:
         assert _wait_for(result, driver, 300, log) == "49"
         listening = _listening(driver.pid)
@@ -116,7 +126,7 @@ def _docs_ray_start_head() -> tuple[dict[str, str], list[str]]:
     (line,) = [ln for ln in (ROOT / "docs" / "cluster.md").read_text().splitlines() if "ray start --head" in ln]
     words = shlex.split(line)
     at = words.index("ray")
-    return dict(w.split("=", 1) for w in words[:at]), words[at + 1:]
+    return dict(w.split("=", 1) for w in words[:at]), words[at + 1 :]
 
 
 def _free_port() -> int:
@@ -134,12 +144,22 @@ def test_docs_ray_start_head_listens_on_loopback_only_and_runs_tasks(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths have a length limit
     head = subprocess.Popen(
         [BIN / "ray", *args, "--block", f"--port={port}", f"--dashboard-port={_free_port()}", f"--temp-dir={temp_dir}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
-        run = subprocess.run([sys.executable, "-c", JOIN_AND_RUN, f"127.0.0.1:{port}"], env=env,
-                             capture_output=True, text=True, timeout=300, check=False)
-        assert run.returncode == 0 and run.stdout.split()[-1] == "49", run.stdout[-2000:] + run.stderr[-3000:]
+        run = subprocess.run(
+            [sys.executable, "-c", JOIN_AND_RUN, f"127.0.0.1:{port}"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        assert run.stdout.split()[-1] == "49", run.stdout[-2000:]
         listening = _listening(head.pid)
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops every process it started

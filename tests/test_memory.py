@@ -1,4 +1,5 @@
 """zero_stage auto: measured activations, per-stage estimates, the choice, and DeepSpeed's own figures."""
+
 import os
 
 import pytest
@@ -60,16 +61,23 @@ def test_total_non_increasing_from_stage_0_to_3_when_everything_trains():
 def test_frozen_params_whole_below_stage_3_and_partitioned_at_stage_3():
     frozen, trainable, world = 12_000_000, 1_000, 4
     for stage in range(3):
-        assert estimate(frozen + trainable, trainable, 4, world, stage, "none", 0).param_bytes == (frozen + trainable) * 4
+        assert (
+            estimate(frozen + trainable, trainable, 4, world, stage, "none", 0).param_bytes == (frozen + trainable) * 4
+        )
     at3 = estimate(frozen, 0, 4, world, 3, "none", 0)
     assert at3.param_bytes == frozen * 4 // world
     assert at3.optimizer_bytes == 0  # nothing trains: no grads, no Adam states
-    assert estimate(frozen, 0, 4, world, 3, "none", 0, largest_layer_params=500).param_bytes == (frozen // world + 500) * 4
+    assert (
+        estimate(frozen, 0, 4, world, 3, "none", 0, largest_layer_params=500).param_bytes == (frozen // world + 500) * 4
+    )
 
 
 def test_offload_moves_states_and_params_to_cpu_ram():
-    none, opt, everything = (estimate(N, N, 2, 2, 3, off, 0, largest_layer_params=100) for off in ("none", "optimizer", "all"))
-    assert opt.optimizer_bytes == 0 and opt.offloaded_bytes == 16 * N // 2
+    none, opt, everything = (
+        estimate(N, N, 2, 2, 3, off, 0, largest_layer_params=100) for off in ("none", "optimizer", "all")
+    )
+    assert opt.optimizer_bytes == 0
+    assert opt.offloaded_bytes == 16 * N // 2
     assert opt.param_bytes == none.param_bytes
     assert everything.param_bytes == 100 * 2  # only the gathered layer stays on the device
     assert everything.offloaded_bytes == 16 * N // 2 + 2 * N // 2
@@ -99,12 +107,14 @@ def test_stage_2_and_3_agree_with_deepspeed(world):
 
     _, gpu2_off = estimate_zero2_model_states_mem_needs(N, num_gpus_per_node=world, cpu_offload=True)
     assert estimate(N, N, 2, world, 2, "optimizer", 0).total_bytes == gpu2_off
-    _, gpu3_off, _ = estimate_zero3_model_states_mem_needs(N, 0, num_gpus_per_node=world, cpu_offload=True, cpu_offload_params=False)
+    _, gpu3_off, _ = estimate_zero3_model_states_mem_needs(
+        N, 0, num_gpus_per_node=world, cpu_offload=True, cpu_offload_params=False
+    )
     assert estimate(N, N, 2, world, 3, "optimizer", 0).total_bytes == gpu3_off
 
 
 def test_choose_stage_0_with_room_and_more_partitioning_when_tight():
-    args = dict(total_params=N, trainable_params=N, param_bytes_each=4, world_size=4, activation_bytes=10**6)
+    args = {"total_params": N, "trainable_params": N, "param_bytes_each": 4, "world_size": 4, "activation_bytes": 10**6}
     assert choose(**args, budget_bytes=100 * GIB, use_gpu=True).stage == 0
     by_setting = {(s, o): estimate(**args, stage=s, offload=o).total_bytes for s, o in CANDIDATES}
     tight = choose(**args, budget_bytes=by_setting[(3, "none")], use_gpu=True)
@@ -115,7 +125,7 @@ def test_choose_stage_0_with_room_and_more_partitioning_when_tight():
 
 
 def test_choose_on_cpu_never_offloads():
-    args = dict(total_params=N, trainable_params=N, param_bytes_each=4, world_size=4, activation_bytes=10**6)
+    args = {"total_params": N, "trainable_params": N, "param_bytes_each": 4, "world_size": 4, "activation_bytes": 10**6}
     fits_only_offloaded = estimate(**args, stage=3, offload="optimizer").total_bytes
     assert choose(**args, budget_bytes=fits_only_offloaded, use_gpu=True).offload == "optimizer"
     with pytest.raises(ResourceError, match="stage 3, offload none"):
@@ -127,14 +137,18 @@ def test_choose_raises_one_line_when_nothing_fits():
         choose(N, N, 4, 2, activation_bytes=4 * GIB, budget_bytes=GIB, use_gpu=True)
     msg = str(err.value)
     assert "\n" not in msg
-    assert "stage 3, offload all" in msg and "1.00 GiB" in msg
-    assert "num_workers" in msg and "micro_batch_size" in msg and "smaller backbone" in msg
+    assert "stage 3, offload all" in msg
+    assert "1.00 GiB" in msg
+    assert "num_workers" in msg
+    assert "micro_batch_size" in msg
+    assert "smaller backbone" in msg
 
 
 def test_line_reads_like_the_log():
     est = ZeroEstimate(2, "none", GIB // 2, GIB // 100, int(0.72 * GIB), GIB // 2 + GIB // 100 + int(0.72 * GIB), 0)
     assert est.line(20 * GIB) == (
-        "zero_stage auto: stage 2, offload none: ~1.23 GiB per worker (params 0.50, optimizer 0.01, activations 0.72) of 20.0 GiB"
+        "zero_stage auto: stage 2, offload none: ~1.23 GiB per worker "
+        "(params 0.50, optimizer 0.01, activations 0.72) of 20.0 GiB"
     )
 
 
@@ -143,7 +157,7 @@ def test_cpu_budget_is_a_share_of_available_ram():
 
     one, two = worker_budget_bytes(False, 1), worker_budget_bytes(False, 2)
     assert 0 < two < one <= psutil.virtual_memory().total
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="workers_per_node must be at least 1"):
         worker_budget_bytes(False, 0)
 
 

@@ -1,4 +1,5 @@
 """SK-Prefix and SK-Prompt on tiny config-built backbones: step-0 zero-shot, gradients, the prompt cache."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,14 +41,16 @@ def test_step0_equals_reading_prompt_as_text(decoder, kind):
 
 
 @pytest.mark.parametrize("kind", ["sk_prefix", "sk_prompt"])
-@pytest.mark.parametrize("which, head", [("decoder", "verbalizer"), ("decoder", "linear"), ("encoder", "linear")])
+@pytest.mark.parametrize(("which", "head"), [("decoder", "verbalizer"), ("decoder", "linear"), ("encoder", "linear")])
 def test_only_adapter_and_head_get_gradients(request, kind, which, head):
     backbone = request.getfixturevalue(which)
     model, _ = method(kind, backbone, m=5, head=head)
     ids, mask = batch(backbone, special=which == "encoder")
     F.cross_entropy(model(ids, mask), torch.tensor([1, 0])).backward()
     with_grad = {n.split(".")[0] for n, p in model.named_parameters() if p.grad is not None}
-    assert with_grad == ({"adapters"} if kind == "sk_prefix" else {"adapter"}) | ({"head"} if head == "linear" else set())
+    assert with_grad == ({"adapters"} if kind == "sk_prefix" else {"adapter"}) | (
+        {"head"} if head == "linear" else set()
+    )
     assert all(p.grad is None for p in backbone.model.parameters())
     for name, p in model.named_parameters():
         if p.requires_grad and ".down" not in name:  # `down` gets no gradient while `up` is still zero
@@ -60,7 +63,9 @@ def test_prompt_pass_runs_once_not_per_step(decoder, kind):
     seen = []
     prompt_ids = decoder.tokenizer(WORDING, return_tensors="pt")["input_ids"]
     embeddings = decoder.model.get_input_embeddings()  # every pass over the prompt starts here
-    embeddings.register_forward_pre_hook(lambda module, args: seen.append(1) if torch.equal(args[0], prompt_ids) else None)
+    embeddings.register_forward_pre_hook(
+        lambda module, args: seen.append(1) if torch.equal(args[0], prompt_ids) else None
+    )
     model, _ = method(kind, decoder, m=4)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     ids, mask = batch(decoder, special=False)
@@ -68,7 +73,8 @@ def test_prompt_pass_runs_once_not_per_step(decoder, kind):
         F.cross_entropy(model(ids, mask), torch.tensor([1, 0])).backward()
         opt.step()
         opt.zero_grad()
-    assert len(seen) == 1 and model.prompt_passes == 1
+    assert len(seen) == 1
+    assert model.prompt_passes == 1
 
 
 def test_trainable_parameters_are_counted_exactly(decoder):
@@ -99,7 +105,9 @@ def test_sk_prefix_input_positions_start_after_the_prompt(decoder, m_less):
     k = len(decoder.tokenizer(WORDING)["input_ids"])
     model, _ = method("sk_prefix", decoder, m=k - 3 if m_less else k + 3)
     seen = []
-    model.backbone.base_model.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True)
+    model.backbone.base_model.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append(kwargs.get("position_ids")), with_kwargs=True
+    )
     ids, mask = batch(decoder, special=False)
     with torch.no_grad():
         model(ids, mask)

@@ -1,4 +1,5 @@
 """Real Ray Train + DeepSpeed runs and a real Optuna/ASHA search, on a tiny Llama saved to disk."""
+
 import json
 import signal
 import subprocess
@@ -30,8 +31,13 @@ def tiny_experiment(backbone_dir, storage, **overrides):
         "data": {"max_length": 32, "max_train_samples": 64, "max_eval_samples": 24, "max_test_samples": 24},
         "method": {"prefix_length": 4, "adapter_rank": 2, "label_words": {"fresh": " good", "rotten": " bad"}},
         "train": {"num_workers": 2, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2, "eval_batch_size": 8},
-        "search": {"num_trials": 3, "wordings": ["is the review good or bad?", "sentiment of the review:", "did the critic like it?"],
-                   "prefix_length": {"low": 2, "high": 6}, "lr": {"low": 1e-4, "high": 1e-2}, "grace_period": 1},
+        "search": {
+            "num_trials": 3,
+            "wordings": ["is the review good or bad?", "sentiment of the review:", "did the critic like it?"],
+            "prefix_length": {"low": 2, "high": 6},
+            "lr": {"low": 1e-4, "high": 1e-2},
+            "grace_period": 1,
+        },
     }
     for key, value in overrides.items():
         section, name = key.split("__")
@@ -42,10 +48,21 @@ def tiny_experiment(backbone_dir, storage, **overrides):
 CASES = {
     "zero2-prefix": {"train__zero_stage": 2, "method__kind": "sk_prefix"},
     "zero3-prompt": {"train__zero_stage": 3, "method__kind": "sk_prompt"},
-    "zero3-prefix-bf16-offload": {"train__zero_stage": 3, "method__kind": "sk_prefix", "train__precision": "bf16", "train__offload": "optimizer"},
+    "zero3-prefix-bf16-offload": {
+        "train__zero_stage": 3,
+        "method__kind": "sk_prefix",
+        "train__precision": "bf16",
+        "train__offload": "optimizer",
+    },
     "zero-auto-prompt": {"train__zero_stage": "auto", "method__kind": "sk_prompt"},
-    "encoder-minilm-zero2": {"train__zero_stage": 2, "method__kind": "sk_prefix", "backbone__name": "minilm-l6",
-                             "method__head": "linear", "method__label_words": None, "data__template": "{text}"},
+    "encoder-minilm-zero2": {
+        "train__zero_stage": 2,
+        "method__kind": "sk_prefix",
+        "backbone__name": "minilm-l6",
+        "method__head": "linear",
+        "method__label_words": None,
+        "data__template": "{text}",
+    },
 }
 
 
@@ -53,12 +70,17 @@ CASES = {
 def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path, case):
     cfg = tiny_experiment(tiny_llama_dir, tmp_path, **CASES[case])
     kind = cfg.method.kind
-    stage = 0 if cfg.train.zero_stage == "auto" else cfg.train.zero_stage  # auto: a tiny model fits with nothing partitioned
+    stage = (
+        0 if cfg.train.zero_stage == "auto" else cfg.train.zero_stage
+    )  # auto: a tiny model fits with nothing partitioned
     run_dir, table = run_experiment(cfg, "train")
     run_dir = Path(run_dir)
     row = table.iloc[0]
-    assert len(table) == 1 and row.status == "completed", table.to_dict("records")
-    assert 0 <= row.test_acc <= 1 and row.zero_shot_acc >= 0 and row.trainable_params > 0
+    assert len(table) == 1
+    assert row.status == "completed", table.to_dict("records")
+    assert 0 <= row.test_acc <= 1
+    assert row.zero_shot_acc >= 0
+    assert row.trainable_params > 0
 
     reports = [json.loads(line) for line in next(run_dir.glob("*/result.json")).read_text().splitlines()]
     assert [r["step"] for r in reports] == [0, 2, 4]
@@ -70,25 +92,37 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path,
     weights = load_file(checkpoints[0] / "adapter.safetensors")
     assert sum(t.numel() for t in weights.values()) == row.trainable_params  # adapter + head only, never the backbone
     model, meta = load_trained(checkpoints[0])  # the trained model comes back from backbone name + adapter
-    assert meta["method"]["kind"] == kind and meta["label_names"] == ["rotten", "fresh"]
+    assert meta["method"]["kind"] == kind
+    assert meta["label_names"] == ["rotten", "fresh"]
     trained = dict(model.named_parameters())
     assert all(torch.equal(trained[n].float(), t) for n, t in weights.items())
-    assert (run_dir / "results.csv").exists() and (run_dir / "results.parquet").exists()
+    assert (run_dir / "results.csv").exists()
+    assert (run_dir / "results.parquet").exists()
 
     # The resume state: DeepSpeed's files from every rank in the one checkpoint, frozen weights left out.
     resume = [f for f in (checkpoints[0] / "deepspeed").rglob("*") if f.is_file()]
     if stage > 0:
         for r in (0, 1):  # bf16 runs prefix the names with "bf16_"
-            assert any(f.name.endswith(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for f in resume), [f.name for f in resume]
+            assert any(f.name.endswith(f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt") for f in resume), [
+                f.name for f in resume
+            ]
     assert sum(f.stat().st_size for f in resume) < reports[-1]["backbone_bytes"] / 2
-    unlisted = [f.name for f in pickled(run_dir) if f not in resume and not any(fnmatch(f.name, p) for p in TUNE_PICKLES)]
+    unlisted = [
+        f.name for f in pickled(run_dir) if f not in resume and not any(fnmatch(f.name, p) for p in TUNE_PICKLES)
+    ]
     assert not unlisted, f"the README's list of pickled files is out of date: {unlisted}"
 
 
 # What the README says holds pickles: Ray Tune's state (unpickled by Tuner.restore when a sweep
 # resumes) and DeepSpeed's resume files (torch.load(weights_only=False) when a trial resumes).
 # skray's own files (experiment.json, tables, adapter.safetensors, skray.json) hold none.
-TUNE_PICKLES = ("tuner.pkl", "params.pkl", "searcher-state-*.pkl", "experiment_state-*.json", "basic-variant-state-*.json")
+TUNE_PICKLES = (
+    "tuner.pkl",
+    "params.pkl",
+    "searcher-state-*.pkl",
+    "experiment_state-*.json",
+    "basic-variant-state-*.json",
+)
 
 
 def pickled(run_dir: Path) -> list[Path]:
@@ -97,7 +131,11 @@ def pickled(run_dir: Path) -> list[Path]:
     for f in run_dir.rglob("*"):
         if f.is_file():
             head = f.read_bytes()[:4]
-            if head[:1] == b"\x80" or head == b"PK\x03\x04" or (f.suffix == ".json" and b"CLOUDPICKLE" in f.read_bytes()):
+            if (
+                head[:1] == b"\x80"
+                or head == b"PK\x03\x04"
+                or (f.suffix == ".json" and b"CLOUDPICKLE" in f.read_bytes())
+            ):
                 found.append(f)
     return found
 
@@ -107,9 +145,11 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_lla
     run_dir, table = run_experiment(cfg, "tune")
     run_dir = Path(run_dir)
     assert len(table) == 3
-    assert set(table.status) <= {"completed", "early_stopped"} and "completed" in set(table.status)
+    assert set(table.status) <= {"completed", "early_stopped"}
+    assert "completed" in set(table.status)
     assert table.wording.isin(cfg.search.wordings).all()
-    assert table.prefix_length.between(2, 6).all() and table.lr.between(1e-4, 1e-2).all()
+    assert table.prefix_length.between(2, 6).all()
+    assert table.lr.between(1e-4, 1e-2).all()
     # The same run read back through a URI (what s3:// and gs:// storage go through).
     assert load_results(f"file://{run_dir}").equals(table)
 
@@ -120,7 +160,9 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_lla
     assert main(["report", str(run_dir)]) == 0
     out = capsys.readouterr().out
     again = load_results(run_dir)
-    assert len(again) == 3 and "interrupted" in set(again.status) and "interrupted" in out
+    assert len(again) == 3
+    assert "interrupted" in set(again.status)
+    assert "interrupted" in out
 
 
 def test_request_that_cannot_fit_fails_at_once(ray_cluster, tiny_llama_dir, tmp_path, capsys):
@@ -131,7 +173,10 @@ def test_request_that_cannot_fit_fails_at_once(ray_cluster, tiny_llama_dir, tmp_
 
 def test_resource_plan_fits_the_cluster():
     cfg = parse_config({"train": {"num_workers": 2}})
-    assert (plan_resources(cfg, {"CPU": 2.0}).cpus_per_worker, plan_resources(cfg, {"CPU": 2.0}).max_concurrent) == (1.0, 1)
+    assert (plan_resources(cfg, {"CPU": 2.0}).cpus_per_worker, plan_resources(cfg, {"CPU": 2.0}).max_concurrent) == (
+        1.0,
+        1,
+    )
     assert plan_resources(cfg, {"CPU": 8.0}).max_concurrent == 4
     assert plan_resources(parse_config({"train": {"num_workers": 4}}), {"CPU": 2.0}).cpus_per_worker == 0.5
     with pytest.raises(ResourceError, match="GPUs"):
@@ -151,9 +196,16 @@ def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_llama_dir, tmp_path):
     cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=400, train__eval_every=2)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
-    proc = subprocess.Popen([sys.executable, "-m", "skray.cli", "tune", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skray.cli", "tune", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and not any(len(p.read_text().splitlines()) >= 2 for p in tmp_path.glob("*/*/result.json")):
+    while time.time() < deadline and not any(
+        len(p.read_text().splitlines()) >= 2 for p in tmp_path.glob("*/*/result.json")
+    ):
         time.sleep(1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
@@ -161,7 +213,8 @@ def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_llama_dir, tmp_path):
     assert "interrupted before every trial ended" in err
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     table = load_results(run_dir)
-    assert "interrupted" in set(table.status) and not (run_dir / "finished").exists()
+    assert "interrupted" in set(table.status)
+    assert not (run_dir / "finished").exists()
     assert table.zero_shot_acc.notna().any()  # the reports made before Ctrl-C are in the table
 
 
@@ -170,8 +223,16 @@ def test_private_ray_finds_itself_beside_another_ray(ray_cluster):
     placement-group cleaner depends on it; without, a session's second run waits forever)."""
     import ray
 
-    other = subprocess.Popen([sys.executable, "-c", "import ray, time; ray.init(address='local', num_cpus=1); print('up', flush=True); time.sleep(300)"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    other = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import ray, time; ray.init(address='local', num_cpus=1); print('up', flush=True); time.sleep(300)",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert other.stdout.readline().strip() == "up"
 
@@ -192,9 +253,19 @@ def test_asha_rungs_are_training_steps():
     every trial it compares, also for a trial resumed mid-way (whose training_iteration restarts)."""
     from skray.search import asha
 
-    cfg = parse_config({"train": {"max_steps": 80, "eval_every": 10},
-                        "search": {"wordings": ["a"], "prefix_length": {"low": 1, "high": 2}, "lr": {"low": 1e-3, "high": 1e-2},
-                                   "grace_period": 2, "reduction_factor": 2}})
+    cfg = parse_config(
+        {
+            "train": {"max_steps": 80, "eval_every": 10},
+            "search": {
+                "wordings": ["a"],
+                "prefix_length": {"low": 1, "high": 2},
+                "lr": {"low": 1e-3, "high": 1e-2},
+                "grace_period": 2,
+                "reduction_factor": 2,
+            },
+        }
+    )
     scheduler = asha(cfg)
-    assert scheduler._time_attr == "step" and scheduler._max_t == 80
+    assert scheduler._time_attr == "step"
+    assert scheduler._max_t == 80
     assert sorted(m for m, _ in scheduler._brackets[0]._rungs) == [20, 40, 80]

@@ -1,4 +1,5 @@
 """The real SmolLM2-135M-Instruct: conversion from the embedded GGUF, safe when raced, zero-shot at step 0."""
+
 import os
 import subprocess
 import sys
@@ -20,21 +21,32 @@ def test_two_processes_converting_at_once_share_one_result(tmp_path):
     """Two workers asking for the backbone on a fresh cache: one converts, both load the same folder."""
     code = "from skray.backbones import resolve; print(resolve('smollm2-135m'))"
     env = {**os.environ, "SKRAY_CACHE": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert outs[0] == outs[1] == str(tmp_path / "smollm2-135m")
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["smollm2-135m"]  # no half-written leftovers
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == [
+        "smollm2-135m"
+    ]  # no half-written leftovers
     assert (tmp_path / "smollm2-135m" / "model.safetensors").stat().st_size > 500e6
 
 
 def test_real_smollm2_sk_prefix_step0_is_zero_shot():
     bb = load_backbone(BackboneConfig(name="smollm2-135m"))
-    assert type(bb.model).__name__ == "LlamaForCausalLM" and bb.is_decoder
-    assert bb.model.config.num_hidden_layers == 30 and bb.model.config.hidden_size == 576
+    assert type(bb.model).__name__ == "LlamaForCausalLM"
+    assert bb.is_decoder
+    assert bb.model.config.num_hidden_layers == 30
+    assert bb.model.config.hidden_size == 576
     tok = bb.tokenizer
     k = len(tok(WORDING)["input_ids"])
-    cfg = MethodConfig(kind="sk_prefix", wording=WORDING, prefix_length=k, label_words={"rotten": " negative", "fresh": " positive"})
+    cfg = MethodConfig(
+        kind="sk_prefix", wording=WORDING, prefix_length=k, label_words={"rotten": " negative", "fresh": " positive"}
+    )
     model = build_model(bb, cfg, ["rotten", "fresh"])
     texts = ["\nReview: A wonderful, moving film.\nSentiment:", "\nReview: Dull and far too long.\nSentiment:"]
     enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")

@@ -1,4 +1,5 @@
 """What an interruption leaves on disk is never trusted: cut-off lines, half-written files."""
+
 import json
 
 from skray.report import rebuild
@@ -20,6 +21,8 @@ def test_report_skips_a_cut_off_line_and_ignores_half_written_files(tmp_path):
     table = rebuild(str(tmp_path))
     assert len(table) == 1
     row = table.iloc[0]
-    assert row.best_val_acc == 0.5 and row.status == "interrupted"  # the cut-off final report is not believed
+    assert row.best_val_acc == 0.5
+    assert row.status == "interrupted"
     written = (tmp_path / "results.csv").read_text().splitlines()
-    assert len(written) == 2 and written[0].startswith("trial,")
+    assert len(written) == 2
+    assert written[0].startswith("trial,")

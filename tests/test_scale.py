@@ -1,4 +1,5 @@
 """`skray scale`: the grid, one short Ray Train + DeepSpeed run per point, failed points as rows."""
+
 import os
 import subprocess
 import sys
@@ -9,28 +10,34 @@ import pytest
 import yaml
 
 from skray import scale
-from skray.config import parse_config
 from skray.cli import main
+from skray.config import parse_config
 from skray.report import rebuild
 from tests.test_ray_runs import tiny_experiment
 
 
 def test_grid_skips_invalid_offload_pairs():
-    cfg = parse_config({"scale": {"num_workers": [1, 2], "zero_stages": [0, 1, 2, 3], "offloads": ["none", "optimizer", "all"]}})
+    cfg = parse_config(
+        {"scale": {"num_workers": [1, 2], "zero_stages": [0, 1, 2, 3], "offloads": ["none", "optimizer", "all"]}}
+    )
     labels = [scale.label(p) for p in scale.points(cfg)]
     assert len(labels) == 16  # per worker count: stage 0 none; 1-2 none/optimizer; 3 none/optimizer/all
-    assert "w1-z0-optimizer-mb8" not in labels and "w2-z2-all-mb8" not in labels and "w2-z3-all-mb8" in labels
+    assert "w1-z0-optimizer-mb8" not in labels
+    assert "w2-z2-all-mb8" not in labels
+    assert "w2-z3-all-mb8" in labels
 
 
 def test_scaling_efficiency_is_relative_to_one_worker_of_the_same_setting():
     point = lambda w, z: {"num_workers": w, "zero_stage": z, "offload": "none", "micro_batch_size": 8}  # noqa: E731
-    trials = pd.DataFrame({
-        "point": [point(1, 2), point(2, 2), point(2, 3)],
-        "steady_samples_per_s": [10.0, 15.0, 9.0],
-        "steady_tokens_per_s": [100.0, 150.0, 90.0],
-        "peak_mem_mb": [1.0, 1.0, 1.0],
-        "status": ["completed"] * 3,
-    })
+    trials = pd.DataFrame(
+        {
+            "point": [point(1, 2), point(2, 2), point(2, 3)],
+            "steady_samples_per_s": [10.0, 15.0, 9.0],
+            "steady_tokens_per_s": [100.0, 150.0, 90.0],
+            "peak_mem_mb": [1.0, 1.0, 1.0],
+            "status": ["completed"] * 3,
+        }
+    )
     table = scale.summarize(trials).set_index("point")
     assert table.loc["w1-z2-none-mb8", "scaling_efficiency"] == 1.0
     assert table.loc["w2-z2-none-mb8", "scaling_efficiency"] == 0.75
@@ -39,9 +46,23 @@ def test_scaling_efficiency_is_relative_to_one_worker_of_the_same_setting():
 
 @pytest.mark.slow
 def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_llama_dir, tmp_path):
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=4, train__untimed_steps=1, train__eval_every=4, train__max_failures=0)
-    cfg = cfg.model_copy(update={"scale": parse_config({"scale": {"num_workers": [1, 2], "zero_stages": [3], "offloads": ["none"],
-                                                                  "micro_batch_sizes": [4, 4096]}}).scale})
+    cfg = tiny_experiment(
+        tiny_llama_dir, tmp_path, train__max_steps=4, train__untimed_steps=1, train__eval_every=4, train__max_failures=0
+    )
+    cfg = cfg.model_copy(
+        update={
+            "scale": parse_config(
+                {
+                    "scale": {
+                        "num_workers": [1, 2],
+                        "zero_stages": [3],
+                        "offloads": ["none"],
+                        "micro_batch_sizes": [4, 4096],
+                    }
+                }
+            ).scale
+        }
+    )
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     assert main(["scale", str(path)]) == 1  # two points failed: the grid went on, the exit code says so
@@ -49,13 +70,18 @@ def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_
     table = rebuild(run_dir).set_index("point")
     for point in ("w1-z3-none-mb4", "w2-z3-none-mb4"):
         row = table.loc[point]
-        assert row.status == "completed" and row.samples_per_s > 0 and row.tokens_per_s > 0
-        assert row.peak_mem_mb > 0 and row.est_mem_mb > 0 and row.first_step_s > 0
+        assert row.status == "completed"
+        assert row.samples_per_s > 0
+        assert row.tokens_per_s > 0
+        assert row.peak_mem_mb > 0
+        assert row.est_mem_mb > 0
+        assert row.first_step_s > 0
     one, two = table.loc["w1-z3-none-mb4"], table.loc["w2-z3-none-mb4"]
     assert two.param_mb_per_worker < one.param_mb_per_worker  # ZeRO-3 splits the parameters over the workers
     assert two.scaling_efficiency == pytest.approx(two.samples_per_s / (2 * one.samples_per_s))
     for point in ("w1-z3-none-mb4096", "w2-z3-none-mb4096"):
-        assert table.loc[point].status == "error" and "micro_batch_size 4096" in table.loc[point].error
+        assert table.loc[point].status == "error"
+        assert "micro_batch_size 4096" in table.loc[point].error
     for name in ("scale.csv", "scale.parquet", "scale.md", "scaling.png"):
         assert (tmp_path / run_dir.rsplit("/", 1)[-1] / name).stat().st_size > 0
 
@@ -64,7 +90,10 @@ def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_
 def test_gpu_check_runs_small_on_cpu():
     """benchmarks/gpu_check.sh on a machine without a GPU: the same path on a tiny Llama, every point completed."""
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
-    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    proc = subprocess.run(
+        [str(script)], capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable}
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|") and "completed" in line]
-    assert len(table) == 4 and {"sk_prefix", "prefix_tuning"} <= {cell.strip() for line in table for cell in line.split("|")}
+    assert len(table) == 4
+    assert {"sk_prefix", "prefix_tuning"} <= {cell.strip() for line in table for cell in line.split("|")}

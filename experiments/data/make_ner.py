@@ -7,6 +7,7 @@ Each line is {"tokens": [...], "tags": [...]}: the shape skray's token classific
 Sentences come from templates filled with names, so labels are exact and the file is the same
 for the same seed on every machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,16 @@ from pathlib import Path
 ENTITIES = {
     "PER": ["Ada Lovelace", "Alan Turing", "Grace Hopper", "Maria", "John Smith", "Wei Zhang", "Amina Yusuf", "Carlos"],
     "LOC": ["Paris", "New York", "Lagos", "Kyoto", "the Alps", "Buenos Aires", "Berlin", "Lake Tahoe"],
-    "ORG": ["Acme Corp", "the United Nations", "Ray Labs", "Globex", "the Red Cross", "Initech", "OpenWorks", "Umbrella Inc"],
+    "ORG": [
+        "Acme Corp",
+        "the United Nations",
+        "Ray Labs",
+        "Globex",
+        "the Red Cross",
+        "Initech",
+        "OpenWorks",
+        "Umbrella Inc",
+    ],
 }
 TEMPLATES = [
     "{PER} moved to {LOC} last year .",

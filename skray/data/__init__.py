@@ -1,4 +1,5 @@
 """Data by name: embedded sets, local files and folders, hub ids, all returned as the same ``Splits``."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Rows -> padded token tensors. Right padding, so position i of a row is token i of its text."""
+
 from __future__ import annotations
 
 import bisect
@@ -31,7 +32,7 @@ def render(template: str, values: dict[str, str]) -> tuple[str, dict[str, tuple[
 
 def _field_values(df: pd.DataFrame) -> list[dict[str, str]]:
     pairs = df["text_pair"] if "text_pair" in df.columns else [""] * len(df)
-    return [{"text": t, "text_pair": p} for t, p in zip(df["text"], pairs)]
+    return [{"text": t, "text_pair": p} for t, p in zip(df["text"], pairs, strict=True)]
 
 
 def format_rows(df: pd.DataFrame, cfg: DataConfig) -> list[str]:
@@ -46,8 +47,12 @@ def encode(df: pd.DataFrame, tokenizer, cfg: DataConfig, add_special_tokens: boo
     """Tokenize a whole split once; batches are then index slices of these tensors."""
     if cfg.task == "token_classification":
         return encode_words(df, tokenizer, cfg, add_special_tokens)
-    enc = tokenizer(fit_rows(df, tokenizer, cfg, add_special_tokens), add_special_tokens=add_special_tokens,
-                    padding=True, return_tensors="pt")
+    enc = tokenizer(
+        fit_rows(df, tokenizer, cfg, add_special_tokens),
+        add_special_tokens=add_special_tokens,
+        padding=True,
+        return_tensors="pt",
+    )
     return {
         "input_ids": enc["input_ids"],
         "attention_mask": enc["attention_mask"],
@@ -74,8 +79,10 @@ def check_template_fits(tokenizer, cfg: DataConfig, add_special_tokens: bool) ->
     bare = render(cfg.template, {"text": "", "text_pair": ""})[0]
     n = len(tokenizer(bare, add_special_tokens=add_special_tokens)["input_ids"])
     if n > cfg.max_length:
-        raise DataError(f"data.template takes {n} tokens with an empty text but data.max_length is {cfg.max_length}; "
-                        f"raise data.max_length or shorten data.template")
+        raise DataError(
+            f"data.template takes {n} tokens with an empty text but data.max_length is {cfg.max_length}; "
+            f"raise data.max_length or shorten data.template"
+        )
 
 
 def _shorten(values: dict[str, str], tokenizer, cfg: DataConfig, add_special_tokens: bool) -> str:
@@ -90,7 +97,9 @@ def _shorten(values: dict[str, str], tokenizer, cfg: DataConfig, add_special_tok
         values = _cut(values, spans, enc["offset_mapping"], excess)
 
 
-def _cut(values: dict[str, str], spans: dict[str, tuple[int, int]], offsets: list[tuple[int, int]], excess: int) -> dict[str, str]:
+def _cut(
+    values: dict[str, str], spans: dict[str, tuple[int, int]], offsets: list[tuple[int, int]], excess: int
+) -> dict[str, str]:
     """Drop `excess` tokens from the ends of the fields. A token belongs to the field that holds its
     last character (a leading space may come from the template); special tokens have no span."""
     starts = {f: [a for a, b in offsets if b > a and lo <= b - 1 < hi] for f, (lo, hi) in spans.items()}
@@ -100,7 +109,7 @@ def _cut(values: dict[str, str], spans: dict[str, tuple[int, int]], offsets: lis
         if tokens and keep == len(tokens):
             continue  # this field keeps all its tokens
         end = tokens[keep] if tokens else lo  # a field with no tokens of its own (blank) is emptied
-        cut[field] = values[field][:max(end - lo, 0)]
+        cut[field] = values[field][: max(end - lo, 0)]
     return cut
 
 
@@ -108,7 +117,7 @@ def _keep_counts(counts: dict[str, int], excess: int) -> dict[str, int]:
     """Tokens each field keeps when `excess` go, taken from the longest field first (HF's longest_first)."""
     budget, keep = max(sum(counts.values()) - excess, 0), {}
     ordered = sorted(counts.items(), key=lambda item: item[1])
-    for left, (field, n) in zip(range(len(ordered), 0, -1), ordered):
+    for left, (field, n) in zip(range(len(ordered), 0, -1), ordered, strict=True):
         keep[field] = min(n, budget // left)
         budget -= keep[field]
     return keep
@@ -129,10 +138,17 @@ def encode_words(df: pd.DataFrame, tokenizer, cfg: DataConfig, add_special_token
             pos += len(w) + 1
         texts.append(" ".join(words))
         starts.append(offsets)
-    enc = tokenizer(texts, add_special_tokens=add_special_tokens, truncation=True, max_length=cfg.max_length,
-                    padding=True, return_offsets_mapping=True, return_tensors="pt")
+    enc = tokenizer(
+        texts,
+        add_special_tokens=add_special_tokens,
+        truncation=True,
+        max_length=cfg.max_length,
+        padding=True,
+        return_offsets_mapping=True,
+        return_tensors="pt",
+    )
     labels = torch.full(enc["input_ids"].shape, IGNORE, dtype=torch.long)
-    for row, (offsets, tags) in enumerate(zip(starts, df["label"])):
+    for row, (offsets, tags) in enumerate(zip(starts, df["label"], strict=True)):
         done = set()
         for t, (a, b) in enumerate(enc["offset_mapping"][row].tolist()):
             if b <= a or not enc["attention_mask"][row, t]:

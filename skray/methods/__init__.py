@@ -1,4 +1,5 @@
 """Method registry: one module per family; add a method by writing it and naming it here."""
+
 from __future__ import annotations
 
 from skray.backbones import Backbone

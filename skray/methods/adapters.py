@@ -6,6 +6,7 @@ wording maps to any prefix length. The mixer starts as an area-resampling matrix
 m == k) and the refiner as a zero-initialised low-rank residual, so step 0 *is* the model reading
 the prompt as text (exactly when m == k, a resampled prompt otherwise).
 """
+
 from __future__ import annotations
 
 import math

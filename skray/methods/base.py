@@ -1,4 +1,5 @@
 """What SK-Prompt and SK-Prefix share: the frozen backbone, the cached prompt pass and the head."""
+
 from __future__ import annotations
 
 import torch
@@ -55,7 +56,7 @@ class TaskModel(nn.Module):
         ids = verbalizer_token_ids(cfg, backbone.is_decoder, backbone.tokenizer, label_names)
         return VerbalizerHead(backbone.model.get_output_embeddings(), ids)
 
-    def train(self, mode: bool = True) -> "TaskModel":
+    def train(self, mode: bool = True) -> TaskModel:
         """Train mode for what trains only: DeepSpeed's ``engine.train()`` sets it on the whole module,
         and dropout in a frozen backbone would make its outputs noisy (and a resumed run, which skips
         the step-0 evaluation, differ from a straight one)."""

@@ -1,4 +1,5 @@
 """Task heads on the frozen model's output: masked pooling + linear, or a verbalizer."""
+
 from __future__ import annotations
 
 import torch

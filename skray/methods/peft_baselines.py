@@ -3,6 +3,7 @@
 Each wraps the backbone's base model (hidden states out) as PEFT's feature-extraction model, so
 every method shares skray's heads, pooling, data and training loop: only what trains differs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,15 +31,20 @@ def peft_config(cfg: MethodConfig, backbone: Backbone) -> PeftConfig:
         return PromptTuningConfig(task_type=task, num_virtual_tokens=m, prompt_tuning_init=PromptTuningInit.RANDOM)
     if cfg.kind == "prompt_tuning_text":
         return PromptTuningConfig(
-            task_type=task, num_virtual_tokens=m, prompt_tuning_init=PromptTuningInit.TEXT,
-            prompt_tuning_init_text=cfg.wording, tokenizer_name_or_path=backbone.tokenizer.name_or_path,
+            task_type=task,
+            num_virtual_tokens=m,
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=cfg.wording,
+            tokenizer_name_or_path=backbone.tokenizer.name_or_path,
         )
     if cfg.kind == "prefix_tuning":
         return PrefixTuningConfig(task_type=task, num_virtual_tokens=m)
     if cfg.kind == "p_tuning":
         return PromptEncoderConfig(task_type=task, num_virtual_tokens=m)
     if cfg.kind == "lora":
-        return LoraConfig(task_type=task, r=cfg.adapter_rank, lora_alpha=2 * cfg.adapter_rank, target_modules=cfg.lora_target_modules)
+        return LoraConfig(
+            task_type=task, r=cfg.adapter_rank, lora_alpha=2 * cfg.adapter_rank, target_modules=cfg.lora_target_modules
+        )
     raise ValueError(f"not a PEFT baseline: {cfg.kind}")
 
 

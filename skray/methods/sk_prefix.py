@@ -1,4 +1,5 @@
 """SK-Prefix: the whole frozen model reads the prompt; per-layer adapters turn its keys/values into a prefix."""
+
 from __future__ import annotations
 
 import torch
@@ -26,19 +27,23 @@ class SKPrefix(SKModel):
         self.backbone.base_model(input_ids=self.prompt_ids, cache=cache, use_cache=True)
         # (1, heads, k, head_dim) per layer -> (layers, k, heads * head_dim)
         self.kv_heads, self.head_dim = cache.layers[0].keys.shape[1], cache.layers[0].keys.shape[3]
-        flat = lambda t: t[0].transpose(0, 1).reshape(t.shape[2], -1)
-        self.register_buffer("prompt_keys", torch.stack([flat(l.keys) for l in cache.layers]), persistent=False)
-        self.register_buffer("prompt_values", torch.stack([flat(l.values) for l in cache.layers]), persistent=False)
+        keys = torch.stack([flatten_heads(layer.keys) for layer in cache.layers])
+        values = torch.stack([flatten_heads(layer.values) for layer in cache.layers])
+        self.register_buffer("prompt_keys", keys, persistent=False)
+        self.register_buffer("prompt_values", values, persistent=False)
 
     def prefix_cache(self, batch_size: int) -> DynamicCache:
         """The adapted prefix as a fresh cache (the forward pass appends to it, so one per call)."""
         cache = DynamicCache(config=self.backbone.config)
-        m = self.prefix_length
         for layer, adapter in enumerate(self.adapters):
             keys, values = adapter(self.prompt_keys[layer], self.prompt_values[layer])
-            shape = lambda t: t.view(m, self.kv_heads, self.head_dim).transpose(0, 1).unsqueeze(0).expand(batch_size, -1, -1, -1)
-            cache.update(shape(keys), shape(values), layer)
+            cache.update(self._per_head(keys, batch_size), self._per_head(values, batch_size), layer)
         return cache
+
+    def _per_head(self, states: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """(m, heads * head_dim) -> (batch, heads, m, head_dim), the cache's layout."""
+        heads = states.view(self.prefix_length, self.kv_heads, self.head_dim).transpose(0, 1)
+        return heads.unsqueeze(0).expand(batch_size, -1, -1, -1)
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The input's positions start at k, right after the prompt the keys/values were computed
@@ -56,3 +61,8 @@ class SKPrefix(SKModel):
             use_cache=True,
         )
         return out.last_hidden_state
+
+
+def flatten_heads(states: torch.Tensor) -> torch.Tensor:
+    """One layer's cached (1, heads, k, head_dim) -> (k, heads * head_dim)."""
+    return states[0].transpose(0, 1).reshape(states.shape[2], -1)

@@ -1,4 +1,5 @@
 """SK-Prompt: the prompt's token embeddings, adapted to m positions, are prepended to the input's."""
+
 from __future__ import annotations
 
 import torch

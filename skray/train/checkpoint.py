@@ -1,5 +1,6 @@
 """Checkpoints hold only what trained: the best weights (safetensors) plus JSON saying how to
 rebuild the model, and DeepSpeed's resume state (trainable weights, optimizer, schedule)."""
+
 from __future__ import annotations
 
 import json
@@ -35,20 +36,29 @@ def load_trained(directory: str | Path):
     from skray.methods import build_model
 
     state, meta = load_checkpoint(directory)
-    backbone = load_backbone(BackboneConfig(name=meta["backbone"], trust_remote_code=meta.get("trust_remote_code", False)))
+    backbone = load_backbone(
+        BackboneConfig(name=meta["backbone"], trust_remote_code=meta.get("trust_remote_code", False))
+    )
     token_level = meta.get("task") == "token_classification"
     model = build_model(backbone, MethodConfig(**meta["method"]), meta["label_names"], token_level)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(state) != trainable:
-        raise ValueError(f"{directory}: checkpoint does not match {meta['method']['kind']} (differs in {sorted(set(state) ^ trainable)[:3]})")
+        raise ValueError(
+            f"{directory}: checkpoint does not match {meta['method']['kind']} "
+            f"(differs in {sorted(set(state) ^ trainable)[:3]})"
+        )
     model.load_state_dict(state, strict=False)
     return model.eval(), meta
 
 
-def write_resume_state(engine, directory: str | Path, run: dict, best_state: dict[str, torch.Tensor] | None, meta: dict) -> int:
+def write_resume_state(
+    engine, directory: str | Path, run: dict, best_state: dict[str, torch.Tensor] | None, meta: dict
+) -> int:
     """Every rank: DeepSpeed's state without frozen weights (a collective). The rank given the
     best state also writes it as safetensors + meta; returns those weights' bytes (0 otherwise)."""
-    engine.save_checkpoint(str(Path(directory) / RESUME), tag=TAG, client_state={"skray": run}, exclude_frozen_parameters=True)
+    engine.save_checkpoint(
+        str(Path(directory) / RESUME), tag=TAG, client_state={"skray": run}, exclude_frozen_parameters=True
+    )
     return save_checkpoint(directory, best_state, meta) if best_state is not None else 0
 
 

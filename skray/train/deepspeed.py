@@ -4,6 +4,7 @@ The optimizer is a plain ``torch.optim.AdamW`` over the trainable parameters onl
 DeepSpeed: that avoids JIT-compiling FusedAdam/CPUAdam and keeps the frozen backbone out of
 the optimizer state entirely.
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,7 +63,9 @@ def gather_trainable(engine) -> dict[str, torch.Tensor]:
     import deepspeed
 
     named = _trainable(engine)
-    with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None, enabled=engine.zero_optimization_stage() == 3):
+    with deepspeed.zero.GatheredParameters(
+        [p for _, p in named], modifier_rank=None, enabled=engine.zero_optimization_stage() == 3
+    ):
         return {n: p.detach().float().clone() for n, p in named}
 
 
@@ -71,7 +74,9 @@ def load_trainable(engine, state: dict[str, torch.Tensor]) -> None:
     import deepspeed
 
     named = _trainable(engine)
-    with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=0, enabled=engine.zero_optimization_stage() == 3):
+    with deepspeed.zero.GatheredParameters(
+        [p for _, p in named], modifier_rank=0, enabled=engine.zero_optimization_stage() == 3
+    ):
         with torch.no_grad():
             for n, p in named:
                 p.copy_(state[n].to(p.dtype))

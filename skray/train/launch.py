@@ -1,4 +1,5 @@
 """A Ray Train TorchTrainer for one experiment: workers, resources, storage."""
+
 from __future__ import annotations
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -8,13 +9,17 @@ from skray.config import ExperimentConfig
 from skray.train.worker import train_loop_per_worker
 
 
-def build_trainer(cfg: ExperimentConfig, cpus_per_worker: float, storage_path: str, name: str, callbacks: list | None = None) -> TorchTrainer:
+def build_trainer(
+    cfg: ExperimentConfig, cpus_per_worker: float, storage_path: str, name: str, callbacks: list | None = None
+) -> TorchTrainer:
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.model_dump(), "cpus_per_worker": cpus_per_worker},
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": cpus_per_worker}
+        ),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,

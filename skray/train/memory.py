@@ -9,6 +9,7 @@ Activations are measured (one forward of one micro batch); model states come fro
 own estimators for the trainable part, with the frozen backbone added here because DeepSpeed
 assumes every parameter trains.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -22,9 +23,19 @@ from skray.errors import ResourceError
 
 GIB = 2**30
 # In that order: no offload before offload, then the stage that partitions more.
-CANDIDATES: tuple[tuple[int, str], ...] = ((0, "none"), (1, "none"), (2, "none"), (3, "none"), (2, "optimizer"), (3, "optimizer"), (3, "all"))
+CANDIDATES: tuple[tuple[int, str], ...] = (
+    (0, "none"),
+    (1, "none"),
+    (2, "none"),
+    (3, "none"),
+    (2, "optimizer"),
+    (3, "optimizer"),
+    (3, "all"),
+)
 _DS_BYTES = 2  # DeepSpeed's estimators assume 16-bit params and 16-bit grads
-_FP32_STATES = 16  # per trainable param: fp32 grad + fp32 master weight + Adam m + Adam v (DeepSpeed's 18 less its 16-bit grad)
+_FP32_STATES = (
+    16  # per trainable param: fp32 grad + fp32 master weight + Adam m + Adam v (DeepSpeed's 18 less its 16-bit grad)
+)
 
 
 @dataclass
@@ -43,7 +54,8 @@ class ZeroEstimate:
         """One line for the log: the choice, its estimate and the budget it was held against."""
         cpu = f", +{self.offloaded_bytes / GIB:.2f} GiB in CPU RAM" if self.offloaded_bytes else ""
         return (
-            f"zero_stage auto: stage {self.stage}, offload {self.offload}: ~{self.total_bytes / GIB:.2f} GiB per worker "
+            f"zero_stage auto: stage {self.stage}, offload {self.offload}: "
+            f"~{self.total_bytes / GIB:.2f} GiB per worker "
             f"(params {self.param_bytes / GIB:.2f}, optimizer {self.optimizer_bytes / GIB:.2f}, "
             f"activations {self.activation_bytes / GIB:.2f}) of {budget_bytes / GIB:.1f} GiB{cpu}"
         )
@@ -81,16 +93,30 @@ def _trainable_states(trainable: int, grad_bytes: int, world: int, stage: int, o
         _, gpu = zero2(trainable, num_gpus_per_node=world, num_nodes=1, cpu_offload=offload != "none")
         states = gpu - _DS_BYTES * trainable
     else:
-        _, gpu, _ = zero3(trainable, 0, num_gpus_per_node=world, num_nodes=1,
-                          cpu_offload=offload != "none", cpu_offload_params=offload == "all")
+        _, gpu, _ = zero3(
+            trainable,
+            0,
+            num_gpus_per_node=world,
+            num_nodes=1,
+            cpu_offload=offload != "none",
+            cpu_offload_params=offload == "all",
+        )
         states = gpu - (0 if offload == "all" else int(_DS_BYTES * trainable / world))
     if offload == "none":
         states += (grad_bytes - _DS_BYTES) * part
     return states, offloaded
 
 
-def estimate(total_params: int, trainable_params: int, param_bytes_each: int, world_size: int, stage: int, offload: str,
-             activation_bytes: int, largest_layer_params: int = 0) -> ZeroEstimate:
+def estimate(
+    total_params: int,
+    trainable_params: int,
+    param_bytes_each: int,
+    world_size: int,
+    stage: int,
+    offload: str,
+    activation_bytes: int,
+    largest_layer_params: int = 0,
+) -> ZeroEstimate:
     """Per-worker bytes of one micro batch's training step at ``stage`` with ``offload``.
 
     Counted: every parameter at ``param_bytes_each`` (frozen ones too: held whole at stages 0-2,
@@ -100,8 +126,15 @@ def estimate(total_params: int, trainable_params: int, param_bytes_each: int, wo
     the measured activations, which ZeRO does not partition. Not counted: communication buckets,
     allocator fragmentation and the CUDA context, which the budget has to leave room for.
     """
-    if stage not in (0, 1, 2, 3) or offload not in ("none", "optimizer", "all") or (offload == "all" and stage != 3) or (offload == "optimizer" and stage == 0):
-        raise ValueError(f"stage {stage} with offload {offload!r}: offload 'optimizer' needs stage 1-3, 'all' needs stage 3")
+    if (
+        stage not in (0, 1, 2, 3)
+        or offload not in ("none", "optimizer", "all")
+        or (offload == "all" and stage != 3)
+        or (offload == "optimizer" and stage == 0)
+    ):
+        raise ValueError(
+            f"stage {stage} with offload {offload!r}: offload 'optimizer' needs stage 1-3, 'all' needs stage 3"
+        )
     if stage == 3:
         partition = -(-total_params // world_size) * param_bytes_each
         gathered = largest_layer_params * param_bytes_each
@@ -109,8 +142,15 @@ def estimate(total_params: int, trainable_params: int, param_bytes_each: int, wo
     else:
         params, offloaded_params = total_params * param_bytes_each, 0
     optimizer, offloaded = _trainable_states(trainable_params, param_bytes_each, world_size, stage, offload)
-    return ZeroEstimate(stage, offload, params, optimizer, activation_bytes, params + optimizer + activation_bytes,
-                        offloaded + offloaded_params)
+    return ZeroEstimate(
+        stage,
+        offload,
+        params,
+        optimizer,
+        activation_bytes,
+        params + optimizer + activation_bytes,
+        offloaded + offloaded_params,
+    )
 
 
 def measure_activation_bytes(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
@@ -135,15 +175,33 @@ def measure_activation_bytes(model: nn.Module, input_ids: torch.Tensor, attentio
     return sum(s.nbytes() for s in saved.values())
 
 
-def choose(total_params: int, trainable_params: int, param_bytes_each: int, world_size: int, activation_bytes: int,
-           budget_bytes: int, largest_layer_params: int = 0, *, use_gpu: bool) -> ZeroEstimate:
+def choose(
+    total_params: int,
+    trainable_params: int,
+    param_bytes_each: int,
+    world_size: int,
+    activation_bytes: int,
+    budget_bytes: int,
+    largest_layer_params: int = 0,
+    *,
+    use_gpu: bool,
+) -> ZeroEstimate:
     """The first of ``CANDIDATES`` whose estimate fits ``budget_bytes``; ResourceError if none does.
 
     On CPU workers offload would move states from RAM to the same RAM, so only the stages
     without offload are tried there.
     """
     tried = [
-        estimate(total_params, trainable_params, param_bytes_each, world_size, stage, offload, activation_bytes, largest_layer_params)
+        estimate(
+            total_params,
+            trainable_params,
+            param_bytes_each,
+            world_size,
+            stage,
+            offload,
+            activation_bytes,
+            largest_layer_params,
+        )
         for stage, offload in CANDIDATES
         if use_gpu or offload == "none"
     ]
@@ -168,12 +226,14 @@ def worker_budget_bytes(use_gpu: bool, workers_per_node: int, device: torch.devi
         raise ValueError(f"workers_per_node must be at least 1 (got {workers_per_node})")
     if use_gpu:
         if not torch.cuda.is_available():
-            raise ResourceError("train.use_gpu is true but this process sees no CUDA device; set train.use_gpu: false or run on a GPU node")
+            raise ResourceError(
+                "train.use_gpu is true but this process sees no CUDA device; "
+                "set train.use_gpu: false or run on a GPU node"
+            )
         return torch.cuda.mem_get_info(device if device is not None else torch.cuda.current_device())[0]
     import psutil
 
     return psutil.virtual_memory().available // workers_per_node
-
 
 
 def model_counts(model: nn.Module, precision: str) -> dict[str, int]:
@@ -184,5 +244,7 @@ def model_counts(model: nn.Module, precision: str) -> dict[str, int]:
         "total_params": sum(p.numel() for p in model.parameters()),
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "param_bytes_each": 4 if precision == "fp32" else 2,
-        "largest_layer_params": max((sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0),
+        "largest_layer_params": max(
+            (sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0
+        ),
     }

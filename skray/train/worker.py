@@ -10,6 +10,7 @@ one directory): DeepSpeed's state of what trains (frozen weights excluded), opti
 schedule included, plus the best trainable state so far as safetensors. A worker group that
 Ray Train restarts after a failure resumes from it: same step, optimizer and data position.
 """
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,9 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean
     return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=IGNORE, reduction=reduction)
 
 
-def evaluate(engine, encoded: dict, batch_size: int, rank: int, world: int, device, label_names: list[str]) -> dict[str, float]:
+def evaluate(
+    engine, encoded: dict, batch_size: int, rank: int, world: int, device, label_names: list[str]
+) -> dict[str, float]:
     """Scores and mean loss over a split, sharded over ranks (see skray.train.metrics).
 
     Every rank runs the same number of batches (the tail is padded with weight-0 rows) because
@@ -78,7 +81,9 @@ def evaluate(engine, encoded: dict, batch_size: int, rank: int, world: int, devi
     token_level = encoded["labels"].dim() == 2
     batches = math.ceil(math.ceil(n / world) / batch_size)
     slots = torch.arange(batches * batch_size * world)
-    by_length = torch.argsort(encoded["attention_mask"].sum(1), stable=True)  # similar lengths share a batch: less padding
+    by_length = torch.argsort(
+        encoded["attention_mask"].sum(1), stable=True
+    )  # similar lengths share a batch: less padding
     weight = (slots < n).float()[rank::world]
     mine = by_length[slots % n][rank::world]
     counts, loss, scored = 0.0, 0.0, 0.0
@@ -149,8 +154,12 @@ def settle_zero(model, t, world: int, local_world: int, device, batch: dict) -> 
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         activations = measure_activation_bytes(model, batch["input_ids"], batch["attention_mask"])
     if t.zero_stage != "auto":
-        return t, estimate(**counts, world_size=world, stage=t.zero_stage, offload=t.offload, activation_bytes=activations)
-    (budget,) = _all_reduce([float(worker_budget_bytes(t.use_gpu, local_world, device))], op=torch.distributed.ReduceOp.MIN)
+        return t, estimate(
+            **counts, world_size=world, stage=t.zero_stage, offload=t.offload, activation_bytes=activations
+        )
+    (budget,) = _all_reduce(
+        [float(worker_budget_bytes(t.use_gpu, local_world, device))], op=torch.distributed.ReduceOp.MIN
+    )
     est = choose(**counts, world_size=world, activation_bytes=activations, budget_bytes=int(budget), use_gpu=t.use_gpu)
     print(est.line(int(budget)), flush=True)
     return t.model_copy(update={"zero_stage": est.stage, "offload": est.offload}), est
@@ -190,16 +199,24 @@ def train_loop_per_worker(config: dict) -> None:
     splits = load_splits(cfg.data)
     rows, per_step = len(splits["train"]), cfg.train.micro_batch_size * world
     if rows < per_step:
-        raise DataError(f"train.micro_batch_size {cfg.train.micro_batch_size} x {world} workers takes {per_step} training rows per step "
-                        f"but the train split has {rows}; lower train.micro_batch_size or raise data.max_train_samples")
+        raise DataError(
+            f"train.micro_batch_size {cfg.train.micro_batch_size} x {world} workers takes {per_step} training rows "
+            f"per step "
+            f"but the train split has {rows}; lower train.micro_batch_size or raise data.max_train_samples"
+        )
     labels = splits.label_names
     backbone = load_backbone(cfg.backbone)
     facts = {"backbone_params": backbone.num_parameters, "backbone_bytes": backbone.byte_size}
     model = build_model(backbone, cfg.method, labels, token_level).to(device)
-    data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=not backbone.is_decoder) for s in SPLITS}
+    data = {
+        s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=not backbone.is_decoder) for s in SPLITS
+    }
 
     deepspeed.init_distributed(dist_backend="nccl" if cfg.train.use_gpu else "gloo")
-    first = {k: v.to(device) for k, v in take(data["train"], torch.arange(cfg.train.micro_batch_size) % len(data["train"]["labels"])).items()}
+    first = {
+        k: v.to(device)
+        for k, v in take(data["train"], torch.arange(cfg.train.micro_batch_size) % len(data["train"]["labels"])).items()
+    }
     t, est = settle_zero(model, cfg.train, world, ctx.get_local_world_size(), device, first)
     facts.update(
         trainable_params=model.num_trainable(),  # counted before ZeRO-3 partitions the parameters
@@ -225,9 +242,22 @@ def train_loop_per_worker(config: dict) -> None:
     }
     key = selection_metric(token_level)
     # Everything a resumed run needs besides DeepSpeed's own state; the best weights are best_state.
-    run = {"step": 0, "best_score": -1.0, "best_val": {}, "best_step": 0, "zero_shot": {}, "checkpoint_bytes": 0,
-           "train_seconds": 0.0, "train_tokens": 0, "steady_seconds": 0.0, "steady_steps": 0, "steady_tokens": 0,
-           "eval_seconds": 0.0, "time_to_first_step": None, "resumed_from": 0}
+    run = {
+        "step": 0,
+        "best_score": -1.0,
+        "best_val": {},
+        "best_step": 0,
+        "zero_shot": {},
+        "checkpoint_bytes": 0,
+        "train_seconds": 0.0,
+        "train_tokens": 0,
+        "steady_seconds": 0.0,
+        "steady_steps": 0,
+        "steady_tokens": 0,
+        "eval_seconds": 0.0,
+        "time_to_first_step": None,
+        "resumed_from": 0,
+    }
     best_state = None
     restored = ray.train.get_checkpoint()
     if restored:
@@ -255,7 +285,9 @@ def train_loop_per_worker(config: dict) -> None:
         if final:
             load_trainable(engine, best_state)
             extra = {f"test_{k}": v for k, v in run_eval("test").items() if k != "loss"} | {"done": True}
-        train_loss, tokens, steady_tokens = _all_reduce([sum(losses) / max(1, len(losses)), float(run["train_tokens"]), float(run["steady_tokens"])])
+        train_loss, tokens, steady_tokens = _all_reduce(
+            [sum(losses) / max(1, len(losses)), float(run["train_tokens"]), float(run["steady_tokens"])]
+        )
         (peak,) = _all_reduce([_peak_memory_mb(device)], op=torch.distributed.ReduceOp.MAX)
         losses.clear()
         per_step = t.micro_batch_size * t.grad_accum * world
@@ -281,8 +313,13 @@ def train_loop_per_worker(config: dict) -> None:
         }
         run["step"] = step
         with tempfile.TemporaryDirectory(prefix="skray-ckpt-") as directory:
-            size = write_resume_state(engine, directory, run, best_state if rank == 0 else None,
-                                      {**meta, "step": run["best_step"], f"val_{key}": run["best_score"]})
+            size = write_resume_state(
+                engine,
+                directory,
+                run,
+                best_state if rank == 0 else None,
+                {**meta, "step": run["best_step"], f"val_{key}": run["best_score"]},
+            )
             if rank == 0:
                 run["checkpoint_bytes"] = size
             metrics["checkpoint_bytes"] = run["checkpoint_bytes"]
@@ -290,7 +327,9 @@ def train_loop_per_worker(config: dict) -> None:
 
     if not restored:  # a restored run already reported step 0: reports are made once per step
         report(0)
-    batches = _train_batches(len(data["train"]["labels"]), t.micro_batch_size, rank, world, t.seed, skip=run["step"] * t.grad_accum)
+    batches = _train_batches(
+        len(data["train"]["labels"]), t.micro_batch_size, rank, world, t.seed, skip=run["step"] * t.grad_accum
+    )
     for step in range(run["step"] + 1, t.max_steps + 1):
         start = time.perf_counter()
         tokens = 0
@@ -305,7 +344,11 @@ def train_loop_per_worker(config: dict) -> None:
         run["train_seconds"] += took
         run["train_tokens"] += tokens
         if step > run["resumed_from"] + t.untimed_steps:  # steady state: allocations and caches warmed up
-            run.update(steady_seconds=run["steady_seconds"] + took, steady_steps=run["steady_steps"] + 1, steady_tokens=run["steady_tokens"] + tokens)
+            run.update(
+                steady_seconds=run["steady_seconds"] + took,
+                steady_steps=run["steady_steps"] + 1,
+                steady_tokens=run["steady_tokens"] + tokens,
+            )
         if run["time_to_first_step"] is None:
             run["time_to_first_step"] = time.perf_counter() - started - run["eval_seconds"]
         if step % t.eval_every == 0 or step == t.max_steps:
