@@ -173,6 +173,12 @@ def resolve_device(train: TrainConfig, cluster_gpus: float) -> TrainConfig:
     return train.model_copy(update={"use_gpu": use_gpu, "precision": precision})
 
 
+def selection_metric(task: str) -> str:
+    """What "best" means, in the worker, the search and the table alike: validation accuracy
+    (``acc``), or span F1 for token classification (where most tags are O, so accuracy says little)."""
+    return "f1" if task == "token_classification" else "acc"
+
+
 class IntRange(_Section):
     low: int = Field(ge=1)
     high: int = Field(ge=1)

@@ -13,39 +13,41 @@ import json
 import pandas as pd
 
 from skray import storage
+from skray.config import selection_metric
 from skray.errors import SkrayError
 
-COLUMNS = {
-    "trial": "trial",
-    "method": "method",
-    "seed": "seed",
-    "wording": "wording",
-    "prefix_length": "prefix_length",
-    "lr": "lr",
-    "zero_shot_accuracy": "zero_shot_acc",
-    "best_val_accuracy": "best_val_acc",
-    "best_val_f1": "best_val_f1",
-    "test_accuracy": "test_acc",
-    "test_f1": "test_f1",
-    "steps_to_target": "steps_to_target",
-    "trainable_params": "trainable_params",
-    "backbone_params": "backbone_params",
-    "train_seconds": "train_s",
-    "samples_per_sec": "samples_per_s",
-    "tokens_per_sec": "tokens_per_s",
-    "steady_samples_per_sec": "steady_samples_per_s",
-    "steady_tokens_per_sec": "steady_tokens_per_s",
-    "time_to_first_step": "time_to_first_step_s",
-    "peak_memory_mb": "peak_mem_mb",
-    "estimated_memory_mb": "est_mem_mb",
-    "param_bytes_per_worker": "param_bytes_per_worker",
-    "world_size": "world_size",
-    "zero_stage": "zero_stage",
-    "offload": "offload",
-    "resumed_from": "resumed_from",
-    "checkpoint_bytes": "checkpoint_bytes",
-    "status": "status",
-}
+# The table's columns, in order: the names the worker reports under (skray.train.recipe) and Tune's params.
+COLUMNS = [
+    "trial",
+    "method",
+    "seed",
+    "wording",
+    "prefix_length",
+    "lr",
+    "zero_shot_acc",
+    "best_val_acc",
+    "best_val_f1",
+    "test_acc",
+    "test_f1",
+    "steps_to_target",
+    "trainable_params",
+    "backbone_params",
+    "train_s",
+    "samples_per_s",
+    "tokens_per_s",
+    "steady_samples_per_s",
+    "steady_tokens_per_s",
+    "time_to_first_step_s",
+    "peak_mem_mb",
+    "est_mem_mb",
+    "param_bytes_per_worker",
+    "world_size",
+    "zero_stage",
+    "offload",
+    "resumed_from",
+    "checkpoint_bytes",
+    "status",
+]
 SHOWN = [
     "trial",
     "method",
@@ -79,7 +81,7 @@ def _read_reports(path: str) -> list[dict]:
 def _status(reports: list[dict], trial_dir: str, finished: bool) -> str:
     if storage.exists(storage.join(trial_dir, "error.txt")):
         return "error"
-    if reports and reports[-1].get("done") and "test_accuracy" in reports[-1]:
+    if reports and reports[-1].get("done") and "test_acc" in reports[-1]:
         return "completed"
     return "early_stopped" if finished else "interrupted"
 
@@ -91,7 +93,7 @@ def experiment(run_dir: str) -> dict:
 
 
 def _steps_to_target(reports: list[dict], target: float) -> float:
-    return next((float(r["step"]) for r in reports if r.get("val_accuracy", -1.0) >= target), float("nan"))
+    return next((float(r["step"]) for r in reports if r.get("val_acc", -1.0) >= target), float("nan"))
 
 
 def load_results(run_dir: str) -> pd.DataFrame:
@@ -133,8 +135,8 @@ def load_results(run_dir: str) -> pd.DataFrame:
         if col not in table.columns:
             table[col] = pd.NA
     extra = [c for c in table.columns if c not in COLUMNS]
-    table = table[list(COLUMNS) + extra].rename(columns=COLUMNS)
-    key = "best_val_f1" if (config.get("data") or {}).get("task") == "token_classification" else "best_val_acc"
+    table = table[COLUMNS + extra]
+    key = f"best_val_{selection_metric((config.get('data') or {}).get('task', 'classification'))}"
     return table.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
 
 

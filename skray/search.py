@@ -22,7 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 from skray import scale, storage
 from skray.cluster import connect
 from skray.compare import variants
-from skray.config import ExperimentConfig, resolve_device
+from skray.config import ExperimentConfig, resolve_device, selection_metric
 from skray.errors import ConfigError, ResourceError
 from skray.report import rebuild
 from skray.results import experiment
@@ -134,7 +134,7 @@ def _tune_config(cfg: ExperimentConfig, command: str, plan: Plan) -> tune.TuneCo
     from ray.tune.search.optuna import OptunaSearch
 
     s = cfg.search
-    metric = "best_val_f1" if cfg.data.task == "token_classification" else "best_val_accuracy"
+    metric = f"best_val_{selection_metric(cfg.data.task)}"
     return tune.TuneConfig(
         metric=metric,
         mode="max",

@@ -1,4 +1,4 @@
-"""The worker's training pieces in this process, on a real DeepSpeed engine (world size 1, gloo, CPU)."""
+"""The recipe's training pieces in this process, on a real DeepSpeed engine (world size 1, gloo, CPU)."""
 
 import os
 import socket
@@ -10,8 +10,9 @@ import torch
 from skray.config import DataConfig, MethodConfig, TrainConfig
 from skray.data.collate import encode, take
 from skray.methods import build_model
+from skray.train.batches import epoch_shard, train_batches
 from skray.train.deepspeed import build_engine, lr_factor
-from skray.train.worker import _train_batches, epoch_shard, evaluate, task_loss
+from skray.train.evaluate import evaluate, task_loss
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -38,7 +39,8 @@ def test_frozen_backbone_never_trains_in_dropout_mode(one_rank, encoder):
     engine = build_engine(model, TrainConfig(zero_stage=2, micro_batch_size=2, max_steps=4, lr=1e-2))
     df = pd.DataFrame({"text": ["a fine film", "dull", "moving and funny", "too long"], "label": [1, 0, 1, 0]})
     data = encode(df, encoder.tokenizer, DataConfig(), add_special_tokens=True)
-    evaluate(engine, data, 2, 0, 1, torch.device("cpu"), ["a", "b"])  # ends with engine.train()
+    # evaluate ends with engine.train(), which sets train mode on the whole module
+    evaluate(engine, data, batch_size=2, rank=0, world=1, device=torch.device("cpu"), label_names=["a", "b"])
     batch = take(data, torch.arange(2))
     engine.backward(task_loss(engine(batch["input_ids"], batch["attention_mask"]), batch["labels"]))
     engine.step()
@@ -64,7 +66,7 @@ def test_every_rank_runs_the_same_batches_per_epoch(n, world, micro):
         assert len(shards[0]) % micro == 0
         rows = torch.cat(shards)
         assert len(set(rows.tolist())) == len(rows) > n - world * micro  # disjoint, at most a batch per rank left out
-    streams = [_train_batches(n, micro, r, world, seed=0) for r in range(world)]
+    streams = [train_batches(n, micro, r, world, seed=0) for r in range(world)]
     per_epoch = len(shards[0]) // micro
     for rank, stream in enumerate(streams):  # the stream goes through epoch 0 batch by batch
         first = torch.cat([next(stream) for _ in range(per_epoch)])

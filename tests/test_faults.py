@@ -62,7 +62,7 @@ def test_killed_worker_restarts_from_checkpoint_and_finishes(ray_cluster, tiny_l
     assert resumed, "the restarted group did not resume from a checkpoint"
     first = resumed[0]
     assert first["step"] == first["resumed_from"] + 50  # it went on from the checkpoint's step, not from 0
-    assert 0 <= reports[-1]["test_accuracy"] <= 1
+    assert 0 <= reports[-1]["test_acc"] <= 1
 
 
 def _finished(storage: Path) -> dict[str, str]:
@@ -70,7 +70,7 @@ def _finished(storage: Path) -> dict[str, str]:
     done = {}
     for path in storage.glob("*/run_trial_*/result.json"):
         lines = path.read_text().splitlines()
-        if lines and "test_accuracy" in lines[-1]:
+        if lines and "test_acc" in lines[-1]:
             done[path.parent.name] = path.read_text()
     return done
 
@@ -126,5 +126,5 @@ def test_killed_tune_driver_resumes_trials_and_asha_counts_steps(tiny_llama_dir,
         reports = _reports(trial_dir)
         steps = [r["step"] for r in reports]
         assert steps == sorted(set(steps)), (trial_dir.name, steps)  # no step twice, no restart from 0
-        if "test_accuracy" not in reports[-1]:
+        if "test_acc" not in reports[-1]:
             assert steps[-1] in rungs, (trial_dir.name, steps)  # stopped by ASHA at a rung of training steps

@@ -85,7 +85,7 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path,
     reports = [json.loads(line) for line in next(run_dir.glob("*/result.json")).read_text().splitlines()]
     assert [r["step"] for r in reports] == [0, 2, 4]
     assert all(r["world_size"] == 2 and r["zero_stage"] == stage and r["prompt_passes"] == 1 for r in reports)
-    assert all(r["estimated_memory_mb"] > 0 and r["param_bytes_per_worker"] > 0 for r in reports)
+    assert all(r["est_mem_mb"] > 0 and r["param_bytes_per_worker"] > 0 for r in reports)
 
     checkpoints = [p for p in run_dir.glob("train_*/checkpoint_*") if p.is_dir()]
     assert len(checkpoints) == 1

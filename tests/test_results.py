@@ -10,8 +10,8 @@ def test_report_skips_a_cut_off_line_and_ignores_half_written_files(tmp_path):
     trial = tmp_path / "run_trial_abc12_00000_0_method=sk_prefix"
     trial.mkdir()
     (trial / "params.json").write_text(json.dumps({"method": "sk_prefix", "lr": 0.001}))
-    first = {"trial_id": "abc12_00000", "step": 0, "zero_shot_accuracy": 0.5, "best_val_accuracy": 0.5}
-    last = {**first, "step": 4, "best_val_accuracy": 0.75, "test_accuracy": 0.7, "done": True}
+    first = {"trial_id": "abc12_00000", "step": 0, "zero_shot_acc": 0.5, "best_val_acc": 0.5}
+    last = {**first, "step": 4, "best_val_acc": 0.75, "test_acc": 0.7, "done": True}
     (trial / "result.json").write_text(json.dumps(first) + "\n" + json.dumps(last)[:40])  # killed mid-line
     half = tmp_path / "run_trial_abc12_00001_1_method=sk_prompt"
     half.mkdir()

@@ -4,6 +4,7 @@ rebuild the model, and DeepSpeed's resume state (trainable weights, optimizer, s
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,19 +52,40 @@ def load_trained(directory: str | Path):
     return model.eval(), meta
 
 
+@dataclass
+class RunState:
+    """What a resumed run restores besides DeepSpeed's own state (weights, optimizer, schedule):
+    where it was, what was best so far, and the counters its reports are computed from."""
+
+    step: int = 0
+    best_score: float = -1.0
+    best_step: int = 0
+    best_val: dict[str, float] = field(default_factory=dict)
+    zero_shot: dict[str, float] = field(default_factory=dict)
+    checkpoint_bytes: int = 0
+    train_s: float = 0.0
+    train_tokens: int = 0
+    steady_s: float = 0.0
+    steady_steps: int = 0
+    steady_tokens: int = 0
+    eval_s: float = 0.0
+    time_to_first_step_s: float | None = None
+    resumed_from: int = 0
+
+
 def write_resume_state(
-    engine, directory: str | Path, run: dict, best_state: dict[str, torch.Tensor] | None, meta: dict
+    engine, directory: str | Path, state: RunState, best: dict[str, torch.Tensor] | None, meta: dict
 ) -> int:
-    """Every rank: DeepSpeed's state without frozen weights (a collective). The rank given the
-    best state also writes it as safetensors + meta; returns those weights' bytes (0 otherwise)."""
+    """Every rank: DeepSpeed's state without frozen weights (a collective), the run state inside it.
+    The rank given the best weights also writes them as safetensors + meta; returns their bytes (0 otherwise)."""
     engine.save_checkpoint(
-        str(Path(directory) / RESUME), tag=TAG, client_state={"skray": run}, exclude_frozen_parameters=True
+        str(Path(directory) / RESUME), tag=TAG, client_state={"skray": asdict(state)}, exclude_frozen_parameters=True
     )
-    return save_checkpoint(directory, best_state, meta) if best_state is not None else 0
+    return save_checkpoint(directory, best, meta) if best is not None else 0
 
 
-def read_resume_state(engine, directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore DeepSpeed's state in place; return the run's counters and the best weights so far."""
+def read_resume_state(engine, directory: str | Path) -> tuple[RunState, dict[str, torch.Tensor]]:
+    """Restore DeepSpeed's state in place; return the run state and the best weights so far."""
     _, client = engine.load_checkpoint(str(Path(directory) / RESUME), tag=TAG, load_module_strict=False)
     best, _ = load_checkpoint(directory)
-    return client["skray"], best
+    return RunState(**client["skray"]), best

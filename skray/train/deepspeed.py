@@ -80,3 +80,9 @@ def load_trainable(engine, state: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for n, p in named:
                 p.copy_(state[n].to(p.dtype))
+
+
+def held_param_bytes(engine) -> int:
+    """Parameter bytes this rank holds: its ZeRO-3 partition, or whole parameters below stage 3."""
+    held = (getattr(p, "ds_tensor", p) for p in engine.module.parameters())
+    return sum(t.numel() * t.element_size() for t in held)

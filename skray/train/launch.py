@@ -6,7 +6,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from skray.config import ExperimentConfig
-from skray.train.worker import train_loop_per_worker
+from skray.train.recipe import train_loop_per_worker
 
 
 def build_trainer(

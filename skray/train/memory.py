@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import resource
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from skray.config import TrainConfig
 from skray.errors import ResourceError
 
 GIB = 2**30
@@ -248,3 +251,57 @@ def model_counts(model: nn.Module, precision: str) -> dict[str, int]:
             (sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0
         ),
     }
+
+
+def settle_zero(
+    model: nn.Module,
+    train: TrainConfig,
+    *,
+    world: int,
+    local_world: int,
+    device: torch.device,
+    batch: dict[str, torch.Tensor],
+    log: bool,
+) -> tuple[TrainConfig, ZeroEstimate]:
+    """The ZeRO setting this run uses and its memory estimate (DeepSpeed's estimators plus the
+    activations of one measured micro batch). ``zero_stage: auto`` takes the first setting that
+    fits the smallest budget of any rank, and says so in one line (where ``log``)."""
+    import torch.distributed as dist
+
+    from skray.train.evaluate import all_reduce
+
+    counts = model_counts(model, train.precision)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        activations = measure_activation_bytes(model, batch["input_ids"], batch["attention_mask"])
+    if train.zero_stage != "auto":
+        est = estimate(
+            **counts, world_size=world, stage=train.zero_stage, offload=train.offload, activation_bytes=activations
+        )
+        return train, est
+    own = float(worker_budget_bytes(train.use_gpu, local_world, device))
+    (budget,) = all_reduce([own], op=dist.ReduceOp.MIN)
+    est = choose(
+        **counts, world_size=world, activation_bytes=activations, budget_bytes=int(budget), use_gpu=train.use_gpu
+    )
+    if log:
+        print(est.line(int(budget)), flush=True)
+    return train.model_copy(update={"zero_stage": est.stage, "offload": est.offload}), est
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start the peak from here, so it is training's peak and not that of loading the backbone whole."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets this process's peak RSS
+    except OSError:
+        pass  # elsewhere the peak includes loading
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this worker since the last reset: CUDA's peak allocated, or the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -27,7 +27,7 @@ def classification_scores(counts: torch.Tensor, num_labels: int) -> dict[str, fl
     tp, predicted, actual = counts[2:].view(3, num_labels)
     seen = (predicted + actual) > 0  # a label absent from both sides does not count (as in sklearn's labels=None)
     f1 = (2 * tp[seen] / (predicted[seen] + actual[seen])).mean() if seen.any() else torch.tensor(0.0)
-    return {"accuracy": float(correct / n.clamp(min=1)), "f1": float(f1)}
+    return {"acc": float(correct / n.clamp(min=1)), "f1": float(f1)}
 
 
 def token_counts(
@@ -53,4 +53,4 @@ def token_scores(counts: torch.Tensor) -> dict[str, float]:
     precision = tp / predicted if predicted else 0.0
     recall = tp / actual if actual else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"accuracy": correct / max(n, 1), "precision": precision, "recall": recall, "f1": f1}
+    return {"acc": correct / max(n, 1), "precision": precision, "recall": recall, "f1": f1}

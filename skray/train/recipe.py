@@ -1,0 +1,268 @@
+"""The SK-Tuning recipe every Ray Train worker runs: the only place a training step happens.
+
+``setup`` loads the data and the frozen backbone, builds the method's model (for SK methods the
+semantic prompt runs through the backbone once), settles the ZeRO stage (``auto``: the first that
+fits, from a memory estimate) and wraps the model in a DeepSpeed engine. ``train`` runs the steps;
+``evaluate_and_report`` scores, keeps the best state, checkpoints and reports. Every rank joins
+each evaluation and each report, so ZeRO-3's collectives stay in step.
+
+Each report carries a checkpoint that every rank writes its part of (Ray Train gathers them in
+one directory): DeepSpeed's state of what trains (frozen weights excluded), optimizer and schedule
+included, the ``RunState``, and the best trainable state so far as safetensors. A worker group that
+Ray Train restarts after a failure resumes from it: same step, optimizer and data position.
+
+Metric names are the results table's (``skray.results.COLUMNS``): written once, here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+
+import torch
+
+from skray.config import ExperimentConfig, selection_metric
+from skray.train.checkpoint import RunState
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point: ``{"experiment": ExperimentConfig dump, "cpus_per_worker": float}``."""
+    recipe = SKTuningRecipe(ExperimentConfig.model_validate(config["experiment"]), config.get("cpus_per_worker", 1))
+    recipe.setup()
+    recipe.train()
+
+
+def _setup_env(use_gpu: bool) -> None:
+    """DeepSpeed picks its accelerator at import; on CPU workers it must be told."""
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from skray.backbones import cache_dir
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+
+
+class SKTuningRecipe:
+    """One worker's run: ``setup()``, then ``train()``, which calls ``evaluate_and_report`` every
+    ``train.eval_every`` steps. ``state`` is what a resume restores."""
+
+    def __init__(self, cfg: ExperimentConfig, cpus_per_worker: float = 1):
+        self.cfg = cfg
+        self.cpus_per_worker = cpus_per_worker
+        self.started = time.perf_counter()
+        self.state = RunState()
+        self.best: dict[str, torch.Tensor] | None = None  # the best trainable weights so far
+        self.restored = False
+        self.losses: list[float] = []
+
+    def setup(self) -> None:
+        """Data, frozen backbone, method, ZeRO setting and DeepSpeed engine; a restarted group restores
+        its last checkpoint."""
+        cfg = self.cfg
+        _setup_env(cfg.train.use_gpu)
+        import deepspeed
+        import ray.train
+
+        from skray.backbones import load_backbone
+        from skray.data import load_splits
+        from skray.data.collate import encode, take
+        from skray.data.splits import SPLITS
+        from skray.errors import DataError
+        from skray.methods import build_model
+        from skray.train.checkpoint import read_resume_state
+        from skray.train.deepspeed import build_engine, held_param_bytes
+        from skray.train.memory import reset_peak_memory, settle_zero
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.set_num_threads(max(1, int(self.cpus_per_worker)))
+        torch.manual_seed(cfg.train.seed)
+        self.device = torch.device(f"cuda:{ctx.get_local_rank()}") if cfg.train.use_gpu else torch.device("cpu")
+        self.key = selection_metric(cfg.data.task)
+
+        splits = load_splits(cfg.data)
+        rows, per_step = len(splits["train"]), cfg.train.micro_batch_size * self.world
+        if rows < per_step:
+            raise DataError(
+                f"train.micro_batch_size {cfg.train.micro_batch_size} x {self.world} workers takes {per_step} "
+                f"training rows per step but the train split has {rows}; lower train.micro_batch_size or raise "
+                f"data.max_train_samples"
+            )
+        self.label_names = splits.label_names
+        backbone = load_backbone(cfg.backbone)
+        self.facts = {"backbone_params": backbone.num_parameters, "backbone_bytes": backbone.byte_size}
+        token_level = cfg.data.task == "token_classification"
+        self.model = build_model(backbone, cfg.method, self.label_names, token_level).to(self.device)
+        special = not backbone.is_decoder
+        self.data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=special) for s in SPLITS}
+
+        deepspeed.init_distributed(dist_backend="nccl" if cfg.train.use_gpu else "gloo")
+        rows_of_one_batch = torch.arange(cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
+        first = {k: v.to(self.device) for k, v in take(self.data["train"], rows_of_one_batch).items()}
+        self.t, est = settle_zero(
+            self.model,
+            cfg.train,
+            world=self.world,
+            local_world=ctx.get_local_world_size(),
+            device=self.device,
+            batch=first,
+            log=self.rank == 0,
+        )
+        self.facts.update(
+            trainable_params=self.model.num_trainable(),  # counted before ZeRO-3 partitions the parameters
+            prompt_tokens=self.model.prompt_tokens,
+            world_size=self.world,
+            zero_stage=self.t.zero_stage,
+            offload=self.t.offload,
+            micro_batch_size=self.t.micro_batch_size,
+            lr=self.t.lr,
+            est_mem_mb=est.total_bytes / 2**20,
+        )
+        self.engine = build_engine(self.model, self.t)
+        self.facts["param_bytes_per_worker"] = held_param_bytes(self.engine)
+        reset_peak_memory(self.device)
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint:
+            with checkpoint.as_directory() as directory:
+                self.state, self.best = read_resume_state(self.engine, directory)
+            self.state.resumed_from = self.state.step
+            self.restored = True
+
+    def train(self) -> None:
+        """Steps from where the state says to ``train.max_steps``. Step 0 (zero-shot) is evaluated by a
+        fresh run only: a restored run already reported it, and reports are made once per step."""
+        from skray.train.batches import train_batches
+
+        t, state = self.t, self.state
+        if not self.restored:
+            self.evaluate_and_report(0)
+        rows = len(self.data["train"]["labels"])
+        batches = train_batches(rows, t.micro_batch_size, self.rank, self.world, t.seed, skip=state.step * t.grad_accum)
+        for step in range(state.step + 1, t.max_steps + 1):
+            start = time.perf_counter()
+            tokens = self._step(batches)
+            took = time.perf_counter() - start
+            state.train_s += took
+            state.train_tokens += tokens
+            if step > state.resumed_from + t.untimed_steps:  # steady state: allocations and caches warmed up
+                state.steady_s += took
+                state.steady_steps += 1
+                state.steady_tokens += tokens
+            if state.time_to_first_step_s is None:
+                state.time_to_first_step_s = time.perf_counter() - self.started - state.eval_s
+            if step % t.eval_every == 0 or step == t.max_steps:
+                self.evaluate_and_report(step, final=step == t.max_steps)
+
+    def _step(self, batches: Iterator[torch.Tensor]) -> int:
+        """One optimizer step (``grad_accum`` micro-batches); returns the tokens it read."""
+        from skray.data.collate import take
+        from skray.train.evaluate import task_loss
+
+        tokens = 0
+        for _ in range(self.t.grad_accum):
+            batch = {k: v.to(self.device) for k, v in take(self.data["train"], next(batches)).items()}
+            loss = task_loss(self.engine(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            self.engine.backward(loss)
+            self.engine.step()
+            self.losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+        return tokens
+
+    def evaluate_and_report(self, step: int, final: bool = False) -> None:
+        """Evaluate, keep the best state, checkpoint, report; the final report adds the best state's
+        test scores."""
+        from skray.train.deepspeed import gather_trainable, load_trainable
+
+        state = self.state
+        val = self._evaluate("validation")
+        if step == 0:
+            state.zero_shot = val
+        if val[self.key] > state.best_score:
+            state.best_score, state.best_val, state.best_step = val[self.key], val, step
+            self.best = gather_trainable(self.engine)
+        extra = {}
+        if final:
+            load_trainable(self.engine, self.best)
+            test = self._evaluate("test")
+            extra = {f"test_{k}": v for k, v in test.items() if k != "loss"} | {"done": True}
+        metrics = self._metrics(step, val) | extra
+        state.step = step
+        self._checkpoint_and_report(metrics)
+
+    def _evaluate(self, split: str) -> dict[str, float]:
+        from skray.train.evaluate import evaluate
+
+        start = time.perf_counter()
+        scores = evaluate(
+            self.engine,
+            self.data[split],
+            batch_size=self.t.eval_batch_size,
+            rank=self.rank,
+            world=self.world,
+            device=self.device,
+            label_names=self.label_names,
+        )
+        self.state.eval_s += time.perf_counter() - start
+        return scores
+
+    def _metrics(self, step: int, val: dict[str, float]) -> dict:
+        """A report in the table's vocabulary: what was run, how well, at what cost (summed over ranks)."""
+        import torch.distributed as dist
+
+        from skray.train.evaluate import all_reduce
+        from skray.train.memory import peak_memory_mb
+
+        state, t = self.state, self.t
+        mean_loss = sum(self.losses) / max(1, len(self.losses))
+        train_loss, tokens, steady_tokens = all_reduce(
+            [mean_loss, float(state.train_tokens), float(state.steady_tokens)]
+        )
+        (peak,) = all_reduce([peak_memory_mb(self.device)], op=dist.ReduceOp.MAX)
+        self.losses.clear()
+        per_step = t.micro_batch_size * t.grad_accum * self.world
+        seconds, steady = state.train_s, state.steady_s
+        return {
+            **self.facts,
+            "step": step,
+            **{f"val_{k}": v for k, v in val.items()},
+            "train_loss": train_loss / self.world if step else float("nan"),
+            **{f"best_val_{k}": v for k, v in state.best_val.items() if k != "loss"},
+            "best_step": state.best_step,
+            **{f"zero_shot_{k}": v for k, v in state.zero_shot.items() if k != "loss"},
+            "train_s": seconds,
+            "samples_per_s": step * per_step / seconds if seconds else 0.0,
+            "tokens_per_s": tokens / seconds if seconds else 0.0,
+            "steady_samples_per_s": state.steady_steps * per_step / steady if steady else float("nan"),
+            "steady_tokens_per_s": steady_tokens / steady if steady else float("nan"),
+            "time_to_first_step_s": state.time_to_first_step_s,
+            "peak_mem_mb": peak,
+            "prompt_passes": self.model.prompt_passes,
+            "resumed_from": state.resumed_from,
+        }
+
+    def _checkpoint_and_report(self, metrics: dict) -> None:
+        """Every rank writes its part of the checkpoint; rank 0 adds the best weights and their meta."""
+        import ray.train
+
+        from skray.train.checkpoint import write_resume_state
+
+        cfg, state = self.cfg, self.state
+        meta = {
+            "backbone": cfg.backbone.name,
+            "trust_remote_code": cfg.backbone.trust_remote_code,
+            "method": cfg.method.model_dump(),
+            "task": cfg.data.task,
+            "label_names": self.label_names,
+            "template": cfg.data.template,
+            "max_length": cfg.data.max_length,
+            "step": state.best_step,
+            f"val_{self.key}": state.best_score,
+        }
+        with tempfile.TemporaryDirectory(prefix="skray-ckpt-") as directory:
+            size = write_resume_state(self.engine, directory, state, self.best if self.rank == 0 else None, meta)
+            if self.rank == 0:
+                state.checkpoint_bytes = size
+            metrics["checkpoint_bytes"] = state.checkpoint_bytes
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
