@@ -9,6 +9,7 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 from skray.backbones import Backbone
+from skray.config import ExperimentConfig, parse_config
 from skray.data.embedded import package_dir
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -79,3 +80,32 @@ def ray_cluster():
     start_private_ray(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def tiny_experiment(tiny_llama_dir, tmp_path):
+    """A factory of small real experiments on the tiny Llama, stored under the test's tmp_path:
+    ``tiny_experiment(train__max_steps=8, method__kind="sk_prompt")`` overrides section__key."""
+
+    def make(**overrides) -> ExperimentConfig:
+        raw = {
+            "name": "tiny",
+            "storage_path": str(tmp_path),
+            "backbone": {"name": tiny_llama_dir},
+            "data": {"max_length": 32, "max_train_samples": 64, "max_eval_samples": 24, "max_test_samples": 24},
+            "method": {"prefix_length": 4, "adapter_rank": 2, "label_words": {"fresh": " good", "rotten": " bad"}},
+            "train": {"num_workers": 2, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2, "eval_batch_size": 8},
+            "search": {
+                "num_trials": 3,
+                "wordings": ["is the review good or bad?", "sentiment of the review:", "did the critic like it?"],
+                "prefix_length": {"low": 2, "high": 6},
+                "lr": {"low": 1e-4, "high": 1e-2},
+                "grace_period": 1,
+            },
+        }
+        for key, value in overrides.items():
+            section, name = key.split("__")
+            raw[section][name] = value
+        return parse_config(raw)
+
+    return make

@@ -10,19 +10,17 @@ import yaml
 
 from skray.cli import main
 from skray.config import parse_config
-from skray.errors import ConfigError
 from skray.report import rebuild
 from skray.search import run_experiment
-from tests.test_ray_runs import tiny_experiment
 
 pytestmark = pytest.mark.slow
 THINGS = ("cat", "dog", "car", "cup", "hat", "box", "pen", "bag", "key", "map")
 MAKE_NER = runpy.run_path(str(Path(__file__).parents[1] / "experiments" / "data" / "make_ner.py"))["write"]
 
 
-def experiment(backbone_dir, storage, **sections):
-    """The tiny run of test_ray_runs with one worker per run, no search, and whole sections merged in."""
-    raw = tiny_experiment(backbone_dir, storage).model_dump(exclude={"search"})
+def experiment(tiny_experiment, **sections):
+    """The tiny experiment with one worker per run, no search, and whole sections merged in."""
+    raw = tiny_experiment().model_dump(exclude={"search"})
     raw["train"]["num_workers"] = 1
     for section, values in sections.items():
         raw[section] = {**(raw.get(section) or {}), **values}
@@ -30,12 +28,11 @@ def experiment(backbone_dir, storage, **sections):
 
 
 def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_rest(
-    ray_cluster, tiny_llama_dir, tmp_path, capsys
+    ray_cluster, tiny_experiment, tmp_path, capsys
 ):
     bad_lora = {"kind": "lora", "lora_target_modules": ["not_a_layer"]}
     cfg = experiment(
-        tiny_llama_dir,
-        tmp_path,
+        tiny_experiment,
         compare={
             "methods": ["sk_prefix", "prefix_tuning", bad_lora, "linear_probe"],
             "seeds": [0, 1],
@@ -85,16 +82,10 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
     assert (run_dir / "compare.csv").exists()
 
 
-def test_compare_without_a_compare_section_is_a_clear_error(tiny_llama_dir, tmp_path):
-    with pytest.raises(ConfigError, match="compare: missing"):
-        run_experiment(experiment(tiny_llama_dir, tmp_path), "compare")
-
-
-def test_token_classification_reports_span_f1(ray_cluster, tiny_llama_dir, tmp_path):
+def test_token_classification_reports_span_f1(ray_cluster, tiny_experiment, tmp_path):
     data = MAKE_NER(tmp_path / "ner.jsonl", rows=120)
     cfg = experiment(
-        tiny_llama_dir,
-        tmp_path,
+        tiny_experiment,
         data={"name": str(data), "task": "token_classification", "text_column": "tokens", "label_column": "tags"},
         method={"head": "linear", "label_words": None},
     )
@@ -106,7 +97,7 @@ def test_token_classification_reports_span_f1(ray_cluster, tiny_llama_dir, tmp_p
     assert row.trainable_params > 7 * 32  # the head scores 7 IOB tags at every position
 
 
-def test_sentence_pair_classification_runs(ray_cluster, tiny_llama_dir, tmp_path):
+def test_sentence_pair_classification_runs(ray_cluster, tiny_experiment, tmp_path):
     rows = [
         {"premise": f"the {a} is red", "hypothesis": f"the {b} is red", "label": "same" if a == b else "different"}
         for a in THINGS
@@ -115,8 +106,7 @@ def test_sentence_pair_classification_runs(ray_cluster, tiny_llama_dir, tmp_path
     path = tmp_path / "pairs.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     cfg = experiment(
-        tiny_llama_dir,
-        tmp_path,
+        tiny_experiment,
         data={
             "name": str(path),
             "text_column": "premise",

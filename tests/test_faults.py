@@ -17,7 +17,6 @@ import yaml
 
 from skray.results import load_results
 from skray.search import run_experiment
-from tests.test_ray_runs import tiny_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -43,10 +42,10 @@ def _cmdline(proc: psutil.Process) -> str:
         return ""
 
 
-def test_killed_worker_restarts_from_checkpoint_and_finishes(ray_cluster, tiny_llama_dir, tmp_path):
+def test_killed_worker_restarts_from_checkpoint_and_finishes(ray_cluster, tiny_experiment, tmp_path):
     """Two kills: right after the step-0 report (the restored group must not send it again, or ASHA
     sees one report too many) and mid-run (the group goes on from the checkpoint's step)."""
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=300, train__eval_every=50)
+    cfg = tiny_experiment(train__max_steps=300, train__eval_every=50)
     killed: list = []
     killer = threading.Thread(target=_kill_a_worker_after_reports, args=(tmp_path, [1, 3], killed), daemon=True)
     killer.start()
@@ -79,12 +78,12 @@ def _reports(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
 
 
-def test_killed_tune_driver_resumes_trials_and_asha_counts_steps(tiny_llama_dir, tmp_path):
+def test_killed_tune_driver_resumes_trials_and_asha_counts_steps(tiny_experiment, tmp_path):
     """`skray tune` killed (SIGKILL, with its local Ray) right after a trial's first evaluation, then
     run again: the same run goes on, finished trials are kept as they were, cut trials go on from their
     checkpoints, no step is reported twice, and ASHA stops trials only at its rungs in training steps
     (after a resume Tune's training_iteration starts again at 1; the step does not)."""
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__num_workers=1, train__max_steps=1000, train__eval_every=250)
+    cfg = tiny_experiment(train__num_workers=1, train__max_steps=1000, train__eval_every=250)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     command = [sys.executable, "-m", "skray.cli", "tune", str(path)]

@@ -14,35 +14,12 @@ import yaml
 from safetensors.torch import load_file
 
 from skray.cli import main
-from skray.config import parse_config
 from skray.errors import ResourceError
 from skray.results import load_results
-from skray.search import plan_resources, run_experiment
+from skray.search import run_experiment
 from skray.train.checkpoint import load_trained
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_experiment(backbone_dir, storage, **overrides):
-    raw = {
-        "name": "tiny",
-        "storage_path": str(storage),
-        "backbone": {"name": backbone_dir},
-        "data": {"max_length": 32, "max_train_samples": 64, "max_eval_samples": 24, "max_test_samples": 24},
-        "method": {"prefix_length": 4, "adapter_rank": 2, "label_words": {"fresh": " good", "rotten": " bad"}},
-        "train": {"num_workers": 2, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2, "eval_batch_size": 8},
-        "search": {
-            "num_trials": 3,
-            "wordings": ["is the review good or bad?", "sentiment of the review:", "did the critic like it?"],
-            "prefix_length": {"low": 2, "high": 6},
-            "lr": {"low": 1e-4, "high": 1e-2},
-            "grace_period": 1,
-        },
-    }
-    for key, value in overrides.items():
-        section, name = key.split("__")
-        raw[section][name] = value
-    return parse_config(raw)
 
 
 CASES = {
@@ -67,8 +44,8 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_train_with_two_deepspeed_workers(ray_cluster, tiny_llama_dir, tmp_path, case):
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path, **CASES[case])
+def test_train_with_two_deepspeed_workers(ray_cluster, tiny_experiment, tmp_path, case):
+    cfg = tiny_experiment(**CASES[case])
     kind = cfg.method.kind
     stage = (
         0 if cfg.train.zero_stage == "auto" else cfg.train.zero_stage
@@ -140,8 +117,8 @@ def pickled(run_dir: Path) -> list[Path]:
     return found
 
 
-def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_llama_dir, tmp_path, capsys):
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path)
+def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_experiment, tmp_path, capsys):
+    cfg = tiny_experiment()
     run_dir, table = run_experiment(cfg, "tune")
     run_dir = Path(run_dir)
     assert len(table) == 3
@@ -165,35 +142,15 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_lla
     assert "interrupted" in out
 
 
-def test_request_that_cannot_fit_fails_at_once(ray_cluster, tiny_llama_dir, tmp_path, capsys):
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__num_workers=4, train__cpus_per_worker=1.0)
+def test_request_that_cannot_fit_fails_at_once(ray_cluster, tiny_experiment, tmp_path, capsys):
+    cfg = tiny_experiment(train__num_workers=4, train__cpus_per_worker=1.0)
     with pytest.raises(ResourceError, match="needs 4 CPUs but the Ray cluster has 2"):
         run_experiment(cfg, "tune")
 
 
-def test_resource_plan_fits_the_cluster():
-    cfg = parse_config({"train": {"num_workers": 2}})
-    assert (plan_resources(cfg, {"CPU": 2.0}).cpus_per_worker, plan_resources(cfg, {"CPU": 2.0}).max_concurrent) == (
-        1.0,
-        1,
-    )
-    assert plan_resources(cfg, {"CPU": 8.0}).max_concurrent == 4
-    assert plan_resources(parse_config({"train": {"num_workers": 4}}), {"CPU": 2.0}).cpus_per_worker == 0.5
-    with pytest.raises(ResourceError, match="GPUs"):
-        plan_resources(parse_config({"train": {"use_gpu": True}}), {"CPU": 2.0})
-    # A joined cluster may autoscale GPU nodes from zero (cluster.yaml): not held to what it has now.
-    grows = plan_resources(parse_config({"train": {"use_gpu": True, "num_workers": 4}}), {"CPU": 0.0}, can_grow=True)
-    assert (grows.cpus_per_worker, grows.max_concurrent) == (1.0, 1)
-
-
-def test_report_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):
-    assert main(["report", str(tmp_path / "nope")]) == 2
-    assert "no such run directory" in capsys.readouterr().err
-
-
-def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_llama_dir, tmp_path):
+def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_experiment, tmp_path):
     """A real `skray tune` process interrupted mid-trial: exit 130, finished reports kept, trial marked interrupted."""
-    cfg = tiny_experiment(tiny_llama_dir, tmp_path, train__max_steps=400, train__eval_every=2)
+    cfg = tiny_experiment(train__max_steps=400, train__eval_every=2)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     proc = subprocess.Popen(
@@ -246,26 +203,3 @@ def test_private_ray_finds_itself_beside_another_ray(ray_cluster):
     finally:
         other.kill()
         other.wait()
-
-
-def test_asha_rungs_are_training_steps():
-    """Rungs at grace_period evaluations x reduction_factor, in steps: the same amount of training for
-    every trial it compares, also for a trial resumed mid-way (whose training_iteration restarts)."""
-    from skray.search import asha
-
-    cfg = parse_config(
-        {
-            "train": {"max_steps": 80, "eval_every": 10},
-            "search": {
-                "wordings": ["a"],
-                "prefix_length": {"low": 1, "high": 2},
-                "lr": {"low": 1e-3, "high": 1e-2},
-                "grace_period": 2,
-                "reduction_factor": 2,
-            },
-        }
-    )
-    scheduler = asha(cfg)
-    assert scheduler._time_attr == "step"
-    assert scheduler._max_t == 80
-    assert sorted(m for m, _ in scheduler._brackets[0]._rungs) == [20, 40, 80]

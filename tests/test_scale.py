@@ -13,7 +13,6 @@ from skray import scale
 from skray.cli import main
 from skray.config import parse_config
 from skray.report import rebuild
-from tests.test_ray_runs import tiny_experiment
 
 
 def test_grid_skips_invalid_offload_pairs():
@@ -45,10 +44,8 @@ def test_scaling_efficiency_is_relative_to_one_worker_of_the_same_setting():
 
 
 @pytest.mark.slow
-def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_llama_dir, tmp_path):
-    cfg = tiny_experiment(
-        tiny_llama_dir, tmp_path, train__max_steps=4, train__untimed_steps=1, train__eval_every=4, train__max_failures=0
-    )
+def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_experiment, tmp_path):
+    cfg = tiny_experiment(train__max_steps=4, train__untimed_steps=1, train__eval_every=4, train__max_failures=0)
     cfg = cfg.model_copy(
         update={
             "scale": parse_config(
