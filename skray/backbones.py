@@ -10,7 +10,14 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
 from skray.config import BackboneConfig
 from skray.data.embedded import package_dir
@@ -73,7 +80,7 @@ def resolve(name: str) -> str:
 @dataclass
 class Backbone:
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     is_decoder: bool
 
     @property
@@ -85,7 +92,17 @@ class Backbone:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
 
 
-def inspect_backbone(cfg: BackboneConfig) -> tuple[str, object, object, bool]:
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a backbone is, known without loading its weights."""
+
+    source: str  # the local folder or hub id the weights load from
+    config: PreTrainedConfig
+    tokenizer: PreTrainedTokenizerBase  # padding on the right, with a pad token
+    is_decoder: bool  # a causal LM (it has an LM head, so a verbalizer head works)
+
+
+def inspect_backbone(cfg: BackboneConfig) -> BackboneInfo:
     """Source, config, tokenizer and whether it is a decoder, without loading weights."""
     source = resolve(cfg.name)
     try:
@@ -100,14 +117,16 @@ def inspect_backbone(cfg: BackboneConfig) -> tuple[str, object, object, bool]:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     is_decoder = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
-    return source, config, tokenizer, is_decoder
+    return BackboneInfo(source, config, tokenizer, is_decoder)
 
 
 def load_backbone(cfg: BackboneConfig) -> Backbone:
     """Load, freeze and put in eval mode (no dropout: the frozen model must be deterministic)."""
-    source, config, tokenizer, is_decoder = inspect_backbone(cfg)
-    auto = AutoModelForCausalLM if is_decoder else AutoModel
-    model = auto.from_pretrained(source, config=config, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+    info = inspect_backbone(cfg)
+    auto = AutoModelForCausalLM if info.is_decoder else AutoModel
+    model = auto.from_pretrained(
+        info.source, config=info.config, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
+    )
     model.requires_grad_(False)
     model.eval()
-    return Backbone(model, tokenizer, is_decoder)
+    return Backbone(model, info.tokenizer, info.is_decoder)

@@ -5,21 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from skray.commands import COMMANDS
 from skray.errors import SkrayError
-
-FILES = {"compare": "compare.md/.csv/.parquet, two PNG plots", "scale": "scale.md/.csv/.parquet, scaling.png"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skray", description="SK-Tuning on Ray: train, search and report.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name, help_ in (
-        ("train", "one SK-Tuning run (Ray Train + DeepSpeed)"),
-        ("tune", "an Optuna search with ASHA early stopping"),
-        ("compare", "SK-Tuning against PEFT baselines, full fine-tuning and a linear probe, over seeds"),
-        ("scale", "throughput and memory over workers x ZeRO stage x offload x micro batch"),
-    ):
-        cmd = sub.add_parser(name, help=help_)
+    for name, command in COMMANDS.items():
+        cmd = sub.add_parser(name, help=command.help)
         cmd.add_argument("config", help="experiment YAML")
         cmd.add_argument(
             "--set",
@@ -52,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir, table = run_experiment(cfg, command=args.command, address=args.address)
         print(show(table))
-        files = FILES.get(args.command, "results.csv and results.parquet")
-        print(f"\nresults: {run_dir}/ ({files})")
+        print(f"\nresults: {run_dir}/ ({COMMANDS[args.command].files})")
         if not storage.exists(storage.join(run_dir, "finished")):
             print("skray: interrupted before every trial ended; the table holds what was reported", file=sys.stderr)
             return 130

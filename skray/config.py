@@ -22,8 +22,16 @@ class _Section(BaseModel):
 class BackboneConfig(_Section):
     """Which frozen model to tune: an embedded name, a local HF folder or a hub id."""
 
-    name: str = "smollm2-135m"
-    trust_remote_code: bool = False
+    name: str = Field(
+        default="smollm2-135m",
+        description="The frozen model: an embedded name (smollm2-135m, minilm-l6), a local Hugging Face model "
+        "folder, or a hub id",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Run the Python code a model folder or hub repo ships (some architectures need it); "
+        "turn on only for a source you trust",
+    )
 
 
 class DataConfig(_Section):
@@ -33,21 +41,74 @@ class DataConfig(_Section):
     (label_column), e.g. IOB2 NER tags; everything else is one label per row.
     """
 
-    name: str = "rotten_tomatoes_critics"
-    task: Literal["classification", "token_classification"] = "classification"
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    labels: list[str] | None = Field(default=None, min_length=2)
-    group_column: str | None = None
-    template: str = "{text}"
-    max_length: int = Field(default=128, ge=8, le=8192)
-    max_train_samples: int | None = Field(default=None, ge=1)
-    max_eval_samples: int | None = Field(default=None, ge=1)
-    max_test_samples: int | None = Field(default=None, ge=1)
-    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
-    drop_missing: bool = False  # rows with no text or label: an error naming them, or dropped (and counted) if true
+    name: str = Field(
+        default="rotten_tomatoes_critics",
+        description="The labelled data: an embedded set (rotten_tomatoes_critics), a .csv/.jsonl/.parquet file, "
+        "a folder of per-split files, or a hub dataset id",
+    )
+    task: Literal["classification", "token_classification"] = Field(
+        default="classification",
+        description="classification: one label per row; token_classification: one tag per word (e.g. IOB2 NER), "
+        "needs method.head linear",
+    )
+    text_column: str = Field(
+        default="text",
+        description="The column holding the input text (for token_classification: a list of words)",
+    )
+    text_pair_column: str | None = Field(
+        default=None,
+        description="The column holding a row's second text, for sentence-pair tasks (then the template needs "
+        "{text_pair})",
+    )
+    label_column: str = Field(
+        default="label",
+        description="The column holding each row's label (for token_classification: one tag per word)",
+    )
+    labels: list[str] | None = Field(
+        default=None,
+        min_length=2,
+        description="The label names, in class order; unset: the sorted labels seen in train. Any other label in "
+        "the data is an error",
+    )
+    group_column: str | None = Field(
+        default=None,
+        description="Rows sharing this column's value stay in one split when skray makes the split (e.g. a movie "
+        "id, so no movie leaks into evaluation); unset: equal texts stay together",
+    )
+    template: str = Field(
+        default="{text}",
+        description="How a row becomes model input; must contain {text} (and {text_pair} for pairs); the tail, "
+        "e.g. '\\nSentiment:', is the cue the head reads and is never cut",
+    )
+    max_length: int = Field(
+        default=128,
+        ge=8,
+        le=8192,
+        description="Tokens per input row, template included; a longer row is cut inside its text. Raise it for "
+        "long texts, lower it for speed and memory",
+    )
+    max_train_samples: int | None = Field(
+        default=None, ge=1, description="Cap on training rows (a seeded sample); unset: all of them"
+    )
+    max_eval_samples: int | None = Field(
+        default=None, ge=1, description="Cap on validation rows (a seeded sample), to make evaluations cheaper"
+    )
+    max_test_samples: int | None = Field(
+        default=None, ge=1, description="Cap on test rows (a seeded sample), to make the final test cheaper"
+    )
+    validation_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=0.5,
+        description="Share of rows carved out for validation when the data has no validation split",
+    )
+    test_fraction: float = Field(
+        default=0.1, gt=0, lt=0.5, description="Share of rows carved out for test when the data has no test split"
+    )
+    drop_missing: bool = Field(
+        default=False,
+        description="Rows with no text or label: an error naming them, or dropped (and counted) if true",
+    )
 
     @model_validator(mode="after")
     def _template_has_text(self) -> DataConfig:
@@ -84,14 +145,45 @@ class MethodConfig(_Section):
     ``prompt_tuning_text`` initialises from.
     """
 
-    kind: MethodKind = "sk_prefix"
-    wording: str = Field(default="Classify the sentiment of the review as positive or negative.", min_length=1)
-    prefix_length: int = Field(default=8, ge=1, le=1024)
-    adapter_rank: int = Field(default=8, ge=1, le=1024)
-    head: Literal["linear", "verbalizer"] = "verbalizer"
-    label_words: dict[str, str] | None = None
+    kind: MethodKind = Field(
+        default="sk_prefix",
+        description="What trains: sk_prefix or sk_prompt (SK-Tuning); the PEFT baselines prompt_tuning, "
+        "prompt_tuning_text, prefix_tuning, p_tuning, lora; or full_finetune and linear_probe",
+    )
+    wording: str = Field(
+        default="Classify the sentiment of the review as positive or negative.",
+        min_length=1,
+        description="The semantic prompt the frozen model reads (SK methods), or that prompt_tuning_text "
+        "initialises from; say the task in plain words",
+    )
+    prefix_length: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="m, the virtual positions a prompt/prefix method joins to the input, independent of the "
+        "wording's length; more positions train more parameters",
+    )
+    adapter_rank: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Rank of the SK adapter's low-rank refiner, and LoRA's r; higher trains more parameters",
+    )
+    head: Literal["linear", "verbalizer"] = Field(
+        default="verbalizer",
+        description="verbalizer: the frozen LM head scores one word per label (decoders only, "
+        "no trainable parameters, meaningful at step 0); linear: a trained layer over pooled states (any backbone)",
+    )
+    label_words: dict[str, str] | None = Field(
+        default=None,
+        description="The verbalizer's word per label, e.g. {fresh: ' positive'}; the words must start with "
+        "different tokens; unset: a space plus the label name",
+    )
     lora_target_modules: list[str] | None = Field(
-        default=None, min_length=1, description="PEFT's default for the architecture if unset"
+        default=None,
+        min_length=1,
+        description="The modules LoRA adapts, by name (e.g. [q_proj, v_proj]); PEFT's default for the "
+        "architecture if unset",
     )
 
     @model_validator(mode="after")
@@ -109,28 +201,64 @@ class TrainConfig(_Section):
     ``offload``) in the workers from a memory estimate before the engine is built.
     """
 
-    num_workers: int = Field(default=2, ge=1)
-    cpus_per_worker: float | None = Field(default=None, gt=0)
-    use_gpu: bool | Literal["auto"] = "auto"
-    zero_stage: Annotated[int, Field(ge=0, le=3)] | Literal["auto"] = 2
-    offload: Literal["none", "optimizer", "all"] = "none"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    micro_batch_size: int = Field(default=4, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    lr: float = Field(default=1e-3, gt=0, le=1.0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    max_steps: int = Field(default=60, ge=1)
-    eval_every: int = Field(default=20, ge=1)
-    eval_batch_size: int = Field(default=16, ge=1)
-    seed: int = 0
+    num_workers: int = Field(
+        default=2, ge=1, description="Ray Train workers per run, each one DeepSpeed rank (one GPU each on GPUs)"
+    )
+    cpus_per_worker: float | None = Field(
+        default=None,
+        gt=0,
+        description="CPUs Ray reserves per worker (and its torch threads); unset: a share that fits the cluster",
+    )
+    use_gpu: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Train on GPUs (NCCL) or CPUs (gloo); auto: GPUs when Ray sees any",
+    )
+    zero_stage: Annotated[int, Field(ge=0, le=3)] | Literal["auto"] = Field(
+        default=2,
+        description="DeepSpeed ZeRO stage 0-3 (a higher stage shards more state across workers: less memory each, "
+        "more communication); auto: the lowest stage, and offload, whose memory estimate fits",
+    )
+    offload: Literal["none", "optimizer", "all"] = Field(
+        default="none",
+        description="Move optimizer state (optimizer, ZeRO 1-3) or parameters too (all, ZeRO 3) to CPU memory, "
+        "when the GPU runs out",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="Number format DeepSpeed trains in; auto: bf16 on GPUs, fp32 on CPUs",
+    )
+    micro_batch_size: int = Field(
+        default=4, ge=1, description="Rows per worker per forward pass; lower it when memory runs out"
+    )
+    grad_accum: int = Field(
+        default=1,
+        ge=1,
+        description="Micro batches summed per optimizer step; raises the effective batch without more memory",
+    )
+    lr: float = Field(
+        default=1e-3, gt=0, le=1.0, description="Peak learning rate of AdamW (what search.lr searches in tune)"
+    )
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay on what trains")
+    max_steps: int = Field(
+        default=60, ge=1, description="Optimizer steps per run: the training budget, the same for every trial"
+    )
+    eval_every: int = Field(
+        default=20,
+        ge=1,
+        description="Steps between validation evaluations; each one reports to Ray Tune and writes a checkpoint",
+    )
+    eval_batch_size: int = Field(default=16, ge=1, description="Rows per forward pass when evaluating")
+    seed: int = Field(
+        default=0, description="Seed of the trainable weights' initialisation and of the training data order"
+    )
     lr_warmup_steps: int | None = Field(
-        default=None, ge=0, description="steps of linear learning-rate warm-up (default: a tenth of max_steps)"
+        default=None, ge=0, description="Steps of linear learning-rate warm-up (default: a tenth of max_steps)"
     )
     untimed_steps: int = Field(
-        default=2, ge=0, description="first steps left out of the steady-state throughput (allocations, caches)"
+        default=2, ge=0, description="First steps left out of the steady-state throughput (allocations, caches)"
     )
     max_failures: int = Field(
-        default=2, ge=-1, description="restarts of a failed worker group from its last checkpoint (-1: no limit)"
+        default=2, ge=-1, description="Restarts of a failed worker group from its last checkpoint (-1: no limit)"
     )
 
     @model_validator(mode="before")
@@ -180,8 +308,10 @@ def selection_metric(task: str) -> str:
 
 
 class IntRange(_Section):
-    low: int = Field(ge=1)
-    high: int = Field(ge=1)
+    """An integer range to search, both ends included."""
+
+    low: int = Field(ge=1, description="The smallest value tried (included)")
+    high: int = Field(ge=1, description="The largest value tried (included)")
 
     @model_validator(mode="after")
     def _ordered(self) -> IntRange:
@@ -191,8 +321,10 @@ class IntRange(_Section):
 
 
 class LogRange(_Section):
-    low: float = Field(gt=0)
-    high: float = Field(gt=0, le=1.0)
+    """A positive range searched log-uniformly (as fine near low as near high)."""
+
+    low: float = Field(gt=0, description="The lower end of the range")
+    high: float = Field(gt=0, le=1.0, description="The upper end of the range, above low")
 
     @model_validator(mode="after")
     def _ordered(self) -> LogRange:
@@ -204,14 +336,26 @@ class LogRange(_Section):
 class SearchConfig(_Section):
     """What Optuna searches and when ASHA stops a trial early."""
 
-    num_trials: int = Field(default=4, ge=1)
-    wordings: list[str] = Field(min_length=1)
-    prefix_length: IntRange
-    lr: LogRange
-    grace_period: int = Field(default=2, ge=1, description="evaluations before ASHA may stop a trial")
-    reduction_factor: int = Field(default=2, ge=2)
-    max_concurrent_trials: int | None = Field(default=None, ge=1)
-    seed: int = 0
+    num_trials: int = Field(
+        default=4, ge=1, description="Trials Optuna samples, each a training run that ASHA may stop early"
+    )
+    wordings: list[str] = Field(
+        min_length=1, description="The semantic prompts Optuna chooses among (method.wording of each trial)"
+    )
+    prefix_length: IntRange = Field(description="The range of method.prefix_length (m) Optuna samples from")
+    lr: LogRange = Field(description="The range of train.lr Optuna samples from, log-uniformly")
+    grace_period: int = Field(default=2, ge=1, description="Evaluations before ASHA may stop a trial")
+    reduction_factor: int = Field(
+        default=2,
+        ge=2,
+        description="ASHA keeps 1 in this many trials at each rung; higher stops weak trials sooner",
+    )
+    max_concurrent_trials: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most trials running at once; unset: as many as the cluster's CPUs fit",
+    )
+    seed: int = Field(default=0, description="Seed of Optuna's TPE sampler, so a search samples the same trials again")
 
     @model_validator(mode="after")
     def _wordings_not_blank(self) -> SearchConfig:
@@ -228,8 +372,16 @@ class CompareConfig(_Section):
     (methods differ in the step size they need; everything else stays the same).
     """
 
-    methods: list[MethodKind | dict[str, Any]] = Field(min_length=1)
-    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    methods: list[MethodKind | dict[str, Any]] = Field(
+        min_length=1,
+        description="The methods to run: a kind (lora), or method keys overriding the method section plus an "
+        "optional lr ({kind: sk_prefix, head: linear})",
+    )
+    seeds: list[int] = Field(
+        default=[0, 1, 2],
+        min_length=1,
+        description="train.seed values each method runs with; more seeds give a tighter mean ± sd",
+    )
     target_accuracy: float = Field(
         default=0.8, gt=0, le=1, description="steps_to_target counts steps until validation reaches this"
     )
@@ -245,24 +397,50 @@ class ScaleConfig(_Section):
     """What ``skray scale`` measures: each valid point of workers x ZeRO stage x offload x micro
     batch, one short run at a time (``train.max_steps`` steps, ``train.untimed_steps`` not timed)."""
 
-    num_workers: list[Annotated[int, Field(ge=1)]] = Field(default=[1, 2], min_length=1)
-    zero_stages: list[Annotated[int, Field(ge=0, le=3)]] = Field(default=[0, 1, 2, 3], min_length=1)
-    offloads: list[Literal["none", "optimizer", "all"]] = Field(default=["none"], min_length=1)
-    micro_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(default=[8], min_length=1)
+    num_workers: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[1, 2], min_length=1, description="Worker counts to measure (train.num_workers at each point)"
+    )
+    zero_stages: list[Annotated[int, Field(ge=0, le=3)]] = Field(
+        default=[0, 1, 2, 3], min_length=1, description="ZeRO stages to measure (train.zero_stage at each point)"
+    )
+    offloads: list[Literal["none", "optimizer", "all"]] = Field(
+        default=["none"],
+        min_length=1,
+        description="Offload settings to measure (train.offload); points whose ZeRO stage cannot offload so are "
+        "skipped",
+    )
+    micro_batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[8], min_length=1, description="Micro batch sizes to measure (train.micro_batch_size at each point)"
+    )
 
 
 class ExperimentConfig(_Section):
     """One experiment: the YAML file a user writes, fully validated."""
 
-    name: str = Field(default="skray", pattern=r"^[A-Za-z0-9_.-]+$")
-    storage_path: str = "runs"
-    backbone: BackboneConfig = BackboneConfig()
-    data: DataConfig = DataConfig()
-    method: MethodConfig = MethodConfig()
-    train: TrainConfig = TrainConfig()
-    search: SearchConfig | None = None
-    compare: CompareConfig | None = None
-    scale: ScaleConfig | None = None
+    name: str = Field(
+        default="skray",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The run's name: its directory is <storage_path>/<name>-<command>-<time>/, and a rerun of the "
+        "same name, command and config resumes it",
+    )
+    storage_path: str = Field(
+        default="runs",
+        description="Where run directories go: a local folder, or on a cluster an absolute shared path or an "
+        "s3:// / gs:// URI",
+    )
+    backbone: BackboneConfig = Field(default=BackboneConfig(), description="The frozen model to tune")
+    data: DataConfig = Field(default=DataConfig(), description="The labelled data and how a row becomes model input")
+    method: MethodConfig = Field(
+        default=MethodConfig(), description="The method, its semantic prompt and the size of what trains"
+    )
+    train: TrainConfig = Field(default=TrainConfig(), description="How each run trains: workers, DeepSpeed, steps")
+    search: SearchConfig | None = Field(default=None, description="What skray tune searches; only skray tune reads it")
+    compare: CompareConfig | None = Field(
+        default=None, description="The methods x seeds skray compare runs; only skray compare reads it"
+    )
+    scale: ScaleConfig | None = Field(
+        default=None, description="The grid skray scale measures; only skray scale reads it"
+    )
 
     @model_validator(mode="after")
     def _task_fits_method(self) -> ExperimentConfig:

@@ -13,8 +13,8 @@ def preflight(cfg: ExperimentConfig) -> None:
     """Data loads and labels check out; the backbone resolves (converting it once); the template and
     the head fit it."""
     splits = load_splits(cfg.data)
-    _, _, tokenizer, is_decoder = inspect_backbone(cfg.backbone)
+    info = inspect_backbone(cfg.backbone)
     if cfg.data.task == "classification":
-        check_template_fits(tokenizer, cfg.data, add_special_tokens=not is_decoder)
+        check_template_fits(info.tokenizer, cfg.data, add_special_tokens=not info.is_decoder)
     if cfg.method.head == "verbalizer":
-        verbalizer_token_ids(cfg.method, is_decoder, tokenizer, splits.label_names)
+        verbalizer_token_ids(cfg.method, info.is_decoder, info.tokenizer, splits.label_names)

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from skray import compare, scale
-from skray.plots import plot_compare, plot_scale
+from skray.commands import COMMANDS
 from skray.results import experiment, format_table, load_results, write_table
 
 BRIEF = [
@@ -33,18 +32,8 @@ def rebuild(run_dir: str) -> pd.DataFrame:
     show: the comparison, the scaling grid, or the trials."""
     trials = load_results(run_dir)
     write_table(trials, run_dir)
-    command = experiment(run_dir).get("command")
-    if command == "compare":
-        table = compare.summarize(trials)
-        write_table(table, run_dir, "compare", markdown=True)
-        plot_compare(trials, run_dir)
-        return table
-    if command == "scale":
-        table = scale.summarize(trials)
-        write_table(table, run_dir, "scale", markdown=True)
-        plot_scale(table, run_dir)
-        return table
-    return trials
+    command = COMMANDS.get(experiment(run_dir).get("command"))
+    return command.summarize(trials, str(run_dir)) if command else trials
 
 
 def show(table: pd.DataFrame) -> str:

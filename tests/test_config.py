@@ -5,11 +5,22 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import BaseModel
 
 from skray.cli import main
-from skray.config import load_config
+from skray.config import (
+    CompareConfig,
+    ExperimentConfig,
+    IntRange,
+    LogRange,
+    ScaleConfig,
+    SearchConfig,
+    TrainConfig,
+    load_config,
+)
 from skray.errors import ConfigError
 
 QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
@@ -131,7 +142,7 @@ def test_compare_entries_that_run_the_same_thing_are_refused(methods, label):
 
 
 def test_compare_labels_say_what_differs():
-    from skray.compare import variants
+    from skray.commands.compare import variants
 
     cfg = load_config(
         QUICKSTART,
@@ -148,3 +159,31 @@ def test_compare_labels_say_what_differs():
         "sk_prefix(head=linear)",
     ]
     assert [lr for _, lr in variants(cfg).values()][:3] == [0.002, 0.0005, 0.003]
+
+
+def _section_models(model: type[BaseModel], seen: list[type[BaseModel]]) -> list[type[BaseModel]]:
+    """``model`` and every section model its fields hold (through ``X | None``, lists and the like)."""
+    if model not in seen:
+        seen.append(model)
+        for field in model.model_fields.values():
+            for arg in _type_args(field.annotation):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    _section_models(arg, seen)
+    return seen
+
+
+def _type_args(annotation: object) -> list[object]:
+    return [annotation, *(a for arg in get_args(annotation) for a in _type_args(arg))]
+
+
+def test_every_config_key_is_described():
+    """The README sends users to skray/config.py for every key: each says what it means."""
+    models = _section_models(ExperimentConfig, [])
+    assert {IntRange, LogRange, SearchConfig, CompareConfig, ScaleConfig, TrainConfig} <= set(models)
+    missing = [
+        f"{model.__name__}.{name}"
+        for model in models
+        for name, field in model.model_fields.items()
+        if not (field.description or "").strip()
+    ]
+    assert not missing, f"config keys without a description: {missing}"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from skray import scale
 from skray.cli import main
+from skray.commands import scale
 from skray.config import parse_config
 from skray.report import rebuild
 
@@ -37,7 +37,7 @@ def test_scaling_efficiency_is_relative_to_one_worker_of_the_same_setting():
             "status": ["completed"] * 3,
         }
     )
-    table = scale.summarize(trials).set_index("point")
+    table = scale.summary_table(trials).set_index("point")
     assert table.loc["w1-z2-none-mb8", "scaling_efficiency"] == 1.0
     assert table.loc["w2-z2-none-mb8", "scaling_efficiency"] == 0.75
     assert pd.isna(table.loc["w2-z3-none-mb8", "scaling_efficiency"])  # no one-worker ZeRO-3 point to compare with

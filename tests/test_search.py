@@ -29,7 +29,7 @@ def test_report_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):
 def test_asha_rungs_are_training_steps():
     """Rungs at grace_period evaluations x reduction_factor, in steps: the same amount of training for
     every trial it compares, also for a trial resumed mid-way (whose training_iteration restarts)."""
-    from skray.search import asha
+    from skray.commands.tune import asha
 
     cfg = parse_config(
         {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from skray.backbones import Backbone
 from skray.config import MethodConfig
@@ -11,7 +12,9 @@ from skray.errors import ConfigError
 from skray.methods.heads import LinearHead, VerbalizerHead, pool
 
 
-def verbalizer_token_ids(cfg: MethodConfig, is_decoder: bool, tokenizer, label_names: list[str]) -> list[int]:
+def verbalizer_token_ids(
+    cfg: MethodConfig, is_decoder: bool, tokenizer: PreTrainedTokenizerBase, label_names: list[str]
+) -> list[int]:
     """First token of each label's word; words must be distinct so each class has its own score."""
     if not is_decoder:
         raise ConfigError("method.head: 'verbalizer' needs a decoder backbone with an LM head; use head: linear")

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from skray.backbones import Backbone
+from skray.config import MethodConfig
 from skray.methods.adapters import KVAdapter
 from skray.methods.base import SKModel
 
@@ -17,7 +19,7 @@ class SKPrefix(SKModel):
     prefix tuning / P-tuning v2, with the attention mask extended by m.
     """
 
-    def __init__(self, backbone, cfg, label_names, token_level=False):
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
         super().__init__(backbone, cfg, label_names, token_level)
         layers, k, dim = self.prompt_keys.shape
         self.adapters = nn.ModuleList(KVAdapter(k, cfg.prefix_length, dim, cfg.adapter_rank) for _ in range(layers))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from skray.backbones import Backbone
+from skray.config import MethodConfig
 from skray.methods.adapters import PromptAdapter
 from skray.methods.base import SKModel
 
@@ -15,7 +17,7 @@ class SKPrompt(SKModel):
     whole sequence runs through the frozen model.
     """
 
-    def __init__(self, backbone, cfg, label_names, token_level=False):
+    def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
         super().__init__(backbone, cfg, label_names, token_level)
         self.adapter = PromptAdapter(self.prompt_tokens, cfg.prefix_length, self.hidden_size, cfg.adapter_rank)
 

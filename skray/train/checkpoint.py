@@ -6,9 +6,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:  # deepspeed itself is imported only after DS_ACCELERATOR is set
+    from deepspeed import DeepSpeedEngine
+
+    from skray.methods.base import TaskModel
 
 WEIGHTS = "adapter.safetensors"
 META = "skray.json"
@@ -30,7 +36,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     return load_file(directory / WEIGHTS), json.loads((directory / META).read_text())
 
 
-def load_trained(directory: str | Path):
+def load_trained(directory: str | Path) -> tuple[TaskModel, dict[str, Any]]:
     """Rebuild a trained model from a checkpoint: the frozen backbone by name, plus what trained."""
     from skray.backbones import load_backbone
     from skray.config import BackboneConfig, MethodConfig
@@ -74,7 +80,7 @@ class RunState:
 
 
 def write_resume_state(
-    engine, directory: str | Path, state: RunState, best: dict[str, torch.Tensor] | None, meta: dict
+    engine: DeepSpeedEngine, directory: str | Path, state: RunState, best: dict[str, torch.Tensor] | None, meta: dict
 ) -> int:
     """Every rank: DeepSpeed's state without frozen weights (a collective), the run state inside it.
     The rank given the best weights also writes them as safetensors + meta; returns their bytes (0 otherwise)."""
@@ -84,7 +90,7 @@ def write_resume_state(
     return save_checkpoint(directory, best, meta) if best is not None else 0
 
 
-def read_resume_state(engine, directory: str | Path) -> tuple[RunState, dict[str, torch.Tensor]]:
+def read_resume_state(engine: DeepSpeedEngine, directory: str | Path) -> tuple[RunState, dict[str, torch.Tensor]]:
     """Restore DeepSpeed's state in place; return the run state and the best weights so far."""
     _, client = engine.load_checkpoint(str(Path(directory) / RESUME), tag=TAG, load_module_strict=False)
     best, _ = load_checkpoint(directory)

@@ -7,18 +7,23 @@ the optimizer state entirely.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from skray.config import TrainConfig
 
+if TYPE_CHECKING:  # deepspeed itself is imported only after DS_ACCELERATOR is set
+    from deepspeed import DeepSpeedEngine
 
-def deepspeed_config(cfg: TrainConfig) -> dict:
-    zero: dict = {"stage": cfg.zero_stage}
+
+def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.offload in ("optimizer", "all"):
         zero["offload_optimizer"] = {"device": "cpu"}
     if cfg.offload == "all":
         zero["offload_param"] = {"device": "cpu"}
-    ds = {
+    ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
         "gradient_clipping": 1.0,
@@ -41,7 +46,7 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def build_engine(model: torch.nn.Module, cfg: TrainConfig):
+def build_engine(model: torch.nn.Module, cfg: TrainConfig) -> DeepSpeedEngine:
     """A DeepSpeed engine whose optimizer only sees the adapter and head."""
     import deepspeed
 
@@ -54,11 +59,11 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig):
     return engine
 
 
-def _trainable(engine) -> list[tuple[str, torch.nn.Parameter]]:
+def _trainable(engine: DeepSpeedEngine) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
 
 
-def gather_trainable(engine) -> dict[str, torch.Tensor]:
+def gather_trainable(engine: DeepSpeedEngine) -> dict[str, torch.Tensor]:
     """Full fp32 copies of the trainable parameters on every rank (ZeRO-3 gathers its shards)."""
     import deepspeed
 
@@ -69,7 +74,7 @@ def gather_trainable(engine) -> dict[str, torch.Tensor]:
         return {n: p.detach().float().clone() for n, p in named}
 
 
-def load_trainable(engine, state: dict[str, torch.Tensor]) -> None:
+def load_trainable(engine: DeepSpeedEngine, state: dict[str, torch.Tensor]) -> None:
     """Put a saved trainable state back into the engine's module (ZeRO-3: rank 0 writes, then re-shards)."""
     import deepspeed
 
@@ -82,7 +87,7 @@ def load_trainable(engine, state: dict[str, torch.Tensor]) -> None:
                 p.copy_(state[n].to(p.dtype))
 
 
-def held_param_bytes(engine) -> int:
+def held_param_bytes(engine: DeepSpeedEngine) -> int:
     """Parameter bytes this rank holds: its ZeRO-3 partition, or whole parameters below stage 3."""
     held = (getattr(p, "ds_tensor", p) for p in engine.module.parameters())
     return sum(t.numel() * t.element_size() for t in held)

@@ -8,10 +8,16 @@ grid goes on. Throughput is the steady state: the first ``train.untimed_steps`` 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pandas as pd
+from ray import tune
 
+from skray.commands.base import Command
 from skray.config import ExperimentConfig, TrainConfig
+from skray.errors import ConfigError
+from skray.plots import plot_scale
+from skray.results import write_table
 
 COLUMNS = [
     "point",
@@ -29,6 +35,39 @@ COLUMNS = [
     "status",
     "error",
 ]
+
+
+class Scale(Command):
+    name = "scale"
+    help = "throughput and memory over workers x ZeRO stage x offload x micro batch"
+    section = "scale"
+    needs = "a scale section (num_workers, zero_stages, offloads, micro_batch_sizes)"
+    files = "scale.md/.csv/.parquet, scaling.png"
+    sequential = True
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        if not points(cfg):
+            raise ConfigError("scale: no valid point (offload 'optimizer' needs a ZeRO stage 1-3, 'all' needs stage 3)")
+
+    def workers(self, cfg: ExperimentConfig) -> tuple[int, str]:
+        return max(cfg.scale.num_workers), "scale.num_workers"
+
+    def trials(self, cfg: ExperimentConfig) -> int:
+        return len(points(cfg))
+
+    def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        return {"point": tune.grid_search(points(cfg))}
+
+    def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+        return cfg.model_copy(update={"train": cfg.train.model_copy(update=params["point"])})
+
+    def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
+        """scale.csv/.parquet/.md and scaling.png."""
+        table = summary_table(trials)
+        write_table(table, run_dir, "scale", markdown=True)
+        plot_scale(table, run_dir)
+        return table
 
 
 def label(point: dict) -> str:
@@ -51,7 +90,7 @@ def points(cfg: ExperimentConfig) -> list[dict]:
     return grid
 
 
-def summarize(trials: pd.DataFrame) -> pd.DataFrame:
+def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per point; scaling efficiency = samples/s at n workers / (n x samples/s at 1 worker)
     with the same stage, offload and micro batch."""
     t = trials.copy()

@@ -10,8 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+from ray import tune
 
+from skray.commands.base import Command
 from skray.config import ExperimentConfig, MethodConfig, compare_labels, entry_lr, method_variant
+from skray.plots import plot_compare
+from skray.results import write_table
 
 SCORES = ["zero_shot_acc", "best_val_acc", "best_val_f1", "test_acc", "test_f1", "steps_to_target"]
 COSTS = [
@@ -25,6 +29,32 @@ COSTS = [
 ]
 
 
+class Compare(Command):
+    name = "compare"
+    help = "SK-Tuning against PEFT baselines, full fine-tuning and a linear probe, over seeds"
+    section = "compare"
+    needs = "a compare section (methods, seeds)"
+    files = "compare.md/.csv/.parquet, two PNG plots"
+
+    def trials(self, cfg: ExperimentConfig) -> int:
+        return len(cfg.compare.methods) * len(cfg.compare.seeds)
+
+    def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        return {"method": tune.grid_search(list(variants(cfg))), "seed": tune.grid_search(cfg.compare.seeds)}
+
+    def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+        method, lr = variants(cfg)[params["method"]]
+        train = cfg.train.model_copy(update={"seed": params["seed"], "lr": lr})
+        return cfg.model_copy(update={"method": method, "train": train})
+
+    def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
+        """compare.csv/.parquet/.md and two plots: accuracy against trainable parameters and time."""
+        table = summary_table(trials)
+        write_table(table, run_dir, "compare", markdown=True)
+        plot_compare(trials, run_dir)
+        return table
+
+
 def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
     """Method label -> the method section and learning rate that trial runs."""
     entries = cfg.compare.methods
@@ -35,7 +65,7 @@ def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
     }
 
 
-def summarize(trials: pd.DataFrame) -> pd.DataFrame:
+def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Per method and seed, then per method "mean ± sd" over the seeds that completed."""
     t = trials.copy()
     if "error" not in t.columns:

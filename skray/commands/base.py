@@ -1,0 +1,56 @@
+"""What a command is: one record of its config section, parameter space, Tune config, trial count,
+per-trial config and the table it leaves, so the driver (``skray.search``) runs every command the
+same way, and adding one means writing one module and naming it in ``skray.commands``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from skray.config import ExperimentConfig
+from skray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ray import tune
+
+
+class Command:
+    """The defaults: one trial of the experiment as written, on ``train.num_workers`` workers."""
+
+    name: str = ""
+    help: str = ""
+    section: str | None = None  # the config section the command reads besides the defaults
+    needs: str = ""  # what that section holds, for the error when it is missing
+    files: str = "results.csv and results.parquet"
+    sequential: bool = False  # one trial at a time, every worker with the same CPUs (a scaling grid)
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        """Refuse a config this command cannot run, with one line (before anything starts)."""
+        if self.section and getattr(cfg, self.section) is None:
+            raise ConfigError(f"{self.section}: missing; `skray {self.name}` needs {self.needs}")
+
+    def workers(self, cfg: ExperimentConfig) -> tuple[int, str]:
+        """The most workers one trial takes, and the key that sets it (for resource errors)."""
+        return cfg.train.num_workers, "train.num_workers"
+
+    def trials(self, cfg: ExperimentConfig) -> int:
+        """How many trials a run that reaches its end has made."""
+        return 1
+
+    def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        """Tune's parameter space; what it holds is also each trial's ``params.json`` (table columns)."""
+        raise NotImplementedError
+
+    def tune_config(self, cfg: ExperimentConfig, max_concurrent: int) -> tune.TuneConfig:
+        from ray import tune
+
+        return tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent)
+
+    def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+        """The experiment one trial runs, given the parameters Tune chose for it."""
+        return cfg
+
+    def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
+        """Write what the command leaves beside the trials; return the table to show."""
+        return trials
