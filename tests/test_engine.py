@@ -71,3 +71,32 @@ def test_every_rank_runs_the_same_batches_per_epoch(n, world, micro):
     for rank, stream in enumerate(streams):  # the stream goes through epoch 0 batch by batch
         first = torch.cat([next(stream) for _ in range(per_epoch)])
         assert torch.equal(first, epoch_shard(n, micro, rank, world, seed=0, epoch=0))
+
+
+@pytest.mark.parametrize(("use_gpu", "accelerator"), [(True, "cuda"), (False, "cpu")])
+def test_each_worker_names_its_own_accelerator(monkeypatch, use_gpu, accelerator):
+    """Workers inherit DS_ACCELERATOR=cpu from the test (or driver) process; a GPU worker must not keep it."""
+    from skray.train.recipe import setup_env
+
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu" if use_gpu else "cuda")
+    setup_env(use_gpu)
+    assert os.environ["DS_ACCELERATOR"] == accelerator
+
+
+def test_gpu_process_groups_serve_cpu_tensors_too():
+    """The recipe all-reduces CPU tensors (metrics, counts); NCCL alone has no CPU backend, so a GPU
+    run's process group pairs it with gloo (Ray Train's TorchConfig takes torch's device:backend list)."""
+    from skray.train.deepspeed import process_group_backend
+
+    assert process_group_backend(False) == "gloo"
+    backends = dict(item.split(":") for item in process_group_backend(True).split(","))
+    assert backends == {"cpu": "gloo", "cuda": "nccl"}
+
+
+def test_communication_buckets_fit_what_trains():
+    from skray.train.deepspeed import deepspeed_config
+
+    zero = deepspeed_config(TrainConfig(zero_stage=2), trainable_params=95_280)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 2**20  # not DeepSpeed's 5e8
+    full = deepspeed_config(TrainConfig(zero_stage=2), trainable_params=10**10)["zero_optimization"]
+    assert full["reduce_bucket_size"] == 5 * 10**8

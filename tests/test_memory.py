@@ -169,6 +169,19 @@ def test_line_names_what_offload_keeps_in_cpu_ram():
 def test_gpu_budget_reads_the_workers_own_device(monkeypatch):
     """Ray Train may show a worker every GPU of its node: the budget is that of the worker's device, not GPU 0."""
     free = {0: 1 * GIB, 1: 7 * GIB}
+    held = {0: 0, 1: 2 * GIB}  # what this worker has already put on its GPU (the model, the probe)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free[torch.device(device).index], 80 * GIB))
-    assert worker_budget_bytes(True, 2, torch.device("cuda:1")) == 7 * GIB
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: held[torch.device(device).index])
+    assert worker_budget_bytes(True, 2, torch.device("cuda:1")) == 9 * GIB  # counted once: free + already held
+
+
+def test_cpu_budget_counts_what_the_worker_already_holds(monkeypatch):
+    """The estimate counts the loaded model; the budget must too, or the model is counted twice."""
+    import psutil
+
+    class NothingFree:
+        available = 0
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: NothingFree())
+    assert worker_budget_bytes(False, 2) >= psutil.Process().memory_info().rss > 0

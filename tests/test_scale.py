@@ -94,3 +94,15 @@ def test_gpu_check_runs_small_on_cpu():
     table = [line for line in proc.stdout.splitlines() if line.startswith("|") and "completed" in line]
     assert len(table) == 4
     assert {"sk_prefix", "prefix_tuning"} <= {cell.strip() for line in table for cell in line.split("|")}
+
+
+@pytest.mark.slow
+def test_gpu_smoke_runs_small_on_cpu():
+    """benchmarks/gpu_smoke.py (no Ray): step 0 equals the prompt read as text, ZeRO 2 and 3 both train."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
+    proc = subprocess.run([sys.executable, str(script), "--steps", "3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    gap = float(proc.stdout.split("max |diff| of the last hidden state = ")[1].split()[0])
+    assert gap < 1e-4
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("|") and line.rstrip().endswith("ok |")]
+    assert len(rows) == 2

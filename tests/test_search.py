@@ -21,6 +21,23 @@ def test_resource_plan_fits_the_cluster():
     assert (grows.cpus_per_worker, grows.max_concurrent) == (1.0, 1)
 
 
+@pytest.mark.parametrize(
+    ("cluster", "workers", "cpus_per_worker", "concurrent"),
+    [
+        ({"CPU": 96.0, "GPU": 8.0}, 2, 12.0, 4),  # 4 GPU slots of 2 workers, not 48 CPU-sized trials
+        ({"CPU": 16.0, "GPU": 1.0}, 1, 16.0, 1),  # one GPU box: one trial, with every core for its worker
+        ({"CPU": 8.0, "GPU": 4.0}, 1, 2.0, 4),
+    ],
+)
+def test_gpu_workers_get_their_gpus_share_of_cores_and_trials_fit_the_gpus(
+    cluster, workers, cpus_per_worker, concurrent
+):
+    cfg = parse_config({"train": {"use_gpu": True, "num_workers": workers}})
+    plan = plan_resources(cfg, cluster)
+    assert plan.cpus_per_worker == cpus_per_worker
+    assert plan.max_concurrent == concurrent
+
+
 def test_report_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "no such run directory" in capsys.readouterr().err

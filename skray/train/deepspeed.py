@@ -17,8 +17,18 @@ if TYPE_CHECKING:  # deepspeed itself is imported only after DS_ACCELERATOR is s
     from deepspeed import DeepSpeedEngine
 
 
-def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
-    zero: dict[str, Any] = {"stage": cfg.zero_stage}
+def process_group_backend(use_gpu: bool) -> str:
+    """gloo on CPUs; on GPUs NCCL for CUDA tensors and gloo for the CPU ones (the metrics and counts
+    the recipe all-reduces), which NCCL alone has no backend for."""
+    return "cpu:gloo,cuda:nccl" if use_gpu else "gloo"
+
+
+def deepspeed_config(cfg: TrainConfig, trainable_params: int) -> dict[str, Any]:
+    """DeepSpeed's config. Its communication buckets are sized for what trains: the defaults (5e8
+    elements, about 1 GB of bf16 buffers per bucket) are meant for full models, not a few thousand
+    adapter parameters."""
+    bucket = int(min(5e8, max(trainable_params, 2**20)))
+    zero: dict[str, Any] = {"stage": cfg.zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
     if cfg.offload in ("optimizer", "all"):
         zero["offload_optimizer"] = {"device": "cpu"}
     if cfg.offload == "all":
@@ -54,7 +64,11 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig) -> DeepSpeedEngine:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg.warmup, cfg.max_steps))
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule, model_parameters=params, config=deepspeed_config(cfg)
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        model_parameters=params,
+        config=deepspeed_config(cfg, sum(p.numel() for p in params)),
     )
     return engine
 

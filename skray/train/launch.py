@@ -6,6 +6,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from skray.config import ExperimentConfig
+from skray.train.deepspeed import process_group_backend
 from skray.train.recipe import train_loop_per_worker
 
 
@@ -16,7 +17,7 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.model_dump(), "cpus_per_worker": cpus_per_worker},
-        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=process_group_backend(t.use_gpu)),
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": cpus_per_worker}
         ),

@@ -222,9 +222,10 @@ def choose(
 
 
 def worker_budget_bytes(use_gpu: bool, workers_per_node: int, device: torch.device | None = None) -> int:
-    """Memory one worker may use: free memory of its own GPU ``device`` (a worker has a GPU to
-    itself; Ray Train may show a worker every GPU of its node), or the node's available RAM shared
-    by the workers placed on it."""
+    """Memory one worker may use in all, what it already holds included (the estimate counts the
+    model it has loaded, so free memory alone would count that twice): its own GPU ``device``'s free
+    memory plus what this process has allocated there (a worker has a GPU to itself; Ray Train may
+    show it every GPU of its node), or its share of the node's available RAM plus its resident set."""
     if workers_per_node < 1:
         raise ValueError(f"workers_per_node must be at least 1 (got {workers_per_node})")
     if use_gpu:
@@ -233,10 +234,11 @@ def worker_budget_bytes(use_gpu: bool, workers_per_node: int, device: torch.devi
                 "train.use_gpu is true but this process sees no CUDA device; "
                 "set train.use_gpu: false or run on a GPU node"
             )
-        return torch.cuda.mem_get_info(device if device is not None else torch.cuda.current_device())[0]
+        device = device if device is not None else torch.device("cuda", torch.cuda.current_device())
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
     import psutil
 
-    return psutil.virtual_memory().available // workers_per_node
+    return psutil.virtual_memory().available // workers_per_node + psutil.Process().memory_info().rss
 
 
 def model_counts(model: nn.Module, precision: str) -> dict[str, int]:

@@ -34,10 +34,10 @@ def train_loop_per_worker(config: dict) -> None:
     recipe.train()
 
 
-def _setup_env(use_gpu: bool) -> None:
-    """DeepSpeed picks its accelerator at import; on CPU workers it must be told."""
-    if not use_gpu:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+def setup_env(use_gpu: bool) -> None:
+    """DeepSpeed picks its accelerator at import: each worker names its own device's, whatever it
+    inherited (a driver or test process may carry DS_ACCELERATOR=cpu into Ray's workers)."""
+    os.environ["DS_ACCELERATOR"] = "cuda" if use_gpu else "cpu"
     from skray.backbones import cache_dir
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
@@ -60,7 +60,7 @@ class SKTuningRecipe:
         """Data, frozen backbone, method, ZeRO setting and DeepSpeed engine; a restarted group restores
         its last checkpoint."""
         cfg = self.cfg
-        _setup_env(cfg.train.use_gpu)
+        setup_env(cfg.train.use_gpu)
         import deepspeed
         import ray.train
 
@@ -71,7 +71,7 @@ class SKTuningRecipe:
         from skray.errors import DataError
         from skray.methods import build_model
         from skray.train.checkpoint import read_resume_state
-        from skray.train.deepspeed import build_engine, held_param_bytes
+        from skray.train.deepspeed import build_engine, held_param_bytes, process_group_backend
         from skray.train.memory import reset_peak_memory, settle_zero
 
         ctx = ray.train.get_context()
@@ -97,7 +97,7 @@ class SKTuningRecipe:
         special = not backbone.is_decoder
         self.data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=special) for s in SPLITS}
 
-        deepspeed.init_distributed(dist_backend="nccl" if cfg.train.use_gpu else "gloo")
+        deepspeed.init_distributed(dist_backend=process_group_backend(cfg.train.use_gpu))  # Ray Train's group
         rows_of_one_batch = torch.arange(cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
         first = {k: v.to(self.device) for k, v in take(self.data["train"], rows_of_one_batch).items()}
         self.t, est = settle_zero(
