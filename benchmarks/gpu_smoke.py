@@ -22,9 +22,9 @@ import torch
 GPU = torch.cuda.is_available()
 os.environ["DS_ACCELERATOR"] = "cuda" if GPU else "cpu"  # before DeepSpeed is imported
 
+from gpu_check import SHAPES  # noqa: E402  (beside this script)
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from gpu_check import SHAPES  # noqa: E402  (beside this script)
 from skray.backbones import Backbone  # noqa: E402
 from skray.config import MethodConfig, TrainConfig  # noqa: E402
 from skray.data.embedded import package_dir  # noqa: E402
