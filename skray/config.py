@@ -7,12 +7,15 @@ silently training with a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from skray.errors import ConfigError
+
+MAX_PREFIX_LENGTH = 1024  # method.prefix_length and the range a search samples it from
 
 
 class _Section(BaseModel):
@@ -159,7 +162,7 @@ class MethodConfig(_Section):
     prefix_length: int = Field(
         default=8,
         ge=1,
-        le=1024,
+        le=MAX_PREFIX_LENGTH,
         description="m, the virtual positions a prompt/prefix method joins to the input, independent of the "
         "wording's length; more positions train more parameters",
     )
@@ -362,6 +365,8 @@ class SearchConfig(_Section):
     def _wordings_not_blank(self) -> SearchConfig:
         if any(not w.strip() for w in self.wordings):
             raise ValueError("search.wordings must not contain blank sentences")
+        if self.prefix_length.high > MAX_PREFIX_LENGTH:
+            raise ValueError(f"search.prefix_length.high must be at most {MAX_PREFIX_LENGTH}, as method.prefix_length")
         return self
 
 
@@ -523,19 +528,40 @@ def _format_error(err: ValidationError) -> str:
 
 
 def _parse_value(text: str) -> Any:
-    """YAML for numbers, booleans, lists and mappings; a template such as "{text}", which YAML
-    would read as a mapping with an empty value, stays the string it was written as."""
+    """YAML for numbers, booleans, lists and mappings; text YAML cannot read stays as written."""
     try:
-        value = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, dict) and any(v is None for v in value.values()):
-        return text
-    return value
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section class behind ``Section`` or ``Section | None``."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def is_text_key(parts: list[str]) -> bool:
+    """Whether ``section.key`` holds a string (str or str | None): such a value is taken as written,
+    so a wording with ": " or a "yes" stays text instead of becoming a mapping or True."""
+    model: type[BaseModel] | None = ExperimentConfig
+    for part in parts[:-1]:
+        field = model.model_fields.get(part)
+        model = _section_model(field.annotation) if field else None
+        if model is None:
+            return False
+    field = model.model_fields.get(parts[-1])
+    if field is None:
+        return False
+    kinds = get_args(field.annotation) if get_origin(field.annotation) in (Union, UnionType) else (field.annotation,)
+    return str in kinds and set(kinds) <= {str, type(None)}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings; values are parsed as YAML so numbers stay numbers."""
+    """Apply ``key.sub=value`` strings: text keys take the value as written, the others are parsed
+    as YAML so that numbers stay numbers and lists and mappings can be given."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -547,7 +573,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {key}: {part} is not a section")
             node = child
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = value if is_text_key(parts) else _parse_value(value)
     return raw
 
 

@@ -44,6 +44,7 @@ def test_quickstart_parses_with_overrides():
         ("search.wordings=[]", "search.wordings", "at least 1"),
         ("method.prefix_length=0", "method.prefix_length", "greater than or equal to 1"),
         ("search.prefix_length.low=0", "search.prefix_length.low", "greater than or equal to 1"),
+        ("search.prefix_length.high=5000", "search", "at most 1024, as method.prefix_length"),
         ("train.offload=all", "train", "zero_stage 3"),
         ("train.use_gpu=maybe", "train.use_gpu", "'auto'"),
         ("scale.zero_stages=[4]", "scale.zero_stages.0", "less than or equal to 3"),
@@ -108,6 +109,21 @@ def test_set_keeps_templates_as_strings_and_parses_mappings():
     cfg = load_config(QUICKSTART, ["data.template={text}", "method.label_words={fresh: ' yes', rotten: ' no'}"])
     assert cfg.data.template == "{text}"
     assert cfg.method.label_words == {"fresh": " yes", "rotten": " no"}
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "value"),
+    [
+        ("method.wording=Answer: positive or negative", "wording", "Answer: positive or negative"),
+        ("method.wording=yes", "wording", "yes"),  # not True
+        ("data.template=Review: {text}\nSentiment:", "template", "Review: {text}\nSentiment:"),
+        ("name=2024", "name", "2024"),
+    ],
+)
+def test_set_takes_text_keys_as_written(override, key, value):
+    cfg = load_config(QUICKSTART, [override])
+    got = {"wording": cfg.method.wording, "template": cfg.data.template, "name": cfg.name}[key]
+    assert got == value
 
 
 def test_lr_warmup_and_untimed_steps_are_separate_keys():
