@@ -113,3 +113,10 @@ def test_sk_prefix_input_positions_start_after_the_prompt(decoder, m_less):
         model(ids, mask)
     (positions,) = seen
     assert torch.equal(positions, torch.arange(k, k + ids.size(1)).expand(ids.size(0), -1))
+
+
+def test_default_label_words_that_collide_are_explained(decoder):
+    """Unset label_words default to a space plus each label; labels whose words share a first token
+    (numbers on many tokenizers, or these) get an error that says where the words came from."""
+    with pytest.raises(ConfigError, match=r"by default a space plus the label .* set method.label_words"):
+        build_model(decoder, MethodConfig(wording=WORDING), ["very bad", "very good"])

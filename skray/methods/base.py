@@ -24,6 +24,15 @@ def verbalizer_token_ids(
         raise ConfigError(f"method.label_words: no word for label {missing[0]!r} (labels: {label_names})")
     ids = [tokenizer(words[n], add_special_tokens=False)["input_ids"][0] for n in label_names]
     if len(set(ids)) != len(ids):
+        if cfg.label_words is None:  # the user never wrote label_words: say where the words came from
+            example = ", ".join(
+                f"{n}: ' {w}'" for n, w in zip(label_names, ("no", "yes", "maybe", "other"), strict=False)
+            )
+            raise ConfigError(
+                f"the verbalizer scores each label's word, by default a space plus the label ({list(words.values())}), "
+                f"and these start with the same token on this backbone; set method.label_words to words that differ "
+                f"at their first token (e.g. {{{example}}}) or use method.head: linear"
+            )
         raise ConfigError(f"method.label_words: {words} start with the same token; pick words that differ at the start")
     return ids
 
