@@ -38,8 +38,8 @@ SHAPES = {  # LlamaConfig fields; "1b" is TinyLlama-1.1B's shape with the MiniLM
 METHODS = ("sk_prefix", "prefix_tuning")
 
 
-def build_backbone(size: str, directory: Path) -> int:
-    """A Llama of the given shape with random weights, saved as a local Hugging Face folder."""
+def llama(size: str):
+    """A Llama of the given shape with random weights (on the CPU) and the MiniLM tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from skray.data.embedded import package_dir
@@ -52,8 +52,14 @@ def build_backbone(size: str, directory: Path) -> int:
         architectures=["LlamaForCausalLM"],
         **SHAPES[size],
     )
-    # Built on the CPU: the driver must not hold GPU memory the workers need.
-    model = LlamaForCausalLM(config).to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config), tokenizer
+
+
+def build_backbone(size: str, directory: Path) -> int:
+    """A Llama of the given shape with random weights, saved as a local Hugging Face folder."""
+    model, tokenizer = llama(size)  # built on the CPU: the driver must not hold GPU memory the workers need
+    model = model.to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return model.num_parameters()

