@@ -28,7 +28,7 @@ demo: install
 	$(VENV)/bin/skray tune experiments/quickstart.yaml
 
 test: install
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra --durations=15
 
 # The tests that start no Ray and load no real backbone (a few minutes).
 test-fast: install

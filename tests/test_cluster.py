@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from skray import load_results
+from tests.test_local_ray import assert_loopback_only, docs_ray_start_head, listening
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent
@@ -45,14 +46,17 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir):
-    """The docs' path: generate a token, `ray start --head`, `ray job submit --working-dir .`, results on disk."""
+    """The docs' path: generate a token, the docs' `ray start --head` line as written there (plus free
+    ports and its own temp dir), `ray job submit --working-dir .`, results on disk; every socket the head
+    listens on is on loopback."""
+    assigned, args = docs_ray_start_head()
     home = tmp_path / "home"  # a private ~/.ray/auth_token, never the user's
     home.mkdir()
     env = {
         **os.environ,
         "HOME": str(home),
         "RAY_AUTH_MODE": "token",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # with --node-ip-address=127.0.0.1: loopback only, as in the docs
+        **assigned,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "SKRAY_CACHE": os.environ.get("SKRAY_CACHE", str(Path.home() / ".cache" / "skray")),
     }
@@ -64,14 +68,10 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
     head = subprocess.Popen(
         [
             BIN / "ray",
-            "start",
-            "--head",
+            *args,
             "--block",
             f"--port={_free_port()}",
             f"--dashboard-port={dashboard}",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            "--num-cpus=2",
             "--include-dashboard=true",
             f"--temp-dir={temp_dir}",
         ],
@@ -128,6 +128,7 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
         assert len(table) == 2
         assert set(table.status) == {"completed"}
         assert (run_dir / "results.parquet").exists()
+        sockets = listening(head.pid)
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops every process it started
         head.wait(timeout=60)
@@ -137,3 +138,4 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
         ["pgrep", "-f", f"dashboard-port={dashboard}|--dashboard_port={dashboard}"], capture_output=True, text=True
     ).stdout
     assert not leftovers.strip(), "the head started by this test is still running"
+    assert_loopback_only(sockets)

@@ -100,9 +100,10 @@ def test_gpu_check_runs_small_on_cpu():
 def test_gpu_smoke_runs_small_on_cpu():
     """benchmarks/gpu_smoke.py (no Ray): step 0 equals the prompt read as text, ZeRO 2 and 3 both train."""
     script = Path(__file__).parents[1] / "benchmarks" / "gpu_smoke.py"
-    proc = subprocess.run([sys.executable, str(script), "--steps", "3"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(script), "--steps", "2"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     gap = float(proc.stdout.split("max |diff| of the last hidden state = ")[1].split()[0])
     assert gap < 1e-4
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("|") and line.rstrip().endswith("ok |")]
-    assert len(rows) == 2
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("|")]
+    statuses = [cells[-2].strip() for cells in rows[2:]]  # below the header and its rule
+    assert statuses == ["ok", "ok"], proc.stdout[-2000:]
