@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from skray import load_results
-from tests.test_local_ray import assert_loopback_only, docs_ray_start_head, listening
+from tests.local_ray import assert_loopback_only, docs_ray_start_head, listening
 
 ROOT = Path(__file__).parents[1]
 BIN = Path(sys.executable).parent

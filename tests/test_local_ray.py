@@ -1,18 +1,16 @@
-"""A local Ray, skray's own or the docs' `ray start --head`, is reachable from this machine only."""
+"""skray's own local Ray is reachable from this machine only (the docs' `ray start --head`: test_cluster)."""
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import os
-import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
+
+from tests.local_ray import assert_loopback_only, listening
 
 pytestmark = pytest.mark.slow
 
@@ -38,35 +36,6 @@ Path(sys.argv[1]).write_text(str(ray.get(square.remote(7))))
 sys.stdin.read()
 ray.shutdown()
 """
-
-# Joins the Ray at argv[1] and runs a task there.
-
-
-def _is_loopback(ip: str) -> bool:
-    addr = ipaddress.ip_address(ip.split("%")[0])
-    mapped = getattr(addr, "ipv4_mapped", None)  # gRPC's dual-stack sockets show ::ffff:127.0.0.1
-    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
-
-
-def listening(root: int) -> list[tuple[str, str, int]]:
-    """(process, address, port) of every TCP socket listening in the process tree under ``root``."""
-    parent = psutil.Process(root)
-    found = []
-    for proc in [parent, *parent.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-            found += [
-                (proc.name(), c.laddr.ip, c.laddr.port)
-                for c in proc.net_connections(kind="tcp")
-                if c.status == psutil.CONN_LISTEN
-            ]
-    return found
-
-
-def assert_loopback_only(listening: list[tuple[str, str, int]]) -> None:
-    names = {name for name, _, _ in listening}
-    assert {"gcs_server", "raylet"} <= names, f"Ray's servers were not found: {sorted(listening)}"
-    exposed = sorted(s for s in listening if not _is_loopback(s[1]))
-    assert not exposed, f"listening beyond loopback: {exposed}\nall: {sorted(listening)}"
 
 
 def _private_env(home: Path) -> dict[str, str]:
@@ -103,11 +72,3 @@ def test_skrays_private_ray_listens_on_loopback_only_and_runs_tasks(tmp_path):
         driver.stdin.close()  # the driver shuts its Ray down and exits
         driver.wait(timeout=120)
     assert_loopback_only(sockets)
-
-
-def docs_ray_start_head() -> tuple[dict[str, str], list[str]]:
-    """docs/cluster.md's local `ray start --head` line: its environment assignments and arguments."""
-    (line,) = [ln for ln in (ROOT / "docs" / "cluster.md").read_text().splitlines() if "ray start --head" in ln]
-    words = shlex.split(line)
-    at = words.index("ray")
-    return dict(w.split("=", 1) for w in words[:at]), words[at + 1 :]
