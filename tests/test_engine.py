@@ -100,3 +100,20 @@ def test_communication_buckets_fit_what_trains():
     assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == 2**20  # not DeepSpeed's 5e8
     full = deepspeed_config(TrainConfig(zero_stage=2), trainable_params=10**10)["zero_optimization"]
     assert full["reduce_bucket_size"] == 5 * 10**8
+
+
+@pytest.mark.parametrize("stage", [0, 2, 3])
+def test_best_state_keeps_fp32_masters_of_a_bf16_run(one_rank, decoder, stage):
+    """A bf16 run's module weights are the bf16 rounding of the optimizer's fp32 masters; the best state
+    saved from it must be the masters, or small updates are lost on every save."""
+    from skray.train.deepspeed import gather_trainable
+
+    model = build_model(decoder, MethodConfig(kind="sk_prompt", head="linear", prefix_length=2), ["a", "b"])
+    engine = build_engine(model, TrainConfig(zero_stage=stage, precision="bf16", lr=1e-3, max_steps=4))
+    ids = torch.randint(3, decoder.model.config.vocab_size, (2, 5))
+    engine.backward(task_loss(engine(ids, torch.ones_like(ids)), torch.tensor([0, 1])))
+    engine.step()
+    best = gather_trainable(engine)
+    assert all(t.dtype == torch.float32 for t in best.values())
+    rounded = [n for n, t in best.items() if torch.equal(t, t.bfloat16().float())]
+    assert len(rounded) < len(best) / 2, f"best state holds bf16-rounded weights: {rounded}"

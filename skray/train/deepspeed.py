@@ -78,14 +78,25 @@ def _trainable(engine: DeepSpeedEngine) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def gather_trainable(engine: DeepSpeedEngine) -> dict[str, torch.Tensor]:
-    """Full fp32 copies of the trainable parameters on every rank (ZeRO-3 gathers its shards)."""
-    import deepspeed
+    """Full fp32 copies of the trainable parameters on every rank (a collective: every rank calls it).
 
-    named = _trainable(engine)
-    with deepspeed.zero.GatheredParameters(
-        [p for _, p in named], modifier_rank=None, enabled=engine.zero_optimization_stage() == 3
-    ):
-        return {n: p.detach().float().clone() for n, p in named}
+    The optimizer's fp32 masters where it keeps them (bf16/fp16: gathered from their ZeRO 1-3
+    partitions, or the stage-0 optimizer's own copies), else the module's fp32 weights: a best state
+    copied from bf16 module weights would lose every update smaller than bf16's resolution."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    opt = engine.optimizer  # ZeRO 0 with bf16/fp16 keeps per-tensor masters beside the module's weights
+    stage0 = {
+        id(p): m
+        for low, high in zip(getattr(opt, "fp16_groups", []), getattr(opt, "fp32_groups", []), strict=False)
+        for p, m in zip(low, high, strict=True)
+    }
+    best = {}
+    for n, p in _trainable(engine):
+        master = safe_get_full_fp32_param(p)
+        master = stage0.get(id(p), p.detach()) if master is None else master
+        best[n] = master.detach().float().clone()
+    return best
 
 
 def load_trainable(engine: DeepSpeedEngine, state: dict[str, torch.Tensor]) -> None:
