@@ -3,15 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from unittest import mock
 
 import ray
+import yaml
 from ray._private import ray_constants
 
 LOOPBACK = "127.0.0.1"
+
+
+# Where `ray up` leaves the cluster YAML (node types' resources filled in) on the head node.
+LAUNCHER_CONFIG = Path("~/ray_bootstrap_config.yaml")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a run can plan with: the resources Ray has now, whether an autoscaler can add nodes, and
+    the most GPUs its node types reach (None: an autoscaling cluster whose node types are unknown)."""
+
+    resources: dict[str, float]
+    grows: bool = False
+    max_gpus: float | None = 0.0
+
+    @property
+    def gpus(self) -> float | None:
+        """GPUs the run may count on: those present, or those the autoscaler can add (None: unknown)."""
+        now = self.resources.get("GPU", 0.0)
+        if not self.grows:
+            return now
+        return None if self.max_gpus is None else max(now, self.max_gpus)
 
 
 def connect(address: str | None) -> bool:
@@ -19,7 +45,7 @@ def connect(address: str | None) -> bool:
 
     Never Ray's implicit "find a running cluster": a stale /tmp/ray/ray_current_cluster left by
     a crashed `ray start` would make it wait on a dead head. Returns whether we joined a cluster
-    that may grow (an autoscaler can add nodes), as opposed to a fixed one.
+    (which ``capacity`` then asks whether it autoscales), as opposed to starting our own.
     """
     if ray.is_initialized():
         return False
@@ -29,6 +55,43 @@ def connect(address: str | None) -> bool:
         return True
     start_private_ray()
     return False
+
+
+def capacity(joined: bool) -> Capacity:
+    """The connected Ray's capacity. A private Ray is fixed. A joined cluster autoscales when it has
+    node types: registered with the GCS (autoscaler v2, KubeRay; what Ray Train also reads) or named
+    in a v1 autoscaler's report. A `ray start` head without ``--autoscaling-config`` runs Ray's
+    read-only autoscaler, one type per node it already has: fixed."""
+    resources = ray.cluster_resources()
+    if not joined:
+        return Capacity(resources)
+    from ray._private.state import state
+    from ray.autoscaler._private.util import format_readonly_node_type
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    node_types = state.get_max_resources_from_cluster_config()
+    if node_types is not None:
+        return Capacity(resources, grows=True, max_gpus=float(node_types.get("GPU", 0)))
+    status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") if status else None
+    if not mapping or all(t == format_readonly_node_type(node) for node, t in mapping.items()):
+        return Capacity(resources)
+    return Capacity(resources, grows=True, max_gpus=launcher_gpus(LAUNCHER_CONFIG.expanduser()))
+
+
+def launcher_gpus(path: Path) -> float | None:
+    """The most GPUs a `ray up` cluster reaches, from its node types (GPUs x max_workers each); None
+    when the file is absent (the driver is not on the head) or names no resources for its types."""
+    if not path.is_file():
+        return None
+    config = yaml.safe_load(path.read_text()) or {}
+    head = config.get("head_node_type")
+    types = config.get("available_node_types") or {}
+    workers = {name: t for name, t in types.items() if name != head}
+    if not workers or not all(t.get("resources") for t in workers.values()):
+        return None  # `resources: {}` not filled in (the launcher fills them for AWS and GCP): unknown
+    gpus = types.get(head, {}).get("resources", {}).get("GPU", 0)
+    return float(gpus + sum(t["resources"].get("GPU", 0) * t.get("max_workers", 0) for t in workers.values()))
 
 
 def start_private_ray(**init_kwargs) -> None:

@@ -297,10 +297,17 @@ class TrainConfig(_Section):
         return self.lr_warmup_steps if self.lr_warmup_steps is not None else max(1, self.max_steps // 10)
 
 
-def resolve_device(train: TrainConfig, cluster_gpus: float, workers: int) -> TrainConfig:
-    """``use_gpu``/``precision`` auto made concrete: GPUs (bf16) when Ray sees one for each of a
-    trial's ``workers``, else CPUs (fp32): 2 workers cannot share 1 GPU, so they train on CPUs."""
-    use_gpu = cluster_gpus >= workers if train.use_gpu == "auto" else train.use_gpu
+def resolve_device(train: TrainConfig, cluster_gpus: float | None, workers: int) -> TrainConfig:
+    """``use_gpu``/``precision`` auto made concrete: GPUs (bf16) when the cluster has (or can grow) one
+    for each of a trial's ``workers``, else CPUs (fp32): 2 workers cannot share 1 GPU, so they train
+    on CPUs. ``cluster_gpus`` None means an autoscaling cluster whose node types are not known here:
+    auto cannot tell, and guessing CPU would train in fp32 on the CPUs of paid GPU nodes."""
+    if train.use_gpu == "auto" and cluster_gpus is None:
+        raise ConfigError(
+            "train.use_gpu auto: this Ray cluster autoscales and skray cannot see its node types, so it cannot "
+            "tell whether GPU nodes will join; set train.use_gpu true (GPU node types) or false (CPU only)"
+        )
+    use_gpu = (cluster_gpus or 0) >= workers if train.use_gpu == "auto" else train.use_gpu
     precision = ("bf16" if use_gpu else "fp32") if train.precision == "auto" else train.precision
     return train.model_copy(update={"use_gpu": use_gpu, "precision": precision})
 

@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 
 import pandas as pd
-import ray
 from ray import tune
 
 from skray import storage
-from skray.cluster import connect
+from skray.cluster import capacity, connect
 from skray.commands import COMMANDS, Command
 from skray.config import ExperimentConfig, resolve_device
 from skray.errors import ResourceError
@@ -111,18 +110,17 @@ def run_experiment(
     root = storage.location(cfg.storage_path)
     storage.ensure_writable(root)
     preflight(cfg)
-    can_grow = connect(address)
-    cluster = ray.cluster_resources()
+    room = capacity(connect(address))
     workers, key = cmd.workers(cfg)
-    gpus = cluster.get("GPU", 0.0)
-    if cfg.train.use_gpu == "auto" and 0 < gpus < workers:
+    gpus = room.gpus
+    if cfg.train.use_gpu == "auto" and gpus is not None and 0 < gpus < workers:
         print(
             f"skray: train.use_gpu auto: the cluster has {gpus:g} GPUs for {workers} workers, so this run trains "
             f"on CPUs; set {key} to {int(gpus)} (or fewer) to use the GPUs",
             file=sys.stderr,
         )
     cfg = cfg.model_copy(update={"train": resolve_device(cfg.train, gpus, workers)})
-    plan = plan_resources(cfg, cluster, can_grow, cmd)
+    plan = plan_resources(cfg, room.resources, room.grows, cmd)
     resumed = unfinished_run(root, cfg, command)
     run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not resumed:

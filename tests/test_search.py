@@ -1,9 +1,14 @@
 """The driver's side without starting Ray: resource plans, ASHA's rungs, commands that lack their section."""
 
+import json
+from pathlib import Path
+
 import pytest
+import yaml
 
 from skray.cli import main
-from skray.config import parse_config
+from skray.cluster import Capacity, capacity, launcher_gpus
+from skray.config import parse_config, resolve_device
 from skray.errors import ConfigError, ResourceError
 from skray.search import plan_resources, run_experiment
 
@@ -19,6 +24,74 @@ def test_resource_plan_fits_the_cluster():
     # A joined cluster may autoscale GPU nodes from zero (cluster.yaml): not held to what it has now.
     grows = plan_resources(parse_config({"train": {"use_gpu": True, "num_workers": 4}}), {"CPU": 0.0}, can_grow=True)
     assert (grows.cpus_per_worker, grows.max_concurrent) == (1.0, 1)
+
+
+def _fake_cluster(monkeypatch, node_types=None, autoscaler_report=False, launcher=None):
+    """What Ray would report for a joined cluster: resources now, v2 node types, a v1 autoscaler's status."""
+    import ray
+    from ray._private.state import state
+    from ray.experimental import internal_kv
+
+    import skray.cluster
+
+    # A `ray start` head runs Ray's read-only autoscaler (a type per node); `ray up`'s names its types.
+    types = {"10.0.0.1": "head"} if autoscaler_report else {"8a3f": "node_8a3f"}
+    status = {"load_metrics_report": {}, "autoscaler_report": {"node_type_mapping": types}}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})  # a CPU-only head, no GPU node yet
+    monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: node_types)
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key: json.dumps(status).encode())
+    monkeypatch.setattr(skray.cluster, "LAUNCHER_CONFIG", Path(launcher or "/nonexistent/ray_bootstrap_config.yaml"))
+
+
+def _launcher_yaml(tmp_path, filled: bool) -> Path:
+    """The repository's cluster.yaml as `ray up` leaves it on the head, resources filled in (or not)."""
+    config = yaml.safe_load(Path("cluster.yaml").read_text())
+    if filled:  # what the AWS launcher writes for g5.12xlarge and p4d.24xlarge
+        config["available_node_types"]["gpu_4x_a10g"]["resources"] = {"CPU": 48, "GPU": 4}
+        config["available_node_types"]["gpu_8x_a100"]["resources"] = {"CPU": 96, "GPU": 8}
+    path = tmp_path / "ray_bootstrap_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_auto_on_an_autoscaling_cluster_decides_from_its_node_types(monkeypatch, tmp_path):
+    """cluster.yaml's head has no GPU and GPU nodes start at zero: auto must not read that as "CPU"."""
+    auto = parse_config({"train": {"num_workers": 2}}).train
+    assert launcher_gpus(_launcher_yaml(tmp_path, filled=True)) == 4 * 4 + 8 * 2
+    assert launcher_gpus(_launcher_yaml(tmp_path, filled=False)) is None
+
+    _fake_cluster(monkeypatch, autoscaler_report=True, launcher=_launcher_yaml(tmp_path, filled=True))
+    room = capacity(joined=True)
+    assert (room.grows, room.gpus) == (True, 32.0)
+    assert resolve_device(auto, room.gpus, 2).use_gpu is True
+    assert resolve_device(auto, room.gpus, 2).precision == "bf16"
+
+    _fake_cluster(monkeypatch, node_types={"CPU": 200, "GPU": 8})  # autoscaler v2 / KubeRay node groups
+    assert capacity(joined=True).gpus == 8.0
+
+    _fake_cluster(monkeypatch, node_types={"CPU": 200})  # CPU node types only: CPUs, as before
+    assert resolve_device(auto, capacity(joined=True).gpus, 2).use_gpu is False
+
+
+def test_auto_is_refused_where_the_node_types_are_unknown(monkeypatch):
+    _fake_cluster(monkeypatch, autoscaler_report=True)  # driver not on the head: no launcher YAML to read
+    room = capacity(joined=True)
+    assert room.grows
+    assert room.gpus is None
+    with pytest.raises(ConfigError, match=r"train.use_gpu auto: .*autoscales.*set train.use_gpu true"):
+        resolve_device(parse_config({}).train, room.gpus, 2)
+    assert resolve_device(parse_config({"train": {"use_gpu": True}}).train, room.gpus, 2).use_gpu is True
+    # What the node types reach counts, not how many GPU nodes happen to be up.
+    assert Capacity({"GPU": 4.0}, grows=True, max_gpus=None).gpus is None
+    assert Capacity({"GPU": 4.0}, grows=True, max_gpus=8.0).gpus == 8.0
+
+
+def test_a_ray_start_head_without_autoscaler_is_a_fixed_cluster(monkeypatch):
+    """`ray start --head` on a laptop (the job-submit path): planned from what it has, CPUs under auto."""
+    _fake_cluster(monkeypatch)
+    room = capacity(joined=True)
+    assert (room.grows, room.gpus) == (False, 0.0)
+    assert resolve_device(parse_config({}).train, room.gpus, 2).use_gpu is False
 
 
 @pytest.mark.parametrize(
