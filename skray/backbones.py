@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,13 +122,48 @@ def inspect_backbone(cfg: BackboneConfig) -> BackboneInfo:
     return BackboneInfo(source, config, tokenizer, is_decoder)
 
 
-def load_backbone(cfg: BackboneConfig) -> Backbone:
-    """Load, freeze and put in eval mode (no dropout: the frozen model must be deterministic)."""
+def count_parameters(info: BackboneInfo, trust_remote_code: bool = False) -> int:
+    """The backbone's parameter count from its config alone: built on the meta device (no memory,
+    no weights read), so the driver can size workers before any of them loads it."""
+    auto = AutoModelForCausalLM if info.is_decoder else AutoModel
+    with torch.device("meta"):
+        model = auto.from_config(info.config, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_backbone(
+    cfg: BackboneConfig, dtype: torch.dtype = torch.float32, zero3_config: dict | None = None
+) -> Backbone:
+    """Load in ``dtype`` (the run's precision, not fp32 then cast), freeze and put in eval mode (no
+    dropout: the frozen model must be deterministic).
+
+    With a ZeRO-3 DeepSpeed config (and its process group up) the model is built inside
+    ``deepspeed.zero.Init`` through transformers' DeepSpeed integration and its weights load into
+    the partitions module by module, so no rank ever holds the whole backbone."""
     info = inspect_backbone(cfg)
     auto = AutoModelForCausalLM if info.is_decoder else AutoModel
-    model = auto.from_pretrained(
-        info.source, config=info.config, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code
-    )
+    with _zero3_loading(zero3_config):
+        model = auto.from_pretrained(
+            info.source, config=info.config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+        )
     model.requires_grad_(False)
     model.eval()
     return Backbone(model, info.tokenizer, info.is_decoder)
+
+
+@contextlib.contextmanager
+def _zero3_loading(zero3_config: dict | None) -> Iterator[None]:
+    """transformers builds under ``zero.Init`` while an ``HfDeepSpeedConfig`` with stage 3 is alive
+    (it holds a weak reference); dropped afterwards so later loads in the process are plain."""
+    if zero3_config is None:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    keep_alive = HfDeepSpeedConfig(zero3_config)
+    try:
+        yield
+    finally:
+        del keep_alive
+        unset_hf_deepspeed_config()

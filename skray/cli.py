@@ -26,6 +26,12 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument(
             "--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)"
         )
+        cmd.add_argument(
+            "--retry-errored",
+            action="store_true",
+            help="resuming the same run: run its failed trials again from their last checkpoint "
+            "(default: they stay failed; interrupted trials always go on)",
+        )
     rep = sub.add_parser("report", help="rebuild the tables (and plots) of a run directory")
     rep.add_argument("run_dir")
     return p
@@ -41,16 +47,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from skray import storage
         from skray.config import load_config
+        from skray.results import load_results
         from skray.search import run_experiment
 
         cfg = load_config(args.config, args.overrides)
-        run_dir, table = run_experiment(cfg, command=args.command, address=args.address)
+        run_dir, table = run_experiment(
+            cfg, command=args.command, address=args.address, retry_errored=args.retry_errored
+        )
         print(show(table))
         print(f"\nresults: {run_dir}/ ({COMMANDS[args.command].files})")
         if not storage.exists(storage.join(run_dir, "finished")):
             print("skray: interrupted before every trial ended; the table holds what was reported", file=sys.stderr)
             return 130
-        failed = int((table["status"] == "error").sum())
+        failed = int((load_results(run_dir)["status"] == "error").sum())  # the trials, whatever the table shows
         if failed:
             print(
                 f"skray: {failed} of the run's trials failed; their errors are in the table's error column",

@@ -30,6 +30,7 @@ class Capacity:
     resources: dict[str, float]
     grows: bool = False
     max_gpus: float | None = 0.0
+    node_memory: tuple[float, ...] = ()  # Ray's ``memory`` resource of each live node (bytes for tasks)
 
     @property
     def gpus(self) -> float | None:
@@ -63,20 +64,21 @@ def capacity(joined: bool) -> Capacity:
     in a v1 autoscaler's report. A `ray start` head without ``--autoscaling-config`` runs Ray's
     read-only autoscaler, one type per node it already has: fixed."""
     resources = ray.cluster_resources()
+    memory = tuple(n["Resources"].get("memory", 0.0) for n in ray.nodes() if n.get("Alive"))
     if not joined:
-        return Capacity(resources)
+        return Capacity(resources, node_memory=memory)
     from ray._private.state import state
     from ray.autoscaler._private.util import format_readonly_node_type
     from ray.experimental.internal_kv import _internal_kv_get
 
     node_types = state.get_max_resources_from_cluster_config()
     if node_types is not None:
-        return Capacity(resources, grows=True, max_gpus=float(node_types.get("GPU", 0)))
+        return Capacity(resources, grows=True, max_gpus=float(node_types.get("GPU", 0)), node_memory=memory)
     status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
     mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") if status else None
     if not mapping or all(t == format_readonly_node_type(node) for node, t in mapping.items()):
-        return Capacity(resources)
-    return Capacity(resources, grows=True, max_gpus=launcher_gpus(LAUNCHER_CONFIG.expanduser()))
+        return Capacity(resources, node_memory=memory)
+    return Capacity(resources, grows=True, max_gpus=launcher_gpus(LAUNCHER_CONFIG.expanduser()), node_memory=memory)
 
 
 def launcher_gpus(path: Path) -> float | None:

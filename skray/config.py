@@ -361,12 +361,17 @@ class SearchConfig(_Section):
         ge=2,
         description="ASHA keeps 1 in this many trials at each rung; higher stops weak trials sooner",
     )
-    max_concurrent_trials: int | None = Field(
-        default=None,
-        ge=1,
-        description="Most trials running at once; unset: as many as the cluster's CPUs fit",
-    )
     seed: int = Field(default=0, description="Seed of Optuna's TPE sampler, so a search samples the same trials again")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _concurrency_moved(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "max_concurrent_trials" in raw:
+            raise ValueError(
+                "search.max_concurrent_trials moved to the top level (max_concurrent_trials), where "
+                "skray compare reads it too"
+            )
+        return raw
 
     @model_validator(mode="after")
     def _wordings_not_blank(self) -> SearchConfig:
@@ -440,6 +445,11 @@ class ExperimentConfig(_Section):
         default="runs",
         description="Where run directories go: a local folder, or on a cluster an absolute shared path or an "
         "s3:// / gs:// URI",
+    )
+    max_concurrent_trials: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most trials running at once (skray tune and compare); unset: as many as the cluster fits",
     )
     backbone: BackboneConfig = Field(default=BackboneConfig(), description="The frozen model to tune")
     data: DataConfig = Field(default=DataConfig(), description="The labelled data and how a row becomes model input")
@@ -518,12 +528,31 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(p) for p in loc if isinstance(p, int) or (p.isidentifier() and p not in _UNION_TAGS))
 
 
+def _known_keys(where: str) -> str:
+    """The keys the section of ``where`` takes, the closest first if one is close (a typo)."""
+    import difflib
+
+    *parents, key = where.split(".")
+    model: Any = ExperimentConfig
+    for part in parents:
+        field = model.model_fields.get(part)
+        inner = [a for a in get_args(field.annotation) or (field.annotation,) if isinstance(a, type)] if field else []
+        model = next((a for a in inner if issubclass(a, BaseModel)), None)
+        if model is None:
+            return "every key is listed, with what it does, in skray/config.py"
+    keys = list(model.model_fields)
+    close = difflib.get_close_matches(key, keys, n=1)
+    section = ".".join(parents) or "the top level"
+    hint = f"did you mean {'.'.join([*parents, close[0]])}? " if close else ""
+    return f"{hint}{section} takes: {', '.join(keys)}"
+
+
 def _format_error(err: ValidationError) -> str:
     errors = err.errors()
     first = errors[0]
     where = _field_path(first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key (check the spelling; see README for the keys)"
+        return f"{where}: unknown key; {_known_keys(where)}"
     # A union (``0-3`` or ``auto``) fails once per member: say every way the value could be right.
     msgs = dict.fromkeys(
         e["msg"].removeprefix("Value error, ") for e in errors if _field_path(e["loc"]) == _field_path(first["loc"])

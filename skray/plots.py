@@ -71,7 +71,7 @@ def plot_scale(table: pd.DataFrame, run_dir: str) -> str:
     for (stage, offload, micro), group in done.groupby(["zero_stage", "offload", "micro_batch"]):
         group = group.sort_values("workers")
         name = f"ZeRO {stage}, offload {offload}, micro {micro}"
-        speed.plot(group["workers"], group["samples_per_s"], "o-", label=name)
+        speed.plot(group["workers"], group["steady_samples_per_s"], "o-", label=name)
         memory.plot(group["workers"], group["peak_mem_mb"], "o-", label=name)
     for ax, ylabel in ((speed, "samples/s (steady state)"), (memory, "peak memory per worker (MiB)")):
         ax.set_xlabel("workers")

@@ -8,11 +8,12 @@ from __future__ import annotations
 import pandas as pd
 
 from skray.commands import COMMANDS
+from skray.commands.compare import readable
 from skray.results import experiment, format_table, load_results, write_table
 
 BRIEF = [
     "method",
-    "seed",
+    "completed",
     "zero_shot_acc",
     "test_acc",
     "test_f1",
@@ -22,7 +23,6 @@ BRIEF = [
     "train_s",
     "tokens_per_s",
     "peak_mem_mb",
-    "status",
 ]
 
 
@@ -37,14 +37,15 @@ def rebuild(run_dir: str) -> pd.DataFrame:
 
 
 def show(table: pd.DataFrame) -> str:
-    """Text for the terminal: a comparison's per-method rows (files hold every seed), or the trials."""
+    """Text for the terminal: the scaling grid, a comparison's per-method means (± sd over seeds,
+    each failed seed's error below), or the trials."""
     if "scaling_efficiency" in table.columns:
         return table.drop(columns="point").to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
-    if "trainable_pct" not in table.columns:
+    if "completed" not in table.columns:
         return format_table(table)
-    means = table[table["seed"] == "mean ± sd"]
-    failed = table[table["status"] == "error"]
-    text = means[[c for c in BRIEF if c in means.columns]].to_string(index=False)
-    for _, row in failed.iterrows():
-        text += f"\nfailed: {row['method']} seed {row['seed']}: {row['error']}"
+    shown = readable(table)
+    text = shown[BRIEF].assign(completed=shown["completed"].astype(str) + "/" + shown["seeds"].astype(str))
+    text = text.to_string(index=False)
+    for row in table.dropna(subset=["error"]).itertuples():
+        text += f"\nfailed: {row.method}: {row.error}"
     return text

@@ -67,7 +67,7 @@ def plan_resources(
     concurrent = max(1, math.floor(cpus / (workers * per_worker) + 1e-9))
     if on_gpus and not can_grow:
         concurrent = min(concurrent, max(1, math.floor(gpus / workers + 1e-9)))
-    limit = cfg.search.max_concurrent_trials if cfg.search else None
+    limit = cfg.max_concurrent_trials
     if limit:  # a growing cluster may run more trials than fit now; a fixed one may not
         concurrent = limit if can_grow else min(concurrent, limit)
     return Plan(per_worker, concurrent)
@@ -84,32 +84,39 @@ def run_trial(params: dict, experiment: dict, command: str, cpus_per_worker: flo
     build_trainer(cfg, cpus_per_worker, storage_path, name, callbacks=[TuneReportCallback()]).fit()
 
 
-def unfinished_run(root: str, cfg: ExperimentConfig, command: str) -> str | None:
+def unfinished_run(root: str, cfg: ExperimentConfig, command: str, retry_errored: bool = False) -> str | None:
     """The newest run of this name and command, if it was started with this very config and did
-    not reach its end (driver killed, Ctrl-C): running the same command again resumes it."""
+    not reach its end (driver killed, Ctrl-C), or reached it with failed trials that
+    ``retry_errored`` asks to run again: running the same command again resumes it."""
     want = json.loads(json.dumps({"command": command, "config": cfg.model_dump()}))
     runs = [d for d in storage.subdirs(root) if d.rsplit("/", 1)[-1].startswith(f"{cfg.name}-{command}-")]
-    if not runs or storage.exists(storage.join(runs[-1], "finished")) or experiment(runs[-1]) != want:
+    if not runs or experiment(runs[-1]) != want or not tune.Tuner.can_restore(runs[-1]):
         return None
-    return runs[-1] if tune.Tuner.can_restore(runs[-1]) else None
+    run = runs[-1]
+    if not storage.exists(storage.join(run, "finished")):
+        return run
+    failed = any(storage.exists(storage.join(trial, "error.txt")) for trial in storage.subdirs(run))
+    return run if retry_errored and failed else None
 
 
 def run_experiment(
-    cfg: ExperimentConfig, command: str = "train", address: str | None = None
+    cfg: ExperimentConfig, command: str = "train", address: str | None = None, retry_errored: bool = False
 ) -> tuple[str, pd.DataFrame]:
     """Run one fixed trial (train), an Optuna/ASHA search (tune), a methods x seeds grid
     (compare) or a scaling grid (scale); return the run dir and the table to show.
 
     A run of the same name, command and config that did not finish is resumed instead: its
-    finished trials are kept, the others run (Ray Train resumes each from its last checkpoint).
+    finished trials are kept, the interrupted ones go on from their last checkpoint. Trials that
+    failed stay failed unless ``retry_errored``, which runs them again from their last checkpoint
+    (also in a run that finished).
     """
     cmd = COMMANDS[command]
     cmd.check(cfg)
-    from skray.preflight import preflight
+    from skray.preflight import check_memory, preflight
 
     root = storage.location(cfg.storage_path)
     storage.ensure_writable(root)
-    preflight(cfg)
+    params = preflight(cfg)
     room = capacity(connect(address))
     workers, key = cmd.workers(cfg)
     gpus = room.gpus
@@ -121,7 +128,10 @@ def run_experiment(
         )
     cfg = cfg.model_copy(update={"train": resolve_device(cfg.train, gpus, workers)})
     plan = plan_resources(cfg, room.resources, room.grows, cmd)
-    resumed = unfinished_run(root, cfg, command)
+    fits = check_memory(cfg, params, workers, key, list(room.node_memory), room.grows)
+    if not room.grows:
+        plan = Plan(plan.cpus_per_worker, min(plan.max_concurrent, fits))
+    resumed = unfinished_run(root, cfg, command, retry_errored)
     run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
     if not resumed:
         storage.write_text(
@@ -140,12 +150,14 @@ def run_experiment(
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )
     if resumed:
+        again = "; failed trials run again from their last checkpoint" if retry_errored else ""
         print(
-            f"skray: resuming {run_dir} (same command and config, not finished); finished trials are kept",
+            f"skray: resuming {run_dir} (same command and config); finished trials are kept{again}",
             file=sys.stderr,
         )
+        storage.remove(storage.join(run_dir, "finished"))  # until this run reaches its end again
         tuner = tune.Tuner.restore(
-            run_dir, trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
+            run_dir, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
     else:
         tuner = tune.Tuner(

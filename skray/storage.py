@@ -71,6 +71,13 @@ def write_bytes(path: str, data: bytes) -> None:
             f.write(data)
 
 
+def remove(path: str) -> None:
+    """Delete a file if it is there."""
+    fs, p = filesystem(path)
+    if fs.get_file_info(p).type == pafs.FileType.File:
+        fs.delete_file(p)
+
+
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode())
 

@@ -11,6 +11,7 @@ import yaml
 from skray.cli import main
 from skray.config import parse_config
 from skray.report import rebuild
+from skray.results import format_table, load_results
 from skray.search import run_experiment
 
 pytestmark = pytest.mark.slow
@@ -54,32 +55,44 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
         "finished",
     ):
         assert (run_dir / name).stat().st_size > 0, name
-    per_seed = table[table.seed != "mean ± sd"]
-    assert len(per_seed) == 8
-    assert set(per_seed.seed) == {"0", "1"}
-    lora = per_seed[per_seed.method == "lora(lora_target_modules=['not_a_layer'])"]
+    trials = load_results(str(run_dir))  # results.csv: one row per method and seed
+    assert len(trials) == 8
+    assert set(trials.seed) == {0, 1}
+    lora = trials[trials.method == "lora(lora_target_modules=['not_a_layer'])"]
     assert set(lora.status) == {"error"}
     assert lora.error.str.contains("not_a_layer").all()
-    rest = per_seed[~per_seed.method.str.startswith("lora")]
+    rest = trials[~trials.method.str.startswith("lora")]
     assert set(rest.status) == {"completed"}
     assert (rest.test_acc.between(0, 1)).all()
     assert (rest.test_f1.between(0, 1)).all()
     assert (rest.steps_to_target == 0).all()  # any model reaches 1% accuracy at step 0
-    probe = rest[rest.method == "linear_probe"]
-    assert (probe.trainable_params == 2 * 32 + 2).all()
-    assert (rest.trainable_pct < 100).all()
-    means = table[table.seed == "mean ± sd"].set_index("method")
-    assert means.loc["sk_prefix", "status"] == "2/2 completed"
-    accs, shown = rest[rest.method == "sk_prefix"].test_acc.astype(float), means.loc["sk_prefix", "test_acc"]
-    assert shown.split(" ± ")[0] == f"{accs.mean():.4g}"
-    assert ("±" in shown) == (accs.nunique() > 1)
-    assert means.loc[lora.method.iloc[0], "status"] == "0/2 completed"
+    assert (rest[rest.method == "linear_probe"].trainable_params == 2 * 32 + 2).all()
+    # compare.csv: one row per method, numbers throughout, the sd in its own column.
+    means = pd.read_csv(run_dir / "compare.csv").set_index("method")
+    assert len(means) == 4
+    assert all(pd.api.types.is_numeric_dtype(means[c]) for c in means.columns if c != "error")
+    assert (means.loc["sk_prefix", ["seeds", "completed", "reached_target"]] == [2, 2, 2]).all()
+    accs = rest[rest.method == "sk_prefix"].test_acc
+    assert means.loc["sk_prefix", "test_acc"] == pytest.approx(accs.mean())
+    assert means.loc["sk_prefix", "test_acc_sd"] == pytest.approx(accs.std())
+    assert (means.drop(index=lora.method.iloc[0]).trainable_pct < 100).all()
+    assert means.loc[lora.method.iloc[0], "completed"] == 0
+    assert "seed 0: " in means.loc[lora.method.iloc[0], "error"]
     assert pd.read_parquet(run_dir / "compare.parquet").shape == table.shape
     # The same files come back from `skray report`, which also names the failures.
     (run_dir / "compare.csv").unlink()
     assert main(["report", str(run_dir)]) == 0
-    assert "failed: lora" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "failed: lora" in out
+    assert "0/2" in out
     assert (run_dir / "compare.csv").exists()
+    # --retry-errored runs the failed trials of this same run again; the others are kept as they were.
+    kept = {p: p.read_bytes() for p in run_dir.glob("*/result.json") if not (p.parent / "error.txt").exists()}
+    assert main(["compare", str(path), "--retry-errored"]) == 1
+    assert [p for p in tmp_path.iterdir() if p.is_dir()] == [run_dir]
+    assert all(p.read_bytes() == data for p, data in kept.items())
+    retried = [p.read_text().count("Failure #") for p in run_dir.glob("*/error.txt")]
+    assert retried == [2, 2]
 
 
 def test_token_classification_reports_span_f1(ray_cluster, tiny_experiment, tmp_path):
@@ -94,6 +107,9 @@ def test_token_classification_reports_span_f1(ray_cluster, tiny_experiment, tmp_
     assert row.status == "completed"
     assert 0 <= row.test_f1 <= 1
     assert 0 < row.test_acc <= 1
+    for score in ("test_precision", "test_recall", "best_val_precision", "best_val_recall"):
+        assert 0 <= row[score] <= 1, score  # span scores, as the README promises
+    assert {"best_val_f1", "test_f1"} <= set(format_table(table).splitlines()[0].split())  # what it is sorted by
     assert row.trainable_params > 7 * 32  # the head scores 7 IOB tags at every position
 
 

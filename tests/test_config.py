@@ -37,7 +37,8 @@ def test_quickstart_parses_with_overrides():
 @pytest.mark.parametrize(
     ("override", "key", "words"),
     [
-        ("train.lerning_rate=1", "train.lerning_rate", "unknown key"),
+        ("train.lerning_rate=1", "train.lerning_rate", "unknown key; train takes: num_workers, cpus_per_worker"),
+        ("train.max_step=1", "train.max_step", "did you mean train.max_steps?"),
         ("train.lr=-0.1", "train.lr", "greater than 0"),
         ("train.zero_stage=5", "train.zero_stage", "less than or equal to 3"),
         ("train.max_steps=many", "train.max_steps", "valid integer"),

@@ -117,3 +117,39 @@ def test_best_state_keeps_fp32_masters_of_a_bf16_run(one_rank, decoder, stage):
     assert all(t.dtype == torch.float32 for t in best.values())
     rounded = [n for n, t in best.items() if torch.equal(t, t.bfloat16().float())]
     assert len(rounded) < len(best) / 2, f"best state holds bf16-rounded weights: {rounded}"
+
+
+@pytest.mark.parametrize("kind", ["sk_prefix", "sk_prompt"])
+def test_zero3_loads_partitioned_and_step0_still_reads_the_prompt_as_text(one_rank, tiny_llama_dir, kind):
+    """At ZeRO 3 the backbone is built inside zero.Init (no rank holds it whole); the prompt pass and
+    the verbalizer rows gather one module at a time, and the engine's step-0 scores are still those
+    of the plain model reading wording + text (m = k)."""
+    from skray.backbones import load_backbone
+    from skray.config import BackboneConfig
+    from skray.methods.gathered import is_partitioned
+    from skray.train.deepspeed import deepspeed_config
+
+    wording, words = "is this review positive or negative", {"neg": " negative", "pos": " positive"}
+    texts = ["a wonderful moving film", "dull and far too long"]
+    train = TrainConfig(zero_stage=3, micro_batch_size=2, max_steps=4)
+    backbone = load_backbone(BackboneConfig(name=tiny_llama_dir), zero3_config=deepspeed_config(train, 0))
+    assert is_partitioned(backbone.model)
+    assert all(p.data.numel() == 0 for p in backbone.model.parameters())  # only partitions (ds_tensor) are held
+    tok = backbone.tokenizer
+    k = len(tok(wording)["input_ids"])
+    cfg = MethodConfig(kind=kind, wording=wording, prefix_length=k, adapter_rank=2, label_words=words)
+    engine = build_engine(build_model(backbone, cfg, ["neg", "pos"]), train)
+    enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        got = engine(enc["input_ids"], enc["attention_mask"])
+
+    plain = load_backbone(BackboneConfig(name=tiny_llama_dir)).model
+    word_ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in words.values()]
+    with torch.no_grad():
+        want = [
+            plain(
+                input_ids=torch.tensor([tok(wording)["input_ids"] + tok(t, add_special_tokens=False)["input_ids"]])
+            ).logits[0, -1, word_ids]
+            for t in texts
+        ]
+    torch.testing.assert_close(got, torch.stack(want), atol=1e-4, rtol=1e-4)

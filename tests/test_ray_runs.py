@@ -148,6 +148,17 @@ def test_request_that_cannot_fit_fails_at_once(ray_cluster, tiny_experiment, tmp
         run_experiment(cfg, "tune")
 
 
+def test_more_workers_than_memory_holds_fail_in_seconds_with_one_line(ray_cluster, capsys):
+    """The new user's `--set train.num_workers=64` on a small machine: exit 2 before any worker starts."""
+    started = time.monotonic()
+    code = main(["train", "experiments/quickstart.yaml", "--set", "train.num_workers=64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith("skray: error: train.num_workers=64 workers need at least")
+    assert time.monotonic() - started < 30
+
+
 def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_experiment, tmp_path):
     """A real `skray tune` process interrupted mid-trial: exit 130, finished reports kept, trial marked interrupted."""
     cfg = tiny_experiment(train__max_steps=400, train__eval_every=2)

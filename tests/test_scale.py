@@ -68,14 +68,14 @@ def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_
     for point in ("w1-z3-none-mb4", "w2-z3-none-mb4"):
         row = table.loc[point]
         assert row.status == "completed"
-        assert row.samples_per_s > 0
-        assert row.tokens_per_s > 0
+        assert row.steady_samples_per_s > 0
+        assert row.steady_tokens_per_s > 0
         assert row.peak_mem_mb > 0
         assert row.est_mem_mb > 0
         assert row.first_step_s > 0
     one, two = table.loc["w1-z3-none-mb4"], table.loc["w2-z3-none-mb4"]
     assert two.param_mb_per_worker < one.param_mb_per_worker  # ZeRO-3 splits the parameters over the workers
-    assert two.scaling_efficiency == pytest.approx(two.samples_per_s / (2 * one.samples_per_s))
+    assert two.scaling_efficiency == pytest.approx(two.steady_samples_per_s / (2 * one.steady_samples_per_s))
     for point in ("w1-z3-none-mb4096", "w2-z3-none-mb4096"):
         assert table.loc[point].status == "error"
         assert "micro_batch_size 4096" in table.loc[point].error

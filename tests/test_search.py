@@ -38,6 +38,7 @@ def _fake_cluster(monkeypatch, node_types=None, autoscaler_report=False, launche
     types = {"10.0.0.1": "head"} if autoscaler_report else {"8a3f": "node_8a3f"}
     status = {"load_metrics_report": {}, "autoscaler_report": {"node_type_mapping": types}}
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})  # a CPU-only head, no GPU node yet
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 8.0, "memory": 2.0**34}}])
     monkeypatch.setattr(state, "get_max_resources_from_cluster_config", lambda: node_types)
     monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key: json.dumps(status).encode())
     monkeypatch.setattr(skray.cluster, "LAUNCHER_CONFIG", Path(launcher or "/nonexistent/ray_bootstrap_config.yaml"))
@@ -142,3 +143,46 @@ def test_asha_rungs_are_training_steps():
 def test_compare_without_a_compare_section_is_a_clear_error(tiny_experiment, tmp_path):
     with pytest.raises(ConfigError, match="compare: missing"):
         run_experiment(tiny_experiment(), "compare")
+
+
+def test_every_command_sets_its_concurrency_without_a_search_section():
+    from skray.commands import COMMANDS
+
+    compare = parse_config({"max_concurrent_trials": 2, "compare": {"methods": ["sk_prefix", "lora"]}})
+    assert compare.search is None
+    assert plan_resources(compare, {"CPU": 16.0}, command=COMMANDS["compare"]).max_concurrent == 2
+    with pytest.raises(ConfigError, match=r"search.max_concurrent_trials moved to the top level"):
+        parse_config(
+            {
+                "search": {
+                    "wordings": ["a"],
+                    "prefix_length": {"low": 1, "high": 2},
+                    "lr": {"low": 0.001, "high": 0.01},
+                    "max_concurrent_trials": 2,
+                }
+            }
+        )
+
+
+def test_workers_that_cannot_fit_the_nodes_memory_are_refused_before_launch():
+    """64 workers each loading SmolLM2 (134.5M params, fp32) on a 16 GiB node: one line with the numbers
+    and the fixes, not 64 workers that each start loading the model and hang."""
+    from skray.preflight import GIB, check_memory
+
+    params, node = 134_515_008, [16.0 * GIB]
+    cfg = parse_config({"train": {"num_workers": 64, "use_gpu": False, "precision": "fp32"}})
+    with pytest.raises(ResourceError) as err:
+        check_memory(cfg, params, 64, "train.num_workers", node, grows=False)
+    line = str(err.value)
+    assert "\n" not in line
+    assert "train.num_workers=64 workers need at least 1.00 GiB each (0.50 GiB of backbone weights" in line
+    assert "(15 such workers fit); lower train.num_workers to 15 or fewer" in line
+    assert "train.zero_stage 3" in line
+    # ZeRO 3 loads 1/64 of the weights per worker; the runtime alone then decides.
+    zero3 = parse_config({"train": {"num_workers": 64, "use_gpu": False, "precision": "fp32", "zero_stage": 3}})
+    with pytest.raises(ResourceError, match=r"need at least 0\.51 GiB each"):
+        check_memory(zero3, params, 64, "train.num_workers", node, grows=False)
+    # What fits: how many trials of 2 workers at once; an autoscaling cluster is not refused.
+    two = parse_config({"train": {"num_workers": 2, "use_gpu": False, "precision": "fp32"}})
+    assert check_memory(two, params, 2, "train.num_workers", node, grows=False) == 7  # 15 workers // 2
+    assert check_memory(cfg, params, 64, "train.num_workers", node, grows=True) == 1

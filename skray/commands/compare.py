@@ -1,8 +1,9 @@
 """`skray compare`: methods x seeds on one backbone, data, step budget and batch size.
 
 Every (method, seed) is one Tune trial running its own Ray Train + DeepSpeed group, so a method
-that fails is one failed row and the others still finish. The per-trial table is then folded
-into the comparison: one row per method and seed, plus a mean ± sd row per method.
+that fails is one failed row and the others still finish. results.csv holds those rows (one per
+method and seed); compare.csv folds them into one row per method: each score and cost as the mean
+over the seeds that completed, its sd in a ``<column>_sd`` column beside it, numbers throughout.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
+from skray import storage
 from skray.commands.base import Command
 from skray.config import ExperimentConfig, MethodConfig, compare_labels, entry_lr, method_variant
 from skray.plots import plot_compare
@@ -48,9 +50,11 @@ class Compare(Command):
         return cfg.model_copy(update={"method": method, "train": train})
 
     def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
-        """compare.csv/.parquet/.md and two plots: accuracy against trainable parameters and time."""
+        """compare.csv/.parquet (numbers), compare.md ("mean ± sd", for reading) and two plots:
+        accuracy against trainable parameters and against time."""
         table = summary_table(trials)
-        write_table(table, run_dir, "compare", markdown=True)
+        write_table(table, run_dir, "compare")
+        storage.write_text(storage.join(run_dir, "compare.md"), readable(table).to_markdown(index=False) + "\n")
         plot_compare(trials, run_dir)
         return table
 
@@ -66,35 +70,52 @@ def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
 
 
 def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per method and seed, then per method "mean ± sd" over the seeds that completed."""
+    """One row per method, best mean test accuracy first: seeds run and completed, then per score
+    and cost the mean over completed seeds and ``<column>_sd``; ``reached_target`` counts the seeds
+    whose validation accuracy reached the target (``steps_to_target`` is their mean); ``error``
+    names each failed seed's error."""
     t = trials.copy()
     if "error" not in t.columns:
         t["error"] = pd.NA
     t["trainable_pct"] = 100 * t["trainable_params"] / t["backbone_params"]
-    per_seed = t[["method", "seed", "lr", *SCORES, *COSTS, "status", "error"]].sort_values(["method", "seed"])
-    done = per_seed[per_seed["status"] == "completed"]
-    order = pd.to_numeric(done["test_acc"], errors="coerce").groupby(done["method"]).mean().sort_values(ascending=False)
-    methods = list(order.index) + [m for m in per_seed["method"].unique() if m not in order.index]
     rows = []
-    for method in methods:
-        group = per_seed[per_seed["method"] == method]
+    for method, group in t.groupby("method", sort=False):
         done = group[group["status"] == "completed"]
-        row: dict[str, Any] = {"method": method, "seed": "mean ± sd", "status": f"{len(done)}/{len(group)} completed"}
-        for col in ["lr", *SCORES, *COSTS]:
+        row: dict[str, Any] = {
+            "method": method,
+            "lr": group["lr"].iloc[0],
+            "seeds": len(group),
+            "completed": len(done),
+        }
+        for col in [*SCORES, *COSTS]:
             values = pd.to_numeric(done[col], errors="coerce").dropna()
-            row[col] = _mean_sd(values, col)
-            if col == "steps_to_target" and 0 < len(values) < len(done):
-                row[col] += f" ({len(values)}/{len(done)} seeds)"  # the mean is over the seeds that got there
+            row[col] = values.mean() if len(values) else float("nan")
+            row[f"{col}_sd"] = values.std() if len(values) > 1 else float("nan")
+        row["reached_target"] = int(pd.to_numeric(done["steps_to_target"], errors="coerce").notna().sum())
+        failed = group[group["status"] == "error"]
+        row["error"] = "; ".join(f"seed {r.seed}: {r.error}" for r in failed.itertuples()) or pd.NA
         rows.append(row)
-    per_seed = per_seed.astype({"seed": str})
-    return pd.concat([pd.DataFrame(rows), per_seed], ignore_index=True)
+    table = pd.DataFrame(rows)
+    return table.sort_values("test_acc", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def _mean_sd(values: pd.Series, col: str) -> str:
-    if values.empty:
+def readable(table: pd.DataFrame) -> pd.DataFrame:
+    """The summary for reading: "mean ± sd" (sd left out where the seeds agree), counts as integers."""
+    shown = table[["method", "lr", "seeds", "completed"]].copy()
+    for col in [*SCORES, *COSTS]:
+        counts = col in ("trainable_params", "checkpoint_bytes", "peak_mem_mb", "steps_to_target")
+        shown[col] = [
+            _mean_sd(m, sd, "{:.0f}" if counts else "{:.4g}")
+            for m, sd in zip(table[col], table[f"{col}_sd"], strict=True)
+        ]
+    shown["reached_target"] = table["reached_target"]
+    shown["error"] = table["error"].fillna("")
+    return shown
+
+
+def _mean_sd(mean: float, sd: float, fmt: str) -> str:
+    if pd.isna(mean):
         return ""
-    fmt = "{:.0f}" if col in ("trainable_params", "checkpoint_bytes", "peak_mem_mb", "steps_to_target") else "{:.4g}"
-    mean = fmt.format(values.mean())
-    if len(values) < 2 or values.nunique() == 1:  # one seed, or the same on every seed (a count, a fixed lr)
-        return mean
-    return f"{mean} ± {fmt.format(values.std())}"
+    if pd.isna(sd) or sd == 0:  # one seed, or the same on every seed (a count, a fixed lr)
+        return fmt.format(mean)
+    return f"{fmt.format(mean)} ± {fmt.format(sd)}"

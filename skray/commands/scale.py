@@ -25,8 +25,8 @@ COLUMNS = [
     "zero_stage",
     "offload",
     "micro_batch",
-    "samples_per_s",
-    "tokens_per_s",
+    "steady_samples_per_s",
+    "steady_tokens_per_s",
     "scaling_efficiency",
     "peak_mem_mb",
     "est_mem_mb",
@@ -112,8 +112,8 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
             "zero_stage": grid["zero_stage"],
             "offload": grid["offload"],
             "micro_batch": grid["micro_batch_size"],
-            "samples_per_s": pd.to_numeric(t["steady_samples_per_s"], errors="coerce"),
-            "tokens_per_s": pd.to_numeric(t["steady_tokens_per_s"], errors="coerce"),
+            "steady_samples_per_s": pd.to_numeric(t["steady_samples_per_s"], errors="coerce"),
+            "steady_tokens_per_s": pd.to_numeric(t["steady_tokens_per_s"], errors="coerce"),
             "peak_mem_mb": pd.to_numeric(t["peak_mem_mb"], errors="coerce"),
             "est_mem_mb": pd.to_numeric(t["est_mem_mb"], errors="coerce"),
             "param_mb_per_worker": pd.to_numeric(t["param_bytes_per_worker"], errors="coerce") / 2**20,
@@ -123,9 +123,9 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
         }
     )
     same = ["zero_stage", "offload", "micro_batch"]
-    single = table[table["workers"] == 1].set_index(same)["samples_per_s"]
+    single = table[table["workers"] == 1].set_index(same)["steady_samples_per_s"]
     base = table.set_index(same).index.map(lambda k: single.get(k, float("nan")))
-    table["scaling_efficiency"] = table["samples_per_s"] / (
+    table["scaling_efficiency"] = table["steady_samples_per_s"] / (
         table["workers"] * pd.Series(base, index=table.index, dtype=float)
     )
     return table[COLUMNS].sort_values(["micro_batch", "offload", "zero_stage", "workers"]).reset_index(drop=True)

@@ -1,6 +1,6 @@
 """The trainable parts SK-Prompt and SK-Prefix share: a k -> m token mixer and a low-rank refiner.
 
-Design (see ../shared/SKTUNING.md, "prefix length independent of wording"): the frozen pass
+Design (README.md, "How the method is built", "Any wording to any prefix length"): the frozen pass
 gives k prompt states; a learned (m x k) mixing over the token axis emits m positions, so any
 wording maps to any prefix length. The mixer starts as an area-resampling matrix (identity when
 m == k) and the refiner as a zero-initialised low-rank residual, so step 0 *is* the model reading

@@ -9,6 +9,7 @@ from transformers import PreTrainedTokenizerBase
 from skray.backbones import Backbone
 from skray.config import MethodConfig
 from skray.errors import ConfigError
+from skray.methods.gathered import module_by_module
 from skray.methods.heads import LinearHead, VerbalizerHead, pool
 
 
@@ -26,7 +27,7 @@ def verbalizer_token_ids(
     if len(set(ids)) != len(ids):
         if cfg.label_words is None:  # the user never wrote label_words: say where the words came from
             example = ", ".join(
-                f"{n}: ' {w}'" for n, w in zip(label_names, ("no", "yes", "maybe", "other"), strict=False)
+                f'"{n}": " {w}"' for n, w in zip(label_names, ("no", "yes", "maybe", "other"), strict=False)
             )
             raise ConfigError(
                 f"the verbalizer scores each label's word, by default a space plus the label ({list(words.values())}), "
@@ -105,9 +106,10 @@ class FullFineTune(TaskModel):
 class SKModel(TaskModel):
     """A frozen backbone read through a semantic prompt; subclasses say how the prompt joins the input.
 
-    The prompt pass runs once, here in the constructor (before DeepSpeed partitions anything),
-    and its result is kept as a non-persistent buffer: it is never saved, and never recomputed
-    per step. ``prompt_passes`` counts how often it ran, so tests and reports can check that.
+    The prompt pass runs once, here in the constructor (on a backbone loaded partitioned for
+    ZeRO 3, gathering one module at a time), and its result is kept as a non-persistent buffer:
+    it is never saved, and never recomputed per step. ``prompt_passes`` counts how often it ran,
+    so tests and reports can check that.
     """
 
     def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
@@ -115,7 +117,7 @@ class SKModel(TaskModel):
         self.prefix_length = cfg.prefix_length
         prompt = backbone.tokenizer(cfg.wording, add_special_tokens=True, return_tensors="pt")["input_ids"]
         self.register_buffer("prompt_ids", prompt, persistent=False)
-        with torch.no_grad():
+        with torch.no_grad(), module_by_module(self.backbone):  # ZeRO-3 loading: one module whole at a time
             self._cache_prompt()
         self.prompt_passes += 1
 

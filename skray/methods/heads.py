@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from skray.methods.gathered import gathered
+
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, last_token: bool) -> torch.Tensor:
     """Last real token (decoders) or mean of real tokens (encoders); padding never counts."""
@@ -31,16 +33,18 @@ class LinearHead(nn.Module):
 class VerbalizerHead(nn.Module):
     """Scores one label word per class with the frozen LM head: no trainable parameters.
 
-    The label words' rows of the output embedding are copied into a buffer at build time, so
-    the head never touches a weight that ZeRO-3 has partitioned away.
+    The label words' rows of the output embedding are copied into a buffer at build time (that
+    weight gathered for the copy if ZeRO-3 partitioned it), so the head never touches a weight
+    that ZeRO-3 has partitioned away.
     """
 
     def __init__(self, output_embeddings: nn.Module, token_ids: list[int]):
         super().__init__()
         ids = torch.tensor(token_ids)
-        self.register_buffer("rows", output_embeddings.weight.detach()[ids].clone())
         bias = getattr(output_embeddings, "bias", None)
-        self.register_buffer("bias", bias.detach()[ids].clone() if bias is not None else torch.zeros(len(ids)))
+        with gathered([p for p in (output_embeddings.weight, bias) if p is not None]):
+            self.register_buffer("rows", output_embeddings.weight.detach()[ids].clone())
+            self.register_buffer("bias", bias.detach()[ids].clone() if bias is not None else torch.zeros(len(ids)))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return pooled.to(self.rows.dtype) @ self.rows.T + self.bias

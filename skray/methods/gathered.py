@@ -1,0 +1,101 @@
+"""Forward passes over a ZeRO-3-partitioned model outside a DeepSpeed engine, one module whole at a time.
+
+A backbone built inside ``deepspeed.zero.Init`` holds only its partition of every weight. Inside
+an engine, DeepSpeed's hooks gather each module's weights while it runs; before the engine exists
+(the frozen prompt pass, the verbalizer's label rows, the activation probe) skray does the same
+here, so that no rank ever holds more than its partition plus the one module that is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+def is_partitioned(model: nn.Module) -> bool:
+    """Whether ZeRO-3 partitioned this model's parameters (each then carries a ``ds_id``)."""
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+@contextlib.contextmanager
+def gathered(params: list[nn.Parameter]) -> Iterator[None]:
+    """These parameters whole on every rank for the block (a collective); a no-op when not partitioned."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        yield
+
+
+@contextlib.contextmanager
+def module_by_module(model: nn.Module) -> Iterator[None]:
+    """Within the block, each module's own parameters are gathered while its forward runs and
+    released when it returns. Every rank must run the same forwards (gathering is a collective)."""
+    if not is_partitioned(model):
+        yield
+        return
+    import deepspeed
+
+    open_gathers: dict[int, list] = {}
+
+    def before(module: nn.Module, args: tuple) -> None:
+        gather = deepspeed.zero.GatheredParameters(list(module.parameters(recurse=False)), modifier_rank=None)
+        gather.__enter__()
+        open_gathers.setdefault(id(module), []).append(gather)
+
+    def after(module: nn.Module, args: tuple, output: object) -> None:
+        open_gathers[id(module)].pop().__exit__(None, None, None)
+
+    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    handles = [h for m in owners for h in (m.register_forward_pre_hook(before), m.register_forward_hook(after))]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def materialized_param_bytes(model: nn.Module) -> int:
+    """Parameter bytes this rank holds right now: whole tensors, plus its ZeRO-3 partitions."""
+    total = 0
+    for p in model.parameters():
+        total += p.data.numel() * p.element_size()
+        partition = getattr(p, "ds_tensor", None)
+        if partition is not None:
+            total += partition.numel() * partition.element_size()
+    return total
+
+
+class ParamPeak:
+    """The most parameter bytes this rank held at once, sampled as every module's forward returns
+    (its weights still gathered: ZeRO-3 releases them in hooks registered after this one) and
+    whenever ``sample`` is called; attached from load time through the first steps."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.peak = materialized_param_bytes(model)
+        self._handles = [m.register_forward_hook(self._hook) for m in model.modules()]
+
+    def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
+        self.sample()
+
+    def sample(self) -> int:
+        self.peak = max(self.peak, materialized_param_bytes(self.model))
+        return self.peak
+
+    def detach(self) -> int:
+        """Stop sampling (it costs a pass over the parameters per module); return the peak."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return self.sample()
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """The torch dtype weights are held in for ``train.precision`` (resolved: fp32, bf16 or fp16)."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
