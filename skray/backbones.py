@@ -24,6 +24,7 @@ from transformers import (
 from skray.config import BackboneConfig
 from skray.data.embedded import package_dir
 from skray.errors import BackboneError
+from skray.partitioned import full_numel
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -87,11 +88,12 @@ class Backbone:
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+        return sum(full_numel(p) for p in self.model.parameters())
 
     @property
     def byte_size(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+        """Bytes of the whole backbone in its dtype (whatever share of it this rank holds)."""
+        return sum(full_numel(p) * p.element_size() for p in self.model.parameters())
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,7 @@ COLUMNS = [
     "peak_mem_mb",
     "est_mem_mb",
     "param_bytes_per_worker",
+    "peak_param_bytes_per_worker",
     "world_size",
     "zero_stage",
     "offload",

@@ -36,6 +36,25 @@ def tiny_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval().requires_grad_(False)
 
 
+def wide_llama() -> LlamaForCausalLM:
+    """Small, but shaped like a large model where it matters to ZeRO 3: 16 layers of many modules,
+    none holding more than 4% of the 52M parameters (the tied embedding), as in a 7B Llama."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=16384,
+        num_hidden_layers=16,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        architectures=["LlamaForCausalLM"],
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(cfg).eval().requires_grad_(False)
+
+
 def tiny_bert() -> BertModel:
     torch.manual_seed(0)
     cfg = BertConfig(
@@ -65,6 +84,14 @@ def tiny_llama_dir(tmp_path_factory) -> str:
     """A tiny Llama saved as a local Hugging Face folder, so Ray workers can load it by path."""
     path = tmp_path_factory.mktemp("tiny-llama")
     tiny_llama().save_pretrained(path)
+    minilm_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def wide_llama_dir(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("wide-llama")
+    wide_llama().save_pretrained(path)
     minilm_tokenizer().save_pretrained(path)
     return str(path)
 

@@ -126,7 +126,7 @@ def test_zero3_loads_partitioned_and_step0_still_reads_the_prompt_as_text(one_ra
     of the plain model reading wording + text (m = k)."""
     from skray.backbones import load_backbone
     from skray.config import BackboneConfig
-    from skray.methods.gathered import is_partitioned
+    from skray.partitioned import is_partitioned
     from skray.train.deepspeed import deepspeed_config
 
     wording, words = "is this review positive or negative", {"neg": " negative", "pos": " positive"}

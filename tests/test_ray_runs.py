@@ -90,6 +90,24 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_experiment, tmp_path
     assert not unlisted, f"the README's list of pickled files is out of date: {unlisted}"
 
 
+def test_zero3_never_holds_the_whole_backbone_from_load_on(ray_cluster, tiny_experiment, wide_llama_dir):
+    """Two ZeRO-3 workers: built partitioned (zero.Init), prompt pass and verbalizer one module at a
+    time, then the engine with about one module live: no rank's parameter bytes ever reach 60% of
+    the backbone (loading it whole and partitioning afterwards starts at 100%)."""
+    cfg = tiny_experiment(
+        train__zero_stage=3, method__kind="sk_prompt", backbone__name=wide_llama_dir, train__max_steps=2
+    )
+    run_dir, table = run_experiment(cfg, "train")
+    assert table.iloc[0].status == "completed", table.to_dict("records")
+    reports = [json.loads(line) for line in next(Path(run_dir).glob("*/result.json")).read_text().splitlines()]
+    whole = reports[-1]["backbone_bytes"]
+    assert reports[-1]["world_size"] == 2
+    assert whole > 50e6 * 4  # the 52M-parameter backbone in fp32
+    peak = max(r["peak_param_bytes_per_worker"] for r in reports)
+    assert peak < 0.6 * whole, f"a rank held {peak / whole:.0%} of the backbone's parameter bytes"
+    assert reports[-1]["param_bytes_per_worker"] < 0.55 * whole  # its half, and the small persisted tensors
+
+
 # What the README says holds pickles: Ray Tune's state (unpickled by Tuner.restore when a sweep
 # resumes) and DeepSpeed's resume files (torch.load(weights_only=False) when a trial resumes).
 # skray's own files (experiment.json, tables, adapter.safetensors, skray.json) hold none.

@@ -9,8 +9,8 @@ from transformers import PreTrainedTokenizerBase
 from skray.backbones import Backbone
 from skray.config import MethodConfig
 from skray.errors import ConfigError
-from skray.methods.gathered import module_by_module
 from skray.methods.heads import LinearHead, VerbalizerHead, pool
+from skray.partitioned import module_by_module
 
 
 def verbalizer_token_ids(

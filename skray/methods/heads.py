@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from skray.methods.gathered import gathered
+from skray.partitioned import gathered
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, last_token: bool) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from skray.config import TrainConfig
+from skray.partitioned import largest_module_params
 
 if TYPE_CHECKING:  # deepspeed itself is imported only after DS_ACCELERATOR is set
     from deepspeed import DeepSpeedEngine
@@ -23,12 +24,21 @@ def process_group_backend(use_gpu: bool) -> str:
     return "cpu:gloo,cuda:nccl" if use_gpu else "gloo"
 
 
-def deepspeed_config(cfg: TrainConfig, trainable_params: int) -> dict[str, Any]:
+def deepspeed_config(cfg: TrainConfig, trainable_params: int, largest_module_params: int = 0) -> dict[str, Any]:
     """DeepSpeed's config. Its communication buckets are sized for what trains: the defaults (5e8
     elements, about 1 GB of bf16 buffers per bucket) are meant for full models, not a few thousand
-    adapter parameters."""
+    adapter parameters.
+
+    At ZeRO 3, given the largest module's parameter count, a rank keeps about one module's weights
+    gathered beyond its partition (live parameters, prefetch and reuse all capped at that module):
+    DeepSpeed's defaults keep up to 1e9 parameters live, i.e. any backbone below 1B whole on every
+    rank while it runs, which is what ZeRO 3 is chosen to avoid."""
     bucket = int(min(5e8, max(trainable_params, 2**20)))
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
+    if cfg.zero_stage == 3 and largest_module_params:
+        zero["stage3_max_live_parameters"] = largest_module_params
+        zero["stage3_prefetch_bucket_size"] = largest_module_params
+        zero["stage3_max_reuse_distance"] = largest_module_params
     if cfg.offload in ("optimizer", "all"):
         zero["offload_optimizer"] = {"device": "cpu"}
     if cfg.offload == "all":
@@ -68,7 +78,7 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig) -> DeepSpeedEngine:
         optimizer=optimizer,
         lr_scheduler=schedule,
         model_parameters=params,
-        config=deepspeed_config(cfg, sum(p.numel() for p in params)),
+        config=deepspeed_config(cfg, sum(p.numel() for p in params), largest_module_params(model)),
     )
     return engine
 

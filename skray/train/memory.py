@@ -23,6 +23,7 @@ from torch import nn
 
 from skray.config import TrainConfig
 from skray.errors import ResourceError
+from skray.partitioned import full_numel, largest_module_params, module_by_module
 
 GIB = 2**30
 # In that order: no offload before offload, then the stage that partitions more.
@@ -165,15 +166,20 @@ def measure_activation_bytes(model: nn.Module, input_ids: torch.Tensor, attentio
     counts once. Run the model in the mode, dtype and device training uses.
     """
     held = {t.untyped_storage().data_ptr() for t in itertools.chain(model.parameters(), model.buffers())}
+    params = {id(p) for p in model.parameters()}  # ZeRO-3 weights gathered for the probe are new storages
     saved: dict[int, torch.UntypedStorage] = {}  # keeping the storages alive keeps their addresses unique
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in held:
+        if id(t) not in params and storage.data_ptr() not in held:
             saved.setdefault(storage.data_ptr(), storage)
         return t
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with (
+        torch.enable_grad(),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        module_by_module(model),  # a backbone loaded partitioned (ZeRO 3) runs one module whole at a time
+    ):
         model(input_ids, attention_mask)
     return sum(s.nbytes() for s in saved.values())
 
@@ -242,16 +248,15 @@ def worker_budget_bytes(use_gpu: bool, workers_per_node: int, device: torch.devi
 
 
 def model_counts(model: nn.Module, precision: str) -> dict[str, int]:
-    """What the estimators need, read off a built model before ZeRO partitions it: all and
+    """What the estimators need, read off a built model (whole parameter sizes, also where ZeRO 3
+    already partitioned it at load time): all and
     trainable params, bytes per param, and the largest single module's own params (what
     ZeRO-3 gathers whole while that layer runs)."""
     return {
-        "total_params": sum(p.numel() for p in model.parameters()),
-        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "total_params": sum(full_numel(p) for p in model.parameters()),
+        "trainable_params": sum(full_numel(p) for p in model.parameters() if p.requires_grad),
         "param_bytes_each": 4 if precision == "fp32" else 2,
-        "largest_layer_params": max(
-            (sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()), default=0
-        ),
+        "largest_layer_params": largest_module_params(model),
     }
 
 

@@ -70,8 +70,9 @@ class SKTuningRecipe:
         from skray.data.splits import SPLITS
         from skray.errors import DataError
         from skray.methods import build_model
+        from skray.partitioned import ParamPeak, dtype_of
         from skray.train.checkpoint import read_resume_state
-        from skray.train.deepspeed import build_engine, held_param_bytes, process_group_backend
+        from skray.train.deepspeed import build_engine, deepspeed_config, held_param_bytes, process_group_backend
         from skray.train.memory import reset_peak_memory, settle_zero
 
         ctx = ray.train.get_context()
@@ -90,14 +91,20 @@ class SKTuningRecipe:
                 f"data.max_train_samples"
             )
         self.label_names = splits.label_names
-        backbone = load_backbone(cfg.backbone)
+        # The group first: at ZeRO 3 the backbone is built partitioned over it (zero.Init), on this
+        # rank's own device, so no rank ever holds it whole; weights load in the run's precision.
+        deepspeed.init_distributed(dist_backend=process_group_backend(cfg.train.use_gpu))  # Ray Train's group
+        if cfg.train.use_gpu:
+            torch.cuda.set_device(self.device)
+        zero3 = deepspeed_config(cfg.train, trainable_params=0) if cfg.train.zero_stage == 3 else None
+        backbone = load_backbone(cfg.backbone, dtype_of(cfg.train.precision), zero3)
+        self.param_peak = ParamPeak(backbone.model)  # parameter bytes held from load time on
         self.facts = {"backbone_params": backbone.num_parameters, "backbone_bytes": backbone.byte_size}
         token_level = cfg.data.task == "token_classification"
         self.model = build_model(backbone, cfg.method, self.label_names, token_level).to(self.device)
         special = not backbone.is_decoder
         self.data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=special) for s in SPLITS}
 
-        deepspeed.init_distributed(dist_backend=process_group_backend(cfg.train.use_gpu))  # Ray Train's group
         rows_of_one_batch = torch.arange(cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
         first = {k: v.to(self.device) for k, v in take(self.data["train"], rows_of_one_batch).items()}
         self.t, est = settle_zero(
@@ -152,6 +159,7 @@ class SKTuningRecipe:
                 state.steady_tokens += tokens
             if state.time_to_first_step_s is None:
                 state.time_to_first_step_s = time.perf_counter() - self.started - state.eval_s
+                self.param_peak.detach()  # load, prompt pass, engine, step 0 and a step seen: stop sampling
             if step % t.eval_every == 0 or step == t.max_steps:
                 self.evaluate_and_report(step, final=step == t.max_steps)
 
@@ -219,7 +227,9 @@ class SKTuningRecipe:
         train_loss, tokens, steady_tokens = all_reduce(
             [mean_loss, float(state.train_tokens), float(state.steady_tokens)]
         )
-        (peak,) = all_reduce([peak_memory_mb(self.device)], op=dist.ReduceOp.MAX)
+        peak, param_peak = all_reduce(
+            [peak_memory_mb(self.device), float(self.param_peak.sample())], op=dist.ReduceOp.MAX
+        )
         self.losses.clear()
         per_step = t.micro_batch_size * t.grad_accum * self.world
         seconds, steady = state.train_s, state.steady_s
@@ -238,6 +248,7 @@ class SKTuningRecipe:
             "steady_tokens_per_s": steady_tokens / steady if steady else float("nan"),
             "time_to_first_step_s": state.time_to_first_step_s,
             "peak_mem_mb": peak,
+            "peak_param_bytes_per_worker": param_peak,
             "prompt_passes": self.model.prompt_passes,
             "resumed_from": state.resumed_from,
         }

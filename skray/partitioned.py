@@ -60,6 +60,16 @@ def module_by_module(model: nn.Module) -> Iterator[None]:
             handle.remove()
 
 
+def full_numel(p: nn.Parameter) -> int:
+    """Elements of the whole parameter, also when ZeRO-3 holds only a partition of it here."""
+    return getattr(p, "ds_numel", p.numel())
+
+
+def largest_module_params(model: nn.Module) -> int:
+    """The most parameters one module owns (not counting its children): what ZeRO 3 gathers at once."""
+    return max((sum(full_numel(p) for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
+
+
 def materialized_param_bytes(model: nn.Module) -> int:
     """Parameter bytes this rank holds right now: whole tensors, plus its ZeRO-3 partitions."""
     total = 0
@@ -73,27 +83,33 @@ def materialized_param_bytes(model: nn.Module) -> int:
 
 class ParamPeak:
     """The most parameter bytes this rank held at once, sampled as every module's forward returns
-    (its weights still gathered: ZeRO-3 releases them in hooks registered after this one) and
-    whenever ``sample`` is called; attached from load time through the first steps."""
+    (its weights still gathered: ZeRO-3 releases them in hooks registered after this one), as its
+    backward starts, and whenever ``sample`` is called; attached from load time through the first
+    training step (sampling costs a pass over the parameters per module)."""
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.peak = materialized_param_bytes(model)
-        self._handles = [m.register_forward_hook(self._hook) for m in model.modules()]
+        modules = list(model.modules())
+        self._handles = [m.register_forward_hook(self._hook) for m in modules]
+        self._handles += [m.register_full_backward_pre_hook(self._hook) for m in modules]
 
-    def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
+    def _hook(self, module: nn.Module, *args: object) -> None:
         self.sample()
 
     def sample(self) -> int:
-        self.peak = max(self.peak, materialized_param_bytes(self.model))
+        """The peak so far, this moment included (while attached)."""
+        if self._handles:
+            self.peak = max(self.peak, materialized_param_bytes(self.model))
         return self.peak
 
     def detach(self) -> int:
         """Stop sampling (it costs a pass over the parameters per module); return the peak."""
+        self.sample()
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        return self.sample()
+        return self.peak
 
 
 def dtype_of(precision: str) -> torch.dtype:
