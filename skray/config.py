@@ -212,6 +212,12 @@ class TrainConfig(_Section):
         gt=0,
         description="CPUs Ray reserves per worker (and its torch threads); unset: a share that fits the cluster",
     )
+    memory_per_worker_gb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Host memory (GiB) Ray reserves per worker; a run whose workers need more is refused before "
+        "launch; unset: nothing reserved, the nodes' memory is the limit",
+    )
     use_gpu: bool | Literal["auto"] = Field(
         default="auto",
         description="Train on GPUs (NCCL) or CPUs (gloo); auto: GPUs when Ray sees any",

@@ -49,6 +49,19 @@ def check_memory(
     node), in one line with the numbers and the fixes; on a cluster that can grow, say what each
     node must have instead. Returns how many such trials fit at once (for the concurrency plan)."""
     need = worker_floor_bytes(cfg, params, workers)
+    cap = cfg.train.memory_per_worker_gb
+    if cap is not None and need > cap * GIB:
+        fixes = "raise train.memory_per_worker_gb"
+        if cfg.train.zero_stage != 3:
+            fixes += ", or set train.zero_stage 3 with more workers (each then loads only its 1/N share)"
+        elif not cfg.train.use_gpu:
+            fixes += f", or raise {key} (at ZeRO 3 each worker loads only its 1/N share of the weights)"
+        raise ResourceError(
+            f"each of {key}={workers} workers needs at least {need / GIB:.2f} GiB "
+            f"({(need - RUNTIME_BYTES) / GIB:.2f} GiB of backbone weights + {RUNTIME_BYTES / GIB:.1f} GiB runtime) "
+            f"but train.memory_per_worker_gb is {cap:g}; {fixes}"
+        )
+    need = max(need, int(cap * GIB)) if cap is not None else need  # what Ray reserves per worker
     fit = sum(int(mem // need) for mem in node_memory)
     if fit >= workers:
         return fit // workers

@@ -16,7 +16,6 @@ import itertools
 import os
 import resource
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -296,19 +295,9 @@ def settle_zero(
     return train.model_copy(update={"zero_stage": est.stage, "offload": est.offload}), est
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    """Start the peak from here, so it is training's peak and not that of loading the backbone whole."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets this process's peak RSS
-    except OSError:
-        pass  # elsewhere the peak includes loading
-
-
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this worker since the last reset: CUDA's peak allocated, or the process's peak RSS."""
+    """Peak memory of this worker since its process started, loading included: CUDA's peak allocated
+    on its device, or the process's peak resident set (Ray Train starts a process per worker)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -73,7 +73,7 @@ class SKTuningRecipe:
         from skray.partitioned import ParamPeak, dtype_of
         from skray.train.checkpoint import read_resume_state
         from skray.train.deepspeed import build_engine, deepspeed_config, held_param_bytes, process_group_backend
-        from skray.train.memory import reset_peak_memory, settle_zero
+        from skray.train.memory import settle_zero
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -101,7 +101,9 @@ class SKTuningRecipe:
         self.param_peak = ParamPeak(backbone.model)  # parameter bytes held from load time on
         self.facts = {"backbone_params": backbone.num_parameters, "backbone_bytes": backbone.byte_size}
         token_level = cfg.data.task == "token_classification"
-        self.model = build_model(backbone, cfg.method, self.label_names, token_level).to(self.device)
+        model = build_model(backbone, cfg.method, self.label_names, token_level)
+        # Adapter, head and prompt cache in the backbone's dtype: DeepSpeed keeps fp32 masters of what trains.
+        self.model = model.to(self.device, dtype_of(cfg.train.precision))
         special = not backbone.is_decoder
         self.data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=special) for s in SPLITS}
 
@@ -128,7 +130,6 @@ class SKTuningRecipe:
         )
         self.engine = build_engine(self.model, self.t)
         self.facts["param_bytes_per_worker"] = held_param_bytes(self.engine)
-        reset_peak_memory(self.device)
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint:
