@@ -30,7 +30,7 @@ demo: install
 test: install
 	$(VENV)/bin/pytest -q -ra --durations=15
 
-# The tests that start no Ray and load no real backbone (a few minutes).
+# The tests that start no Ray and load no real backbone (20-90 s on 2 cores).
 test-fast: install
 	$(VENV)/bin/pytest -q -ra -m "not slow"
 

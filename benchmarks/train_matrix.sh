@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `skray train` on the real SmolLM2-135M: SK-Prefix and SK-Prompt x ZeRO 2 and 3, 2 DeepSpeed workers.
 # Prints one table; checkpoint_bytes (as in results.csv: the best trained weights + metadata) against the backbone.
-# Usage: benchmarks/train_matrix.sh [extra --set overrides]   (about 10 minutes on 2 CPUs)
+# Usage: benchmarks/train_matrix.sh [extra --set overrides]   (12 min 18 s on 2 CPUs, docs/RESULTS.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SKRAY=${SKRAY:-.venv/bin/skray}

@@ -220,7 +220,8 @@ class TrainConfig(_Section):
     )
     use_gpu: bool | Literal["auto"] = Field(
         default="auto",
-        description="Train on GPUs (NCCL) or CPUs (gloo); auto: GPUs when Ray sees any",
+        description="Train on GPUs (NCCL) or CPUs (gloo); auto: GPUs when Ray has one for every worker of a "
+        "trial (on an autoscaling cluster: its node types can), else CPUs",
     )
     zero_stage: Annotated[int, Field(ge=0, le=3)] | Literal["auto"] = Field(
         default=2,
