@@ -24,7 +24,7 @@ from transformers import (
 from skray.config import BackboneConfig
 from skray.data.embedded import package_dir
 from skray.errors import BackboneError
-from skray.partitioned import full_numel
+from skray.partitioned import checkpoint_index, full_numel, load_into_partitions
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -141,13 +141,27 @@ def load_backbone(
 
     With a ZeRO-3 DeepSpeed config (and its process group up) the model is built inside
     ``deepspeed.zero.Init`` through transformers' DeepSpeed integration and its weights load into
-    the partitions module by module, so no rank ever holds the whole backbone."""
+    the partitions module by module (``load_into_partitions`` for a folder of safetensors whose names
+    match the model's, else transformers' loader), so no rank ever holds the whole backbone."""
     info = inspect_backbone(cfg)
     auto = AutoModelForCausalLM if info.is_decoder else AutoModel
+    index = checkpoint_index(info.source) if zero3_config is not None else None
     with _zero3_loading(zero3_config):
-        model = auto.from_pretrained(
-            info.source, config=info.config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
-        )
+        if index is None:
+            model = auto.from_pretrained(
+                info.source, config=info.config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+            )
+        else:  # built partitioned, then filled module by module from the safetensors files
+            model = auto.from_config(info.config, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    if index is not None:
+        names = {n for n, _ in model.named_parameters()}
+        if names <= index.keys():
+            load_into_partitions(model, index)
+        else:  # checkpoint names that transformers would map (renamed or prefixed keys): its own loader
+            with _zero3_loading(zero3_config):
+                model = auto.from_pretrained(
+                    info.source, config=info.config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
+                )
     model.requires_grad_(False)
     model.eval()
     return Backbone(model, info.tokenizer, info.is_decoder)

@@ -9,7 +9,9 @@ here, so that no rank ever holds more than its partition plus the one module tha
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -115,3 +117,50 @@ class ParamPeak:
 def dtype_of(precision: str) -> torch.dtype:
     """The torch dtype weights are held in for ``train.precision`` (resolved: fp32, bf16 or fp16)."""
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
+
+
+def checkpoint_index(folder: str) -> dict[str, tuple[Path, dict, int]] | None:
+    """Tensor name -> (file, its safetensors header entry, where the file's data starts), for a
+    Hugging Face folder of safetensors files; None when the folder holds none (a hub id, .bin files)."""
+    files = sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []
+    index = {}
+    for path in files:
+        with path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        index |= {name: (path, entry, 8 + size) for name, entry in header.items()}
+    return index or None
+
+
+def load_into_partitions(model: nn.Module, index: dict[str, tuple[Path, dict, int]]) -> None:
+    """Fill a model built inside ``zero.Init`` from its checkpoint, one module at a time: every rank
+    gathers that module, rank 0 reads its tensors with plain file reads (no memory map, so no rank
+    ever maps the whole checkpoint, as transformers' ZeRO-3 loader does on rank 0) and copies them
+    in, and the module is partitioned again. A collective: every rank calls it."""
+    import deepspeed
+    import torch.distributed as dist
+
+    rank0 = dist.get_rank() == 0
+    seen: set[int] = set()  # a tied weight (LM head = input embedding) loads once, under its first name
+    for prefix, module in model.named_modules():
+        own = [(f"{prefix}.{n}" if prefix else n, p) for n, p in module.named_parameters(recurse=False)]
+        own = [(n, p) for n, p in own if id(p) not in seen]
+        seen.update(id(p) for _, p in own)
+        if not own:
+            continue
+        with deepspeed.zero.GatheredParameters([p for _, p in own], modifier_rank=0), torch.no_grad():
+            if rank0:
+                for name, p in own:
+                    p.data.copy_(_read_tensor(*index[name]).to(p.dtype))
+
+
+def _read_tensor(path: Path, entry: dict, data_start: int) -> torch.Tensor:
+    begin, end = entry["data_offsets"]
+    with path.open("rb") as f:
+        f.seek(data_start + begin)
+        raw = bytearray(f.read(end - begin))
+    return torch.frombuffer(raw, dtype=_SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
