@@ -3,14 +3,15 @@
 A Llama of TinyLlama-1.1B's shape (random weights, fp32 on CPU: 4.1 GiB) is SK-Prefix-trained by
 `skray train` (Ray Train + DeepSpeed) at four points: ZeRO 3 (each worker loads only its partition)
 on 1 and 2 workers, and ZeRO 2 on 2 (each worker loads it whole, as ZeRO 3 did before partitioned
-loading); then the same ZeRO-3 runs with a budget per worker below the backbone's size,
-`train.memory_per_worker_gb` (Ray reserves it, and the preflight refuses a run whose workers need
-more before any of them starts): 1 worker is refused, 2 train. Per point: per-worker
+loading); then the same ZeRO-3 runs with a budget per worker, `train.memory_per_worker_gb` (Ray
+reserves it, and the preflight refuses a run whose workers need more before any of them starts),
+below what one worker holding the whole backbone needs (4.1 GiB of weights + its runtime): 1 worker
+is refused, 2 train. Per point: per-worker
 peak memory from process start (peak RSS), the estimate `zero_stage: auto` works from, the most
 parameter bytes a worker held, and the seconds per training step.
 
     .venv/bin/python benchmarks/large_backbone.py            # about 25 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/large_backbone.py --budget 3 # the budget in GiB (default 3.5)
+    .venv/bin/python benchmarks/large_backbone.py --budget 5 # the budget in GiB (default 5)
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def experiment(backbone: str, storage: str, stage: int, workers: int, budget: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=3.5, help="train.memory_per_worker_gb (GiB)")
+    parser.add_argument("--budget", type=float, default=5.0, help="train.memory_per_worker_gb (GiB)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="skray-large-") as tmp:

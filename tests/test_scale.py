@@ -53,7 +53,7 @@ def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_
                     "scale": {
                         "num_workers": [1, 2],
                         "zero_stages": [3],
-                        "offloads": ["none"],
+                        "offloads": ["all"],  # ZeRO-Infinity: parameters and optimizer in CPU memory
                         "micro_batch_sizes": [4, 4096],
                     }
                 }
@@ -65,7 +65,7 @@ def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_
     assert main(["scale", str(path)]) == 1  # two points failed: the grid went on, the exit code says so
     (run_dir,) = [str(p) for p in tmp_path.iterdir() if p.is_dir()]
     table = rebuild(run_dir).set_index("point")
-    for point in ("w1-z3-none-mb4", "w2-z3-none-mb4"):
+    for point in ("w1-z3-all-mb4", "w2-z3-all-mb4"):
         row = table.loc[point]
         assert row.status == "completed"
         assert row.steady_samples_per_s > 0
@@ -73,10 +73,10 @@ def test_scale_grid_measures_each_point_and_keeps_failed_ones(ray_cluster, tiny_
         assert row.peak_mem_mb > 0
         assert row.est_mem_mb > 0
         assert row.first_step_s > 0
-    one, two = table.loc["w1-z3-none-mb4"], table.loc["w2-z3-none-mb4"]
+    one, two = table.loc["w1-z3-all-mb4"], table.loc["w2-z3-all-mb4"]
     assert two.param_mb_per_worker < one.param_mb_per_worker  # ZeRO-3 splits the parameters over the workers
     assert two.scaling_efficiency == pytest.approx(two.steady_samples_per_s / (2 * one.steady_samples_per_s))
-    for point in ("w1-z3-none-mb4096", "w2-z3-none-mb4096"):
+    for point in ("w1-z3-all-mb4096", "w2-z3-all-mb4096"):
         assert table.loc[point].status == "error"
         assert "micro_batch_size 4096" in table.loc[point].error
     for name in ("scale.csv", "scale.parquet", "scale.md", "scaling.png"):

@@ -175,31 +175,31 @@ def test_workers_that_cannot_fit_the_nodes_memory_are_refused_before_launch():
         check_memory(cfg, params, 64, "train.num_workers", node, grows=False)
     line = str(err.value)
     assert "\n" not in line
-    assert "train.num_workers=64 workers need at least 1.00 GiB each (0.50 GiB of backbone weights" in line
-    assert "(15 such workers fit); lower train.num_workers to 15 or fewer" in line
+    assert "train.num_workers=64 workers need at least 1.50 GiB each (0.50 GiB of backbone weights" in line
+    assert "(10 such workers fit); lower train.num_workers to 10 or fewer" in line
     assert "train.zero_stage 3" in line
     # ZeRO 3 loads 1/64 of the weights per worker; the runtime alone then decides.
     zero3 = parse_config({"train": {"num_workers": 64, "use_gpu": False, "precision": "fp32", "zero_stage": 3}})
-    with pytest.raises(ResourceError, match=r"need at least 0\.51 GiB each"):
+    with pytest.raises(ResourceError, match=r"need at least 1\.01 GiB each"):
         check_memory(zero3, params, 64, "train.num_workers", node, grows=False)
     # What fits: how many trials of 2 workers at once; an autoscaling cluster is not refused.
     two = parse_config({"train": {"num_workers": 2, "use_gpu": False, "precision": "fp32"}})
-    assert check_memory(two, params, 2, "train.num_workers", node, grows=False) == 7  # 15 workers // 2
+    assert check_memory(two, params, 2, "train.num_workers", node, grows=False) == 5  # 10 workers // 2
     assert check_memory(cfg, params, 64, "train.num_workers", node, grows=True) == 1
 
 
 def test_a_backbone_larger_than_the_worker_budget_needs_zero3_and_enough_workers():
-    """train.memory_per_worker_gb: 1.1B fp32 (4.1 GiB) in 3.5 GiB workers is refused on one worker
+    """train.memory_per_worker_gb: 1.1B fp32 (4.1 GiB) in 5 GiB workers is refused on one worker
     (and whole-model stages), and fits two ZeRO-3 workers (each loads half)."""
     from skray.preflight import GIB, check_memory
 
     params, node = 1_100_048_384, [20.0 * GIB]
-    base = {"use_gpu": False, "precision": "fp32", "memory_per_worker_gb": 3.5, "zero_stage": 3}
+    base = {"use_gpu": False, "precision": "fp32", "memory_per_worker_gb": 5.0, "zero_stage": 3}
     one = parse_config({"train": base | {"num_workers": 1}})
-    with pytest.raises(ResourceError, match=r"needs at least 4\.60 GiB .* train.memory_per_worker_gb is 3\.5; raise"):
+    with pytest.raises(ResourceError, match=r"needs at least 5\.10 GiB .* train.memory_per_worker_gb is 5; raise"):
         check_memory(one, params, 1, "train.num_workers", node, grows=False)
     two = parse_config({"train": base | {"num_workers": 2}})
-    assert check_memory(two, params, 2, "train.num_workers", node, grows=False) == 2  # 5 workers of 3.5 GiB fit
+    assert check_memory(two, params, 2, "train.num_workers", node, grows=False) == 2  # 4 workers of 5 GiB fit
     whole = parse_config({"train": base | {"num_workers": 2, "zero_stage": 2}})
     with pytest.raises(ResourceError, match="set train.zero_stage 3 with more workers"):
         check_memory(whole, params, 2, "train.num_workers", node, grows=False)
