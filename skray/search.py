@@ -54,8 +54,11 @@ def plan_resources(
                 f"{key}={workers} GPU workers, but the Ray cluster has {gpus:g} GPUs; "
                 f"lower {key} or set train.use_gpu false"
             )
-        # A GPU worker gets its GPU's share of the cores (offloaded optimizer steps run on them).
-        share = max(1.0, math.floor(cpus / gpus)) if on_gpus else 1.0
+        # A GPU worker gets its GPU's share of the cores (offloaded optimizer steps run on them); a
+        # lone trial (train, or a scaling grid's one point at a time) gets every core, which torch's
+        # threads then use; trials that run side by side get one core per worker.
+        lone = command.sequential or command.trials(cfg) == 1
+        share = max(1.0, math.floor(cpus / gpus)) if on_gpus else (cpus / workers if lone else 1.0)
         per_worker = t.cpus_per_worker or min(share, cpus / workers)
         if per_worker <= 0 or workers * per_worker > cpus + 1e-9:
             raise ResourceError(

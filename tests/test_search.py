@@ -8,6 +8,7 @@ import yaml
 
 from skray.cli import main
 from skray.cluster import Capacity, capacity, launcher_gpus
+from skray.commands import COMMANDS
 from skray.config import parse_config, resolve_device
 from skray.errors import ConfigError, ResourceError
 from skray.search import plan_resources, run_experiment
@@ -17,7 +18,11 @@ def test_resource_plan_fits_the_cluster():
     cfg = parse_config({"train": {"num_workers": 2}})
     two_cpus = plan_resources(cfg, {"CPU": 2.0})
     assert (two_cpus.cpus_per_worker, two_cpus.max_concurrent) == (1.0, 1)
-    assert plan_resources(cfg, {"CPU": 8.0}).max_concurrent == 4
+    grid = parse_config({"train": {"num_workers": 2}, "compare": {"methods": ["sk_prefix", "lora"]}})
+    assert plan_resources(grid, {"CPU": 8.0}, command=COMMANDS["compare"]).max_concurrent == 4
+    # A lone trial gets every core (torch's threads follow), not one per worker.
+    assert plan_resources(parse_config({"train": {"num_workers": 1}}), {"CPU": 2.0}).cpus_per_worker == 2.0
+    assert plan_resources(cfg, {"CPU": 8.0}).cpus_per_worker == 4.0
     assert plan_resources(parse_config({"train": {"num_workers": 4}}), {"CPU": 2.0}).cpus_per_worker == 0.5
     with pytest.raises(ResourceError, match="GPUs"):
         plan_resources(parse_config({"train": {"use_gpu": True}}), {"CPU": 2.0})
