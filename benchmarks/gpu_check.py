@@ -115,7 +115,16 @@ def main() -> int:
             rows.append(table.assign(method=method))
     table = pd.concat(rows, ignore_index=True)
     shown = table[
-        ["method", "zero_stage", "tokens_per_s", "samples_per_s", "peak_mem_mb", "est_mem_mb", "first_step_s", "status"]
+        [
+            "method",
+            "zero_stage",
+            "steady_tokens_per_s",
+            "steady_samples_per_s",
+            "peak_mem_mb",
+            "est_mem_mb",
+            "first_step_s",
+            "status",
+        ]
     ]
     print(shown.to_markdown(index=False, floatfmt=".4g"))
     failed = table[table["status"] != "completed"]
