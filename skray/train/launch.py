@@ -14,7 +14,9 @@ from skray.train.recipe import train_loop_per_worker
 # glibc raises its mmap threshold each time a large block is freed, so the weights ZeRO 3 gathers and
 # frees for every module end up in a heap it never returns to the system: a ZeRO-3 worker of a 1.1B
 # backbone peaked at 4.81 GiB RSS with glibc's default and 3.34 GiB with the threshold fixed at 128 KiB,
-# at the same step time (docs/SCALING.md). Values the user set win.
+# at the same step time (docs/SCALING.md). Only at ZeRO 3: below it nothing is gathered, and a fresh
+# mapping for every tensor above 128 KiB slowed the ZeRO-2 demo from 4.5 to 3.1 samples/s. Values the
+# user set win.
 ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 
 
@@ -22,6 +24,7 @@ def build_trainer(
     cfg: ExperimentConfig, cpus_per_worker: float, storage_path: str, name: str, callbacks: list | None = None
 ) -> TorchTrainer:
     t = cfg.train
+    allocator_env = {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}
     resources = {"CPU": cpus_per_worker}
     if t.memory_per_worker_gb is not None:
         resources["memory"] = int(t.memory_per_worker_gb * 2**30)
@@ -36,6 +39,6 @@ def build_trainer(
             callbacks=callbacks or [],
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=t.max_failures),
-            worker_runtime_env={"env_vars": {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}},
+            worker_runtime_env={"env_vars": allocator_env} if t.zero_stage == 3 else None,
         ),
     )
