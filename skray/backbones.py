@@ -127,10 +127,14 @@ def inspect_backbone(cfg: BackboneConfig) -> BackboneInfo:
 def count_parameters(info: BackboneInfo, trust_remote_code: bool = False) -> int:
     """The backbone's parameter count from its config alone: built on the meta device (no memory,
     no weights read), so the driver can size workers before any of them loads it."""
+    return sum(p.numel() for p in _meta_model(info, trust_remote_code).parameters())
+
+
+def _meta_model(info: BackboneInfo, trust_remote_code: bool) -> torch.nn.Module:
+    """The backbone's architecture on the meta device: names and shapes, no memory, no weights."""
     auto = AutoModelForCausalLM if info.is_decoder else AutoModel
     with torch.device("meta"):
-        model = auto.from_config(info.config, trust_remote_code=trust_remote_code)
-    return sum(p.numel() for p in model.parameters())
+        return auto.from_config(info.config, trust_remote_code=trust_remote_code)
 
 
 def load_backbone(
@@ -146,6 +150,9 @@ def load_backbone(
     info = inspect_backbone(cfg)
     auto = AutoModelForCausalLM if info.is_decoder else AutoModel
     index = checkpoint_index(info.source) if zero3_config is not None else None
+    if index is not None:  # names that transformers would map (renamed or prefixed keys): its own loader
+        names = {n for n, _ in _meta_model(info, cfg.trust_remote_code).named_parameters()}
+        index = index if names <= index.keys() else None
     with _zero3_loading(zero3_config):
         if index is None:
             model = auto.from_pretrained(
@@ -154,14 +161,7 @@ def load_backbone(
         else:  # built partitioned, then filled module by module from the safetensors files
             model = auto.from_config(info.config, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
     if index is not None:
-        names = {n for n, _ in model.named_parameters()}
-        if names <= index.keys():
-            load_into_partitions(model, index)
-        else:  # checkpoint names that transformers would map (renamed or prefixed keys): its own loader
-            with _zero3_loading(zero3_config):
-                model = auto.from_pretrained(
-                    info.source, config=info.config, dtype=dtype, trust_remote_code=cfg.trust_remote_code
-                )
+        load_into_partitions(model, index)
     model.requires_grad_(False)
     model.eval()
     return Backbone(model, info.tokenizer, info.is_decoder)
