@@ -203,6 +203,23 @@ class MethodConfig(_Section):
         return self
 
 
+Offload = Literal["none", "optimizer", "params", "all"]
+NVME_NEEDS_GPU = (
+    "train.offload_device nvme runs on GPU workers only (DeepSpeed's CPU accelerator has no NVMe offload); "
+    "use offload_device cpu, or train.use_gpu true on GPU nodes"
+)
+
+
+def offloads_optimizer(offload: str) -> bool:
+    """Whether this ``train.offload`` moves the optimizer state (its fp32 masters and Adam moments) off the GPU."""
+    return offload in ("optimizer", "all")
+
+
+def offloads_params(offload: str) -> bool:
+    """Whether this ``train.offload`` moves the parameters (the frozen backbone's too; ZeRO 3 only) off the GPU."""
+    return offload in ("params", "all")
+
+
 class TrainConfig(_Section):
     """How each Ray Train worker group runs DeepSpeed.
 
@@ -235,10 +252,19 @@ class TrainConfig(_Section):
         description="DeepSpeed ZeRO stage 0-3 (a higher stage shards more state across workers: less memory each, "
         "more communication); auto: the lowest stage, and offload, whose memory estimate fits",
     )
-    offload: Literal["none", "optimizer", "all"] = Field(
+    offload: Offload = Field(
         default="none",
-        description="Move optimizer state (optimizer, ZeRO 1-3) or parameters too (all, ZeRO 3) to CPU memory, "
-        "when the GPU runs out",
+        description="Move the optimizer state (optimizer, ZeRO 1-3), the parameters (params, ZeRO 3: the frozen "
+        "backbone too) or both (all, ZeRO 3) off the GPU, when it runs out",
+    )
+    offload_device: Literal["cpu", "nvme"] = Field(
+        default="cpu",
+        description="Where offloaded state lives: host memory, or files on a fast local disk (nvme; GPU workers "
+        "only, with train.nvme_path)",
+    )
+    nvme_path: str | None = Field(
+        default=None,
+        description="A folder on a local NVMe disk of every node for offload_device nvme (DeepSpeed's ZeRO-Infinity)",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto",
@@ -295,10 +321,17 @@ class TrainConfig(_Section):
                 raise ValueError(
                     "train.offload is chosen by zero_stage auto; remove train.offload or set train.zero_stage 0-3"
                 )
-        elif self.offload == "all" and self.zero_stage != 3:
-            raise ValueError("train.offload 'all' (parameters too) needs train.zero_stage 3")
+        elif offloads_params(self.offload) and self.zero_stage != 3:
+            raise ValueError(f"train.offload '{self.offload}' (parameters) needs train.zero_stage 3")
         elif self.offload == "optimizer" and self.zero_stage == 0:
             raise ValueError("train.offload 'optimizer' needs train.zero_stage 1, 2 or 3")
+        if self.offload_device == "nvme":
+            if self.offload == "none" and self.zero_stage != "auto":
+                raise ValueError("train.offload_device nvme needs train.offload optimizer, params or all")
+            if not self.nvme_path:
+                raise ValueError("train.offload_device nvme needs train.nvme_path (a folder on a local NVMe disk)")
+            if self.use_gpu is False:
+                raise ValueError(NVME_NEEDS_GPU)
         if self.lr_warmup_steps is not None and self.lr_warmup_steps > self.max_steps:
             raise ValueError(
                 f"train.lr_warmup_steps ({self.lr_warmup_steps}) must not exceed train.max_steps ({self.max_steps})"
@@ -322,6 +355,8 @@ def resolve_device(train: TrainConfig, cluster_gpus: float | None, workers: int)
             "tell whether GPU nodes will join; set train.use_gpu true (GPU node types) or false (CPU only)"
         )
     use_gpu = (cluster_gpus or 0) >= workers if train.use_gpu == "auto" else train.use_gpu
+    if train.offload_device == "nvme" and not use_gpu:
+        raise ConfigError(f"{NVME_NEEDS_GPU} (train.use_gpu auto found no GPU for every worker)")
     precision = ("bf16" if use_gpu else "fp32") if train.precision == "auto" else train.precision
     return train.model_copy(update={"use_gpu": use_gpu, "precision": precision})
 
@@ -435,7 +470,7 @@ class ScaleConfig(_Section):
     zero_stages: list[Annotated[int, Field(ge=0, le=3)]] = Field(
         default=[0, 1, 2, 3], min_length=1, description="ZeRO stages to measure (train.zero_stage at each point)"
     )
-    offloads: list[Literal["none", "optimizer", "all"]] = Field(
+    offloads: list[Offload] = Field(
         default=["none"],
         min_length=1,
         description="Offload settings to measure (train.offload); points whose ZeRO stage cannot offload so are "

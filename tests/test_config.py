@@ -20,6 +20,7 @@ from skray.config import (
     SearchConfig,
     TrainConfig,
     load_config,
+    resolve_device,
 )
 from skray.errors import ConfigError
 
@@ -47,6 +48,8 @@ def test_quickstart_parses_with_overrides():
         ("search.prefix_length.low=0", "search.prefix_length.low", "greater than or equal to 1"),
         ("search.prefix_length.high=5000", "search", "at most 1024, as method.prefix_length"),
         ("train.offload=all", "train", "zero_stage 3"),
+        ("train.offload=params", "train", "'params' (parameters) needs train.zero_stage 3"),
+        ("train.offload_device=nvme", "train", "needs train.offload optimizer, params or all"),
         ("train.use_gpu=maybe", "train.use_gpu", "'auto'"),
         ("scale.zero_stages=[4]", "scale.zero_stages.0", "less than or equal to 3"),
     ],
@@ -78,8 +81,6 @@ def test_tune_needs_search_section(tmp_path, capsys):
 
 
 def test_auto_settings_parse_and_resolve():
-    from skray.config import resolve_device
-
     cfg = load_config(QUICKSTART, ["train.zero_stage=auto", "train.use_gpu=auto", "train.precision=auto"])
     assert cfg.train.zero_stage == "auto"
     assert (resolve_device(cfg.train, 0, 2).use_gpu, resolve_device(cfg.train, 0, 2).precision) == (False, "fp32")
@@ -90,6 +91,29 @@ def test_auto_settings_parse_and_resolve():
     assert (resolve_device(pinned, 8, 2).use_gpu, resolve_device(pinned, 8, 2).precision) == (False, "fp16")
     with pytest.raises(ConfigError, match="chosen by zero_stage auto"):
         load_config(QUICKSTART, ["train.zero_stage=auto", "train.offload=optimizer"])
+
+
+def test_nvme_offload_is_refused_on_cpu_workers_before_launch():
+    nvme = ["train.zero_stage=3", "train.offload=params", "train.offload_device=nvme"]
+    with pytest.raises(ConfigError, match="needs train.nvme_path"):
+        load_config(QUICKSTART, nvme)
+    with pytest.raises(ConfigError, match="GPU workers only"):
+        load_config(QUICKSTART, [*nvme, "train.nvme_path=/local_nvme", "train.use_gpu=false"])
+    auto = load_config(QUICKSTART, [*nvme, "train.nvme_path=/local_nvme", "train.use_gpu=auto"]).train
+    assert resolve_device(auto, 2, 2).use_gpu is True
+    with pytest.raises(ConfigError, match="GPU workers only .* found no GPU for every worker"):
+        resolve_device(auto, 0, 2)
+
+
+def test_param_offload_is_in_deepspeeds_config():
+    from skray.train.deepspeed import deepspeed_config
+
+    zero = lambda *sets: deepspeed_config(load_config(QUICKSTART, list(sets)).train, 10)["zero_optimization"]  # noqa: E731
+    params = zero("train.zero_stage=3", "train.offload=params")
+    assert params["offload_param"] == {"device": "cpu"}
+    assert "offload_optimizer" not in params
+    nvme = zero("train.zero_stage=3", "train.offload=all", "train.offload_device=nvme", "train.nvme_path=/nvme")
+    assert nvme["offload_param"] == nvme["offload_optimizer"] == {"device": "nvme", "nvme_path": "/nvme"}
 
 
 def test_console_script_exit_code_and_no_traceback():

@@ -73,17 +73,37 @@ def test_frozen_params_whole_below_stage_3_and_partitioned_at_stage_3():
 
 
 def test_offload_moves_states_and_params_to_cpu_ram():
-    none, opt, everything = (
-        estimate(N, N, 2, 2, 3, off, 0, largest_layer_params=100) for off in ("none", "optimizer", "all")
+    none, opt, params, everything = (
+        estimate(N, N, 2, 2, 3, off, 0, largest_layer_params=100) for off in ("none", "optimizer", "params", "all")
     )
     assert opt.optimizer_bytes == 0
     assert opt.offloaded_bytes == 16 * N // 2
     assert opt.param_bytes == none.param_bytes
-    assert everything.param_bytes == 100 * 2  # only the gathered layer stays on the device
+    assert params.param_bytes == everything.param_bytes == 100 * 2  # only the gathered layer stays on the device
+    assert params.optimizer_bytes == none.optimizer_bytes  # the Adam states stay
+    assert params.offloaded_bytes == 2 * N // 2
     assert everything.offloaded_bytes == 16 * N // 2 + 2 * N // 2
     assert none.total_bytes > opt.total_bytes > everything.total_bytes
-    with pytest.raises(ValueError, match="needs stage 3"):
-        estimate(N, N, 2, 2, 2, "all", 0)
+    assert none.total_bytes > params.total_bytes > everything.total_bytes
+    for off in ("params", "all"):
+        with pytest.raises(ValueError, match="need stage 3"):
+            estimate(N, N, 2, 2, 2, off, 0)
+
+
+def test_a_frozen_backbone_fits_by_offloading_its_params_not_the_optimizer():
+    """Frozen weights dwarf what trains: offloading the optimizer barely helps, the params do."""
+    args = {"total_params": 1000 * N, "trainable_params": N, "param_bytes_each": 2, "world_size": 2}
+    by = {o: estimate(**args, stage=3, offload=o, activation_bytes=0).total_bytes for o in ("optimizer", "params")}
+    assert by["params"] < by["optimizer"] / 10
+    chosen = choose(**args, activation_bytes=0, budget_bytes=by["params"], use_gpu=True)
+    assert (chosen.stage, chosen.offload) == (3, "params")
+
+
+def test_runtime_is_part_of_the_estimate_and_its_line():
+    without = estimate(N, N, 4, 1, 0, "none", 0)
+    est = estimate(N, N, 4, 1, 0, "none", 0, runtime_bytes=GIB)
+    assert est.total_bytes == without.total_bytes + GIB
+    assert "runtime 1.00)" in est.line(8 * GIB)
 
 
 def test_stages_agree_where_nothing_is_partitioned():
@@ -145,7 +165,7 @@ def test_choose_raises_one_line_when_nothing_fits():
 
 
 def test_line_reads_like_the_log():
-    est = ZeroEstimate(2, "none", GIB // 2, GIB // 100, int(0.72 * GIB), GIB // 2 + GIB // 100 + int(0.72 * GIB), 0)
+    est = ZeroEstimate(2, "none", GIB // 2, GIB // 100, int(0.72 * GIB), 0, GIB // 2 + GIB // 100 + int(0.72 * GIB), 0)
     assert est.line(20 * GIB) == (
         "zero_stage auto: stage 2, offload none: ~1.23 GiB per worker "
         "(params 0.50, optimizer 0.01, activations 0.72) of 20.0 GiB"

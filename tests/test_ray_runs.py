@@ -25,11 +25,11 @@ pytestmark = pytest.mark.slow
 CASES = {
     "zero2-prefix": {"train__zero_stage": 2, "method__kind": "sk_prefix"},
     "zero3-prompt": {"train__zero_stage": 3, "method__kind": "sk_prompt"},
-    "zero3-prefix-bf16-offload": {
+    "zero3-prefix-bf16-offload-params": {  # the frozen backbone's partitions offloaded (ZeRO-Infinity)
         "train__zero_stage": 3,
         "method__kind": "sk_prefix",
         "train__precision": "bf16",
-        "train__offload": "optimizer",
+        "train__offload": "params",
     },
     "zero-auto-prompt": {"train__zero_stage": "auto", "method__kind": "sk_prompt"},
     "encoder-minilm-zero2": {
@@ -62,6 +62,7 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_experiment, tmp_path
     reports = [json.loads(line) for line in next(run_dir.glob("*/result.json")).read_text().splitlines()]
     assert [r["step"] for r in reports] == [0, 2, 4]
     assert all(r["world_size"] == 2 and r["zero_stage"] == stage and r["prompt_passes"] == 1 for r in reports)
+    assert all(r["offload"] == cfg.train.offload for r in reports)
     assert all(r["est_mem_mb"] > 0 and r["param_bytes_per_worker"] > 0 for r in reports)
 
     checkpoints = [p for p in run_dir.glob("train_*/checkpoint_*") if p.is_dir()]

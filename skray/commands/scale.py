@@ -48,7 +48,9 @@ class Scale(Command):
     def check(self, cfg: ExperimentConfig) -> None:
         super().check(cfg)
         if not points(cfg):
-            raise ConfigError("scale: no valid point (offload 'optimizer' needs a ZeRO stage 1-3, 'all' needs stage 3)")
+            raise ConfigError(
+                "scale: no valid point (offload 'optimizer' needs a ZeRO stage 1-3, 'params' and 'all' need stage 3)"
+            )
 
     def workers(self, cfg: ExperimentConfig) -> tuple[int, str]:
         return max(cfg.scale.num_workers), "scale.num_workers"
@@ -75,7 +77,7 @@ def label(point: dict) -> str:
 
 
 def points(cfg: ExperimentConfig) -> list[dict]:
-    """Every valid grid point (offload 'optimizer' needs stage 1-3, 'all' needs stage 3)."""
+    """Every valid grid point (offload 'optimizer' needs stage 1-3, 'params' and 'all' need stage 3)."""
     s = cfg.scale
     grid = []
     for workers, stage, offload, micro in itertools.product(

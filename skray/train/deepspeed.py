@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from skray.config import TrainConfig
+from skray.config import TrainConfig, offloads_optimizer, offloads_params
 from skray.partitioned import largest_module_params
 
 if TYPE_CHECKING:  # deepspeed itself is imported only after DS_ACCELERATOR is set
@@ -39,10 +39,11 @@ def deepspeed_config(cfg: TrainConfig, trainable_params: int, largest_module_par
         zero["stage3_max_live_parameters"] = largest_module_params
         zero["stage3_prefetch_bucket_size"] = largest_module_params
         zero["stage3_max_reuse_distance"] = largest_module_params
-    if cfg.offload in ("optimizer", "all"):
-        zero["offload_optimizer"] = {"device": "cpu"}
-    if cfg.offload == "all":
-        zero["offload_param"] = {"device": "cpu"}
+    where = {"device": cfg.offload_device} | ({"nvme_path": cfg.nvme_path} if cfg.offload_device == "nvme" else {})
+    if offloads_optimizer(cfg.offload):
+        zero["offload_optimizer"] = dict(where)
+    if offloads_params(cfg.offload):  # ZeRO-Infinity: the partitions live off the GPU, gathered per module
+        zero["offload_param"] = dict(where)
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,

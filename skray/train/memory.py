@@ -1,8 +1,8 @@
 """Per-worker memory estimates for ``train.zero_stage: auto``: pick the cheapest ZeRO setting that fits.
 
 Lower stages and no offload communicate less and run faster, so the choice is the first of
-(0, none), (1, none), (2, none), (3, none), (2, optimizer), (3, optimizer), (3, all) whose
-estimate fits the worker, decided before launch instead of discovered as an out-of-memory crash.
+(0, none), (1, none), (2, none), (3, none), (2, optimizer), (3, optimizer), (3, params), (3, all)
+whose estimate fits the worker, decided before launch instead of discovered as an out-of-memory crash.
 
 The estimate is params + optimizer states + activations on the device that runs the model.
 Activations are measured (one forward of one micro batch); model states come from DeepSpeed's
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from skray.config import TrainConfig
+from skray.config import TrainConfig, offloads_optimizer, offloads_params
 from skray.errors import ResourceError
 from skray.partitioned import full_numel, largest_module_params, module_by_module
 
@@ -33,6 +33,7 @@ CANDIDATES: tuple[tuple[int, str], ...] = (
     (3, "none"),
     (2, "optimizer"),
     (3, "optimizer"),
+    (3, "params"),
     (3, "all"),
 )
 _DS_BYTES = 2  # DeepSpeed's estimators assume 16-bit params and 16-bit grads
@@ -43,24 +44,26 @@ _FP32_STATES = (
 
 @dataclass
 class ZeroEstimate:
-    """Bytes one worker needs at one ZeRO stage and offload; the first three sum to ``total_bytes``."""
+    """Bytes one worker needs at one ZeRO stage and offload; the first four sum to ``total_bytes``."""
 
     stage: int
     offload: str
     param_bytes: int  # frozen + trainable params on the device (stage 3: the partition plus the largest layer gathered)
     optimizer_bytes: int  # grads, fp32 master copy and Adam m, v of the trainable params on the device
     activation_bytes: int
+    runtime_bytes: int  # the process beside the model (CPU workers: measured before loading; GPU: 0)
     total_bytes: int
     offloaded_bytes: int  # held in CPU RAM by offload
 
     def line(self, budget_bytes: int) -> str:
         """One line for the log: the choice, its estimate and the budget it was held against."""
         cpu = f", +{self.offloaded_bytes / GIB:.2f} GiB in CPU RAM" if self.offloaded_bytes else ""
+        runtime = f", runtime {self.runtime_bytes / GIB:.2f}" if self.runtime_bytes else ""
         return (
             f"zero_stage auto: stage {self.stage}, offload {self.offload}: "
             f"~{self.total_bytes / GIB:.2f} GiB per worker "
             f"(params {self.param_bytes / GIB:.2f}, optimizer {self.optimizer_bytes / GIB:.2f}, "
-            f"activations {self.activation_bytes / GIB:.2f}) of {budget_bytes / GIB:.1f} GiB{cpu}"
+            f"activations {self.activation_bytes / GIB:.2f}{runtime}) of {budget_bytes / GIB:.1f} GiB{cpu}"
         )
 
 
@@ -87,25 +90,21 @@ def _trainable_states(trainable: int, grad_bytes: int, world: int, stage: int, o
     (DeepSpeed's CPU figure is that summed over a node, times a 1.5 buffer factor).
     """
     part = -(-trainable // world)
-    offloaded = _FP32_STATES * part if offload != "none" else 0
+    off_opt, off_params = offloads_optimizer(offload), offloads_params(offload)
+    offloaded = _FP32_STATES * part if off_opt else 0
     if stage < 2:
-        fp32 = 0 if offload != "none" else _FP32_STATES * (trainable if stage == 0 else part)
+        fp32 = 0 if off_opt else _FP32_STATES * (trainable if stage == 0 else part)
         return grad_bytes * trainable + fp32, offloaded
     zero2, zero3 = _ds_estimators()
     if stage == 2:
-        _, gpu = zero2(trainable, num_gpus_per_node=world, num_nodes=1, cpu_offload=offload != "none")
+        _, gpu = zero2(trainable, num_gpus_per_node=world, num_nodes=1, cpu_offload=off_opt)
         states = gpu - _DS_BYTES * trainable
-    else:
+    else:  # DeepSpeed's figure counts offloaded params only together with an offloaded optimizer
         _, gpu, _ = zero3(
-            trainable,
-            0,
-            num_gpus_per_node=world,
-            num_nodes=1,
-            cpu_offload=offload != "none",
-            cpu_offload_params=offload == "all",
+            trainable, 0, num_gpus_per_node=world, num_nodes=1, cpu_offload=off_opt, cpu_offload_params=off_params
         )
-        states = gpu - (0 if offload == "all" else int(_DS_BYTES * trainable / world))
-    if offload == "none":
+        states = gpu - (0 if off_opt and off_params else int(_DS_BYTES * trainable / world))
+    if not off_opt:
         states += (grad_bytes - _DS_BYTES) * part
     return states, offloaded
 
@@ -119,29 +118,33 @@ def estimate(
     offload: str,
     activation_bytes: int,
     largest_layer_params: int = 0,
+    runtime_bytes: int = 0,
 ) -> ZeroEstimate:
     """Per-worker bytes of one micro batch's training step at ``stage`` with ``offload``.
 
     Counted: every parameter at ``param_bytes_each`` (frozen ones too: held whole at stages 0-2,
-    partitioned over ``world_size`` at stage 3, in CPU RAM with offload "all"; at stage 3 the
-    largest layer, ``largest_layer_params``, is gathered whole while it runs); the grads and
+    partitioned over ``world_size`` at stage 3, in CPU RAM with offload "params"/"all"; at stage 3
+    the largest layer, ``largest_layer_params``, is gathered whole while it runs); the grads and
     Adam states of the trainable params only (frozen ones have none, see ``_trainable_states``);
-    the measured activations, which ZeRO does not partition. Not counted: communication buckets,
-    allocator fragmentation and the CUDA context, which the budget has to leave room for.
+    the measured activations, which ZeRO does not partition; ``runtime_bytes``, what the process
+    holds besides (on a CPU worker, measured before the backbone loads: interpreter, libraries,
+    data). Not counted: communication buckets, allocator fragmentation and the CUDA context, which
+    the budget has to leave room for.
     """
     if (
         stage not in (0, 1, 2, 3)
-        or offload not in ("none", "optimizer", "all")
-        or (offload == "all" and stage != 3)
+        or offload not in ("none", "optimizer", "params", "all")
+        or (offloads_params(offload) and stage != 3)
         or (offload == "optimizer" and stage == 0)
     ):
         raise ValueError(
-            f"stage {stage} with offload {offload!r}: offload 'optimizer' needs stage 1-3, 'all' needs stage 3"
+            f"stage {stage} with offload {offload!r}: offload 'optimizer' needs stage 1-3, 'params' and 'all' "
+            "need stage 3"
         )
     if stage == 3:
         partition = -(-total_params // world_size) * param_bytes_each
         gathered = largest_layer_params * param_bytes_each
-        params, offloaded_params = (gathered, partition) if offload == "all" else (partition + gathered, 0)
+        params, offloaded_params = (gathered, partition) if offloads_params(offload) else (partition + gathered, 0)
     else:
         params, offloaded_params = total_params * param_bytes_each, 0
     optimizer, offloaded = _trainable_states(trainable_params, param_bytes_each, world_size, stage, offload)
@@ -151,7 +154,8 @@ def estimate(
         params,
         optimizer,
         activation_bytes,
-        params + optimizer + activation_bytes,
+        runtime_bytes,
+        params + optimizer + activation_bytes + runtime_bytes,
         offloaded + offloaded_params,
     )
 
@@ -191,6 +195,7 @@ def choose(
     activation_bytes: int,
     budget_bytes: int,
     largest_layer_params: int = 0,
+    runtime_bytes: int = 0,
     *,
     use_gpu: bool,
 ) -> ZeroEstimate:
@@ -209,6 +214,7 @@ def choose(
             offload,
             activation_bytes,
             largest_layer_params,
+            runtime_bytes,
         )
         for stage, offload in CANDIDATES
         if use_gpu or offload == "none"
@@ -267,11 +273,13 @@ def settle_zero(
     local_world: int,
     device: torch.device,
     batch: dict[str, torch.Tensor],
+    runtime_bytes: int,
     log: bool,
 ) -> tuple[TrainConfig, ZeroEstimate]:
     """The ZeRO setting this run uses and its memory estimate (DeepSpeed's estimators plus the
-    activations of one measured micro batch). ``zero_stage: auto`` takes the first setting that
-    fits the smallest budget of any rank, and says so in one line (where ``log``)."""
+    activations of one measured micro batch and the process's ``runtime_bytes``). ``zero_stage:
+    auto`` takes the first setting that fits the smallest budget of any rank, and says so in one
+    line (where ``log``)."""
     import torch.distributed as dist
 
     from skray.train.evaluate import all_reduce
@@ -282,17 +290,38 @@ def settle_zero(
         activations = measure_activation_bytes(model, batch["input_ids"], batch["attention_mask"])
     if train.zero_stage != "auto":
         est = estimate(
-            **counts, world_size=world, stage=train.zero_stage, offload=train.offload, activation_bytes=activations
+            **counts,
+            world_size=world,
+            stage=train.zero_stage,
+            offload=train.offload,
+            activation_bytes=activations,
+            runtime_bytes=runtime_bytes,
         )
         return train, est
     own = float(worker_budget_bytes(train.use_gpu, local_world, device))
     (budget,) = all_reduce([own], op=dist.ReduceOp.MIN)
     est = choose(
-        **counts, world_size=world, activation_bytes=activations, budget_bytes=int(budget), use_gpu=train.use_gpu
+        **counts,
+        world_size=world,
+        activation_bytes=activations,
+        budget_bytes=int(budget),
+        runtime_bytes=runtime_bytes,
+        use_gpu=train.use_gpu,
     )
     if log:
         print(est.line(int(budget)), flush=True)
     return train.model_copy(update={"zero_stage": est.stage, "offload": est.offload}), est
+
+
+def runtime_bytes(device: torch.device) -> int:
+    """What this worker holds before its backbone loads, counted in its estimate: on a CPU worker
+    its resident set (Python, torch, DeepSpeed, Ray's worker, tokenizer and data, 0.5-1 GiB), which
+    shares RAM with the model; on a GPU worker 0 (the estimate is of device memory)."""
+    if device.type == "cuda":
+        return 0
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 def peak_memory_mb(device: torch.device) -> float:

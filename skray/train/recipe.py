@@ -73,7 +73,7 @@ class SKTuningRecipe:
         from skray.partitioned import ParamPeak, dtype_of
         from skray.train.checkpoint import read_resume_state
         from skray.train.deepspeed import build_engine, deepspeed_config, held_param_bytes, process_group_backend
-        from skray.train.memory import settle_zero
+        from skray.train.memory import runtime_bytes, settle_zero
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -91,6 +91,7 @@ class SKTuningRecipe:
                 f"data.max_train_samples"
             )
         self.label_names = splits.label_names
+        runtime = runtime_bytes(self.device)  # before the backbone: what the estimate adds to the model
         # The group first: at ZeRO 3 the backbone is built partitioned over it (zero.Init), on this
         # rank's own device, so no rank ever holds it whole; weights load in the run's precision.
         deepspeed.init_distributed(dist_backend=process_group_backend(cfg.train.use_gpu))  # Ray Train's group
@@ -116,6 +117,7 @@ class SKTuningRecipe:
             local_world=ctx.get_local_world_size(),
             device=self.device,
             batch=first,
+            runtime_bytes=runtime,
             log=self.rank == 0,
         )
         self.facts.update(
