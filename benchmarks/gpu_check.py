@@ -1,11 +1,13 @@
-"""GPU check: SK-Prefix against PEFT prefix tuning on a ~1B Llama, at ZeRO 2 and ZeRO 3.
+"""GPU check: SK-Prefix against PEFT prefix tuning on a ~1B Llama at ZeRO 2 and 3, then SK-Prefix
+on a ~3B Llama at ZeRO 3 (built partitioned from the first byte).
 
-The backbone's weights are built from a config (TinyLlama-1.1B's shape, random weights): the
-check measures what a step costs, not accuracy, and needs no network. On a GPU it runs in bf16;
-without one it runs the same path on a small config (``--size tiny``), slowly, so that CI can
-run it. Each (method, stage) is a point of ``skray scale``: a short Ray Train + DeepSpeed run.
+The backbones' weights are built from a config (TinyLlama-1.1B's and Llama-3.2-3B's shapes, random
+weights): the check measures what a step costs, not accuracy, and needs no network. On a GPU it
+runs in bf16; without one it runs the same path on a small config (``--size tiny``), slowly, so
+that CI can run it. Each (method, stage) is a point of ``skray scale``: a short Ray Train +
+DeepSpeed run.
 
-    benchmarks/gpu_check.sh            # 1b on a GPU, tiny on CPU
+    benchmarks/gpu_check.sh            # 1b then 3b on a GPU, tiny on CPU
     benchmarks/gpu_check.sh tiny       # force the small one
 """
 
@@ -27,6 +29,13 @@ SHAPES = {  # LlamaConfig fields; "1b" is TinyLlama-1.1B's shape with the MiniLM
         "num_attention_heads": 32,
         "num_key_value_heads": 4,
     },
+    "3b": {  # Llama-3.2-3B's shape: 3.0B parameters with this vocabulary
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+    },
     "tiny": {
         "hidden_size": 64,
         "intermediate_size": 128,
@@ -35,7 +44,12 @@ SHAPES = {  # LlamaConfig fields; "1b" is TinyLlama-1.1B's shape with the MiniLM
         "num_key_value_heads": 2,
     },
 }
-METHODS = ("sk_prefix", "prefix_tuning")
+# What each size runs: methods x ZeRO stages. The 3B row is ZeRO 3 only: the new loading's check.
+PLAN = {
+    "1b": (("sk_prefix", "prefix_tuning"), [2, 3]),
+    "3b": (("sk_prefix",), [3]),
+    "tiny": (("sk_prefix", "prefix_tuning"), [3]),  # the CPU stand-in, kept short for the test suite
+}
 
 
 def llama(size: str):
@@ -58,15 +72,20 @@ def llama(size: str):
 
 def build_backbone(size: str, directory: Path) -> int:
     """A Llama of the given shape with random weights, saved as a local Hugging Face folder."""
-    model, tokenizer = llama(size)  # built on the CPU: the driver must not hold GPU memory the workers need
-    model = model.to(torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in the dtype it is saved in: a 3B model in fp32 would need 12 GB
+    try:
+        model, tokenizer = llama(size)  # built on the CPU: the driver must not hold GPU memory the workers need
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return model.num_parameters()
 
 
 def experiment(backbone: str, storage: str, method: str, size: str) -> dict:
-    big = size == "1b"
+    big = size != "tiny"
     return {
         "name": f"gpu-check-{method}",
         "storage_path": storage,
@@ -89,7 +108,7 @@ def experiment(backbone: str, storage: str, method: str, size: str) -> dict:
             "eval_batch_size": 16,
             "max_failures": 0,
         },
-        "scale": {"num_workers": [1], "zero_stages": [2, 3], "offloads": ["none"], "micro_batch_sizes": [8]},
+        "scale": {"num_workers": [1], "zero_stages": PLAN[size][1], "offloads": ["none"], "micro_batch_sizes": [8]},
     }
 
 
@@ -98,24 +117,26 @@ def main() -> int:
     p.add_argument("--size", choices=["auto", *SHAPES], default="auto")
     p.add_argument("--storage", default=None, help="where the runs go (default: a temporary directory)")
     args = p.parse_args()
-    size = args.size if args.size != "auto" else ("1b" if torch.cuda.is_available() else "tiny")
+    sizes = [args.size] if args.size != "auto" else (["1b", "3b"] if torch.cuda.is_available() else ["tiny"])
 
     from skray.config import parse_config
     from skray.search import run_experiment
 
-    with tempfile.TemporaryDirectory(prefix="skray-gpu-check-") as tmp:
-        backbone = Path(tmp) / f"llama-{size}"
-        params = build_backbone(size, backbone)
-        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-        print(f"backbone: Llama {size} from a config, {params / 1e6:.0f}M parameters; device: {device}", flush=True)
-        rows = []
-        for method in METHODS:
-            cfg = parse_config(experiment(str(backbone), args.storage or str(Path(tmp) / "runs"), method, size))
-            _, table = run_experiment(cfg, "scale")
-            rows.append(table.assign(method=method))
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    rows = []
+    for size in sizes:
+        with tempfile.TemporaryDirectory(prefix="skray-gpu-check-") as tmp:
+            backbone = Path(tmp) / f"llama-{size}"
+            params = build_backbone(size, backbone)
+            print(f"backbone: Llama {size} from a config, {params / 1e6:.0f}M parameters; device: {device}", flush=True)
+            for method in PLAN[size][0]:
+                cfg = parse_config(experiment(str(backbone), args.storage or str(Path(tmp) / "runs"), method, size))
+                _, table = run_experiment(cfg, "scale")
+                rows.append(table.assign(backbone=size, method=method))
     table = pd.concat(rows, ignore_index=True)
     shown = table[
         [
+            "backbone",
             "method",
             "zero_stage",
             "steady_tokens_per_s",
@@ -129,7 +150,7 @@ def main() -> int:
     print(shown.to_markdown(index=False, floatfmt=".4g"))
     failed = table[table["status"] != "completed"]
     for _, row in failed.iterrows():
-        print(f"failed: {row['method']} ZeRO {row['zero_stage']}: {row['error']}", file=sys.stderr)
+        print(f"failed: {row['backbone']} {row['method']} ZeRO {row['zero_stage']}: {row['error']}", file=sys.stderr)
     return 1 if len(failed) else 0
 
 
