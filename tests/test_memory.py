@@ -15,6 +15,7 @@ from skray.train.memory import (
     choose,
     estimate,
     measure_activation_bytes,
+    measure_step_peak_bytes,
     worker_budget_bytes,
 )
 
@@ -50,6 +51,24 @@ def test_activation_bytes_leave_out_parameters(decoder):
     full = measure_activation_bytes(model.requires_grad_(True), *x)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     assert 0 < full < params  # the embedding table (30522 x 32) alone dwarfs these activations
+
+
+class Allocates(torch.nn.Module):
+    """Forward makes a 256 MiB activation (saved for backward), backward a gradient as large."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, input_ids, attention_mask):
+        return torch.ones(2**26) * self.w
+
+
+def test_step_peak_counts_forward_and_backward_and_drops_the_gradients():
+    model = Allocates()
+    peak = measure_step_peak_bytes(model, *ids(1, 4))
+    assert peak >= 2**28  # at least the activation (the process's peak RSS, reset through /proc on Linux)
+    assert model.w.grad is None
 
 
 def test_total_non_increasing_from_stage_0_to_3_when_everything_trains():

@@ -22,7 +22,7 @@ from torch import nn
 
 from skray.config import TrainConfig, offloads_optimizer, offloads_params
 from skray.errors import ResourceError
-from skray.partitioned import full_numel, largest_module_params, module_by_module
+from skray.partitioned import full_numel, is_partitioned, largest_module_params, module_by_module
 
 GIB = 2**30
 # In that order: no offload before offload, then the stage that partitions more.
@@ -187,6 +187,47 @@ def measure_activation_bytes(model: nn.Module, input_ids: torch.Tensor, attentio
     return sum(s.nbytes() for s in saved.values())
 
 
+def _high_water_bytes(device: torch.device) -> int | None:
+    """Reset this process's peak memory on ``device`` and return the current level (None where the
+    peak cannot be reset: CPU RSS peaks reset through Linux's /proc/self/clear_refs only)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+        return _vm_high_water()
+    except OSError:
+        return None
+
+
+def _vm_high_water() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def measure_step_peak_bytes(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int | None:
+    """How far one training pass of this micro batch raises the worker's peak memory: forward and
+    backward (what backward allocates while it runs included, and on a CPU what the allocator keeps),
+    or the forward alone on a model ZeRO 3 partitioned (its backward needs the engine's hooks; the
+    forward gathers one module at a time). None where a peak cannot be reset. Measured first, before
+    other probes leave allocations behind; the gradients are dropped after."""
+    device = input_ids.device
+    before = _high_water_bytes(device)
+    if before is None:
+        return None
+    partitioned = is_partitioned(model)
+    with torch.enable_grad(), module_by_module(model):  # a no-op on a model that is not partitioned
+        out = model(input_ids, attention_mask).float().sum()
+        if not partitioned:
+            out.backward()
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else _vm_high_water()
+    del out
+    for p in model.parameters():
+        p.grad = None
+    return max(0, peak - before)
+
+
 def choose(
     total_params: int,
     trainable_params: int,
@@ -287,7 +328,10 @@ def settle_zero(
     counts = model_counts(model, train.precision)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-        activations = measure_activation_bytes(model, batch["input_ids"], batch["attention_mask"])
+        # First, before any other allocation: what the step raises the peak by, where measurable.
+        activations = measure_step_peak_bytes(model, batch["input_ids"], batch["attention_mask"])
+        if activations is None:
+            activations = measure_activation_bytes(model, batch["input_ids"], batch["attention_mask"])
     if train.zero_stage != "auto":
         est = estimate(
             **counts,
