@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerBase
 from skray.backbones import Backbone
 from skray.config import MethodConfig
 from skray.errors import ConfigError
-from skray.methods.heads import LinearHead, VerbalizerHead, pool
+from skray.methods.heads import LinearHead, MeanLinearHead, VerbalizerHead, pool
 from skray.partitioned import module_by_module
 
 
@@ -38,6 +38,16 @@ def verbalizer_token_ids(
     return ids
 
 
+def check_prefix_length(cfg: MethodConfig, k: int) -> None:
+    """linear, mlp and free adapt each of the wording's k token states in place, so m must be k; refused
+    rather than ignored so that the prefix_length a run reports is the m it ran with."""
+    if cfg.adapter != "mixer" and cfg.prefix_length != k:
+        raise ConfigError(
+            f"method.adapter {cfg.adapter} keeps the wording's {k} tokens as the prefix (m = k), but "
+            f"method.prefix_length is {cfg.prefix_length}; set prefix_length: {k}, or use adapter: mixer for any m"
+        )
+
+
 class TaskModel(nn.Module):
     """A frozen backbone, whatever a method trains, and a head; ``forward`` gives label logits.
 
@@ -64,7 +74,9 @@ class TaskModel(nn.Module):
         return self.backbone.config.hidden_size
 
     def _build_head(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str]) -> nn.Module:
-        if cfg.head == "linear":
+        if cfg.head == "mean_linear" and not self.token_level:
+            return MeanLinearHead(self.hidden_size, len(label_names))
+        if cfg.head != "verbalizer":  # linear, or mean_linear scoring every token (nothing to average)
             return LinearHead(self.hidden_size, len(label_names))
         ids = verbalizer_token_ids(cfg, backbone.is_decoder, backbone.tokenizer, label_names)
         return VerbalizerHead(backbone.model.get_output_embeddings(), ids)
@@ -84,7 +96,7 @@ class TaskModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encode(input_ids, attention_mask)
-        if self.token_level:
+        if self.token_level or isinstance(self.head, MeanLinearHead):
             return self.head(hidden)
         return self.head(pool(hidden, attention_mask, last_token=self.is_decoder))
 
@@ -109,14 +121,17 @@ class SKModel(TaskModel):
     The prompt pass runs once, here in the constructor (on a backbone loaded partitioned for
     ZeRO 3, gathering one module at a time), and its result is kept as a non-persistent buffer:
     it is never saved, and never recomputed per step. ``prompt_passes`` counts how often it ran,
-    so tests and reports can check that.
+    so tests and reports can check that. With ``adapter: free`` the prompt's embeddings train
+    instead (the authors' design); SK-Prefix then reruns the pass every forward, and counts each.
     """
 
     def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
         super().__init__(backbone, cfg, label_names, token_level)
         self.prefix_length = cfg.prefix_length
+        self.adapter_kind = cfg.adapter
         prompt = backbone.tokenizer(cfg.wording, add_special_tokens=True, return_tensors="pt")["input_ids"]
         self.register_buffer("prompt_ids", prompt, persistent=False)
+        check_prefix_length(cfg, self.prompt_tokens)
         with torch.no_grad(), module_by_module(self.backbone):  # ZeRO-3 loading: one module whole at a time
             self._cache_prompt()
         self.prompt_passes += 1
@@ -127,6 +142,10 @@ class SKModel(TaskModel):
 
     def _cache_prompt(self) -> None:
         raise NotImplementedError
+
+    def _embed_prompt(self) -> torch.Tensor:
+        """The wording's token embeddings, (k, d): SK-Prompt's states, and where free embeddings start."""
+        return self.backbone.get_input_embeddings()(self.prompt_ids)[0]
 
     def _prefix_mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
         ones = attention_mask.new_ones(attention_mask.size(0), self.prefix_length)

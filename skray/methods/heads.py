@@ -1,4 +1,4 @@
-"""Task heads on the frozen model's output: masked pooling + linear, or a verbalizer."""
+"""Task heads on the frozen model's output: masked pooling + linear, a verbalizer, or the authors' mean."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ class LinearHead(nn.Module):
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.proj(pooled)
+
+
+class MeanLinearHead(LinearHead):
+    """The authors' head: the linear layer at every position, its logits averaged over all positions,
+    padding included (kept as they wrote it, so a compare can show what masking changes)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(batch, positions, dim) -> (batch, labels); the mean of a linear map is the map of the mean."""
+        return self.proj(hidden.mean(1))
 
 
 class VerbalizerHead(nn.Module):

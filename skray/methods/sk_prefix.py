@@ -1,4 +1,4 @@
-"""SK-Prefix: the whole frozen model reads the prompt; per-layer adapters turn its keys/values into a prefix."""
+"""SK-Prefix: the whole frozen model reads the prompt; adapters turn its keys/values into a prefix."""
 
 from __future__ import annotations
 
@@ -8,44 +8,61 @@ from transformers import DynamicCache
 
 from skray.backbones import Backbone
 from skray.config import MethodConfig
-from skray.methods.adapters import KVAdapter
+from skray.methods.adapters import kv_adapter
 from skray.methods.base import SKModel
+
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values as (1, heads, positions, head_dim)
 
 
 class SKPrefix(SKModel):
-    """Per layer l: prompt keys/values (k positions) -> KVAdapter_l -> prefix (m positions).
+    """Per layer l: prompt keys/values (k positions) -> adapter -> prefix (m positions).
 
     The input then runs through the frozen model with those prefixes as past keys/values, as in
-    prefix tuning / P-tuning v2, with the attention mask extended by m.
+    prefix tuning / P-tuning v2, with the attention mask extended by m. The prompt pass is cached,
+    except with ``adapter: free`` (the authors' design): the wording's embeddings train, so the
+    frozen model reads them again, with gradients, on every forward.
     """
 
     def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
         super().__init__(backbone, cfg, label_names, token_level)
-        layers, k, dim = self.prompt_keys.shape
-        self.adapters = nn.ModuleList(KVAdapter(k, cfg.prefix_length, dim, cfg.adapter_rank) for _ in range(layers))
+        if cfg.adapter != "free":
+            layers, k, dim = self.prompt_keys.shape
+            self.adapters = kv_adapter(cfg.adapter, layers, k, cfg.prefix_length, dim, self.head_dim, cfg.adapter_rank)
 
     def _cache_prompt(self) -> None:
-        cache = DynamicCache(config=self.backbone.config)
-        self.backbone.base_model(input_ids=self.prompt_ids, cache=cache, use_cache=True)
+        if self.adapter_kind == "free":
+            self.prompt_embeds = nn.Parameter(self._embed_prompt())
+            return
+        layers = self._read_prompt(input_ids=self.prompt_ids)
+        self.kv_heads, self.head_dim = layers[0][0].shape[1], layers[0][0].shape[3]
         # (1, heads, k, head_dim) per layer -> (layers, k, heads * head_dim)
-        self.kv_heads, self.head_dim = cache.layers[0].keys.shape[1], cache.layers[0].keys.shape[3]
-        keys = torch.stack([flatten_heads(layer.keys) for layer in cache.layers])
-        values = torch.stack([flatten_heads(layer.values) for layer in cache.layers])
-        self.register_buffer("prompt_keys", keys, persistent=False)
-        self.register_buffer("prompt_values", values, persistent=False)
+        self.register_buffer("prompt_keys", torch.stack([flatten_heads(k) for k, _ in layers]), persistent=False)
+        self.register_buffer("prompt_values", torch.stack([flatten_heads(v) for _, v in layers]), persistent=False)
+
+    def _read_prompt(self, **inputs: torch.Tensor) -> LayerKV:
+        """The frozen model reads the prompt (ids, or embeddings); its keys and values per layer."""
+        cache = DynamicCache(config=self.backbone.config)
+        self.backbone.base_model(**inputs, cache=cache, use_cache=True)
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    def prefix_kv(self) -> LayerKV:
+        """The prefix's keys and values per layer, for one row (m positions)."""
+        if self.adapter_kind == "free":
+            self.prompt_passes += 1
+            return self._read_prompt(inputs_embeds=self.prompt_embeds.unsqueeze(0))
+        keys, values = self.adapters(self.prompt_keys, self.prompt_values)
+        return [(self._per_head(k), self._per_head(v)) for k, v in zip(keys, values, strict=True)]
 
     def prefix_cache(self, batch_size: int) -> DynamicCache:
-        """The adapted prefix as a fresh cache (the forward pass appends to it, so one per call)."""
+        """The prefix as a fresh cache (the forward pass appends to it, so one per call)."""
         cache = DynamicCache(config=self.backbone.config)
-        for layer, adapter in enumerate(self.adapters):
-            keys, values = adapter(self.prompt_keys[layer], self.prompt_values[layer])
-            cache.update(self._per_head(keys, batch_size), self._per_head(values, batch_size), layer)
+        for layer, (keys, values) in enumerate(self.prefix_kv()):
+            cache.update(keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1), layer)
         return cache
 
-    def _per_head(self, states: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """(m, heads * head_dim) -> (batch, heads, m, head_dim), the cache's layout."""
-        heads = states.view(self.prefix_length, self.kv_heads, self.head_dim).transpose(0, 1)
-        return heads.unsqueeze(0).expand(batch_size, -1, -1, -1)
+    def _per_head(self, states: torch.Tensor) -> torch.Tensor:
+        """(m, heads * head_dim) -> (1, heads, m, head_dim), the cache's layout."""
+        return states.view(self.prefix_length, self.kv_heads, self.head_dim).transpose(0, 1).unsqueeze(0)
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The input's positions start at k, right after the prompt the keys/values were computed
