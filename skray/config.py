@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from skray.errors import ConfigError
 
@@ -152,7 +152,8 @@ class MethodConfig(_Section):
 
     ``prefix_length`` is m, the virtual positions of every prompt/prefix method; ``adapter_rank``
     is the SK adapter's rank and LoRA's r. ``wording`` is what SK methods read and what
-    ``prompt_tuning_text`` initialises from.
+    ``prompt_tuning_text`` initialises from. ``adapter`` chooses skray's mixer or a variant of the
+    authors' design (only SK methods read it).
     """
 
     kind: MethodKind = Field(
@@ -177,12 +178,25 @@ class MethodConfig(_Section):
         default=8,
         ge=1,
         le=1024,
-        description="Rank of the SK adapter's low-rank refiner, and LoRA's r; higher trains more parameters",
+        description="Rank of the SK adapter's low-rank refiner (adapter mixer), the hidden size of its mlp "
+        "adapter, and LoRA's r; higher trains more parameters",
     )
-    head: Literal["linear", "verbalizer"] = Field(
+    adapter: Literal["mixer", "linear", "mlp", "free"] = Field(
+        default="mixer",
+        description="How SK methods adapt the wording's k token states. mixer: a k -> m token mixer plus a "
+        "rank-r residual on the cached states (any m); linear: an identity-initialised map of each state "
+        "(sk_prompt: Linear(d, d); sk_prefix: one Linear(head_dim, head_dim) shared by every layer, keys and "
+        "values); mlp: a zero-initialised bottleneck residual (hidden size adapter_rank) per state (sk_prefix: per "
+        "layer, for keys and for values); free: the authors' design, the k prompt embeddings themselves train, "
+        "started from the wording's (sk_prefix reruns the frozen model on them every step). linear, mlp and free "
+        "keep m = k: a prefix_length other than the wording's token count is refused when the model is built",
+    )
+    head: Literal["linear", "verbalizer", "mean_linear"] = Field(
         default="verbalizer",
         description="verbalizer: the frozen LM head scores one word per label (decoders only, "
-        "no trainable parameters, meaningful at step 0); linear: a trained layer over pooled states (any backbone)",
+        "no trainable parameters, meaningful at step 0); linear: a trained layer over pooled states (any backbone); "
+        "mean_linear: the authors' head, a trained layer at every position averaged over all positions, "
+        "padding included (per position for token classification)",
     )
     label_words: dict[str, str] | None = Field(
         default=None,
@@ -198,8 +212,8 @@ class MethodConfig(_Section):
 
     @model_validator(mode="after")
     def _probe_is_linear(self) -> MethodConfig:
-        if self.kind == "linear_probe" and self.head != "linear":
-            raise ValueError("method.kind linear_probe trains only a head; set method.head: linear")
+        if self.kind == "linear_probe" and self.head == "verbalizer":
+            raise ValueError("method.kind linear_probe trains only a head; set method.head: linear or mean_linear")
         return self
 
 
@@ -393,8 +407,50 @@ class LogRange(_Section):
         return self
 
 
+class ScreenConfig(_Section):
+    """A zero-shot screen before the search: every wording is scored at step 0 (no training), and
+    only the best ``keep`` reach Optuna, so a long list of candidates costs an evaluation each
+    instead of a trial each."""
+
+    keep: int = Field(ge=1, description="Wordings the screen passes on to the search: the best zero-shot scores")
+
+
 class SearchConfig(_Section):
-    """What Optuna searches and when ASHA stops a trial early."""
+    """What Optuna searches, how it samples, what it optimises, and when ASHA stops a trial early.
+
+    Every sampler is seeded with ``seed``. ``tpe`` and ``gp`` sample at random until
+    ``startup_trials`` trials have finished, then model them; ``nsga2`` breeds generations of
+    ``startup_trials`` trials (its population, at least 2), the first one random; ``random`` never
+    models; ``grid`` tries, in a seeded order, points of every wording x the low, middle and high
+    prefix length x the low, geometric middle and high learning rate (num_trials may not exceed
+    that grid). ``objectives`` are result columns, each maximised or minimised; the selection
+    metric (``best_val_acc``, ``best_val_f1`` for token classification) must be one of them with
+    max: ASHA stops trials by it. A trial ASHA stopped is told to Optuna as pruned, never with the
+    scores it had when stopped. ``wordings_file`` is read once, when the config is validated: its
+    sentences join ``wordings`` and the path is dropped, so experiment.json records the sentences
+    and the trials never need the file.
+    """
+
+    # Result columns every report carries, with the direction that is better. The test scores are
+    # left out on purpose: choosing by them would fit the test set.
+    OBJECTIVES: ClassVar[dict[str, str]] = {
+        "best_val_acc": "max",
+        "best_val_f1": "max",
+        "best_val_precision": "max",  # token classification only
+        "best_val_recall": "max",  # token classification only
+        "trainable_params": "min",
+        "train_s": "min",
+        "samples_per_s": "max",
+        "tokens_per_s": "max",
+        "steady_samples_per_s": "max",
+        "steady_tokens_per_s": "max",
+        "time_to_first_step_s": "min",
+        "peak_mem_mb": "min",
+        "est_mem_mb": "min",
+        "param_bytes_per_worker": "min",
+        "peak_param_bytes_per_worker": "min",
+        "checkpoint_bytes": "min",
+    }
 
     num_trials: int = Field(
         default=4, ge=1, description="Trials Optuna samples, each a training run that ASHA may stop early"
@@ -402,15 +458,39 @@ class SearchConfig(_Section):
     wordings: list[str] = Field(
         min_length=1, description="The semantic prompts Optuna chooses among (method.wording of each trial)"
     )
+    wordings_file: str | None = Field(
+        default=None,
+        description="A text file of more wordings, one per line (blank lines and # comments skipped; a path "
+        "relative to the working directory); they join search.wordings when the config is read",
+    )
+    screen: ScreenConfig | None = Field(
+        default=None, description="Score every wording zero-shot first and search only the best screen.keep"
+    )
     prefix_length: IntRange = Field(description="The range of method.prefix_length (m) Optuna samples from")
     lr: LogRange = Field(description="The range of train.lr Optuna samples from, log-uniformly")
+    sampler: Literal["tpe", "gp", "random", "nsga2", "grid"] = Field(
+        default="tpe",
+        description="Optuna's sampler: tpe, gp (Gaussian process), random, nsga2 (genetic, for several "
+        "objectives) or grid (every wording x 3 prefix lengths x 3 learning rates)",
+    )
+    startup_trials: int | None = Field(
+        default=None,
+        ge=1,
+        description="Finished trials tpe and gp sample at random before they model (nsga2: its population); "
+        "unset: a quarter of num_trials, at least 2",
+    )
+    objectives: dict[str, Literal["max", "min"]] | None = Field(
+        default=None,
+        description="Result columns Optuna optimises, e.g. {best_val_acc: max, trainable_params: min}, or a "
+        "list of names in their natural direction; unset: the selection metric (best_val_acc) alone",
+    )
     grace_period: int = Field(default=2, ge=1, description="Evaluations before ASHA may stop a trial")
     reduction_factor: int = Field(
         default=2,
         ge=2,
         description="ASHA keeps 1 in this many trials at each rung; higher stops weak trials sooner",
     )
-    seed: int = Field(default=0, description="Seed of Optuna's TPE sampler, so a search samples the same trials again")
+    seed: int = Field(default=0, description="Seed of Optuna's sampler, so a search samples the same trials again")
 
     @model_validator(mode="before")
     @classmethod
@@ -422,13 +502,97 @@ class SearchConfig(_Section):
             "skray compare reads it too",
         )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_wordings_file(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or not raw.get("wordings_file"):
+            return raw
+        listed = raw.get("wordings") or []
+        if not isinstance(listed, list):
+            return raw  # the wordings' own type error says more
+        path = Path(str(raw["wordings_file"])).expanduser()
+        if not path.is_file():
+            raise ValueError(f"search.wordings_file {str(path)!r}: no such file")
+        lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+        found = [line for line in lines if line and not line.startswith("#")]
+        if not found:
+            raise ValueError(f"search.wordings_file {str(path)!r} holds no sentences (blank and # lines are skipped)")
+        return {**raw, "wordings": [*listed, *found], "wordings_file": None}
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _objectives_known(cls, raw: Any) -> Any:
+        if isinstance(raw, list):
+            raw = {name: cls.OBJECTIVES.get(name, "max") for name in raw}
+        if isinstance(raw, dict):
+            if not raw:
+                raise ValueError("name at least one objective, e.g. {best_val_acc: max}")
+            unknown = next((name for name in raw if name not in cls.OBJECTIVES), None)
+            if unknown is not None:
+                raise ValueError(f"unknown {unknown!r}; objectives are result columns: {', '.join(cls.OBJECTIVES)}")
+        return raw
+
     @model_validator(mode="after")
     def _wordings_not_blank(self) -> SearchConfig:
         if any(not w.strip() for w in self.wordings):
             raise ValueError("search.wordings must not contain blank sentences")
+        twice = next((w for i, w in enumerate(self.wordings) if w in self.wordings[:i]), None)
+        if twice is not None:
+            raise ValueError(f"search.wordings lists {twice!r} twice (wordings_file included); keep one")
         if self.prefix_length.high > MAX_PREFIX_LENGTH:
             raise ValueError(f"search.prefix_length.high must be at most {MAX_PREFIX_LENGTH}, as method.prefix_length")
         return self
+
+    @model_validator(mode="after")
+    def _sampler_fits(self) -> SearchConfig:
+        if self.screen and self.screen.keep >= len(self.wordings):
+            raise ValueError(
+                f"search.screen.keep ({self.screen.keep}) must be below the number of wordings "
+                f"({len(self.wordings)}), or the screen drops none"
+            )
+        if self.startup_trials is not None:
+            if self.sampler in ("random", "grid"):
+                raise ValueError(f"search.startup_trials: sampler {self.sampler} has no start-up phase; remove it")
+            if self.startup_trials > self.num_trials:
+                raise ValueError(
+                    f"search.startup_trials ({self.startup_trials}) must not exceed search.num_trials "
+                    f"({self.num_trials}); for a search that is random throughout, set search.sampler random"
+                )
+        if self.sampler == "grid":
+            # The points skray.searcher.Space.grid() makes: low, middle and high of each range.
+            low, high = self.prefix_length.low, self.prefix_length.high
+            lengths = len({low, (low + high) // 2, high})
+            wordings = self.screen.keep if self.screen else len(self.wordings)
+            if self.num_trials > wordings * lengths * 3:
+                raise ValueError(
+                    f"search.num_trials ({self.num_trials}) exceeds the grid's {wordings * lengths * 3} points "
+                    f"({wordings} wordings x {lengths} prefix lengths x 3 learning rates); lower it or choose "
+                    "another search.sampler"
+                )
+        return self
+
+    @property
+    def startup(self) -> int:
+        """Random start-up trials of tpe and gp (nsga2's population): as set, else a quarter of the
+        search, at least 2: TPE's own default of 10 would make a search of 4-12 trials random."""
+        if self.startup_trials is not None:
+            return self.startup_trials
+        return min(self.num_trials, max(2, self.num_trials // 4))
+
+    def resolved_objectives(self, task: str) -> list[tuple[str, str]]:
+        """(result column, max|min) pairs, the selection metric first (the one ASHA stops by and
+        single-objective Optuna reports intermediate values of); a ConfigError if it is missing or
+        an objective does not exist for ``task``."""
+        key = f"best_val_{selection_metric(task)}"
+        chosen = self.objectives or {key: "max"}
+        if chosen.get(key) != "max":
+            raise ConfigError(
+                f"search.objectives must include {key}: max, the score ASHA stops trials by and the table ranks them by"
+            )
+        spans = [name for name in chosen if name in ("best_val_precision", "best_val_recall")]
+        if spans and task != "token_classification":
+            raise ConfigError(f"search.objectives: {spans[0]} exists for data.task token_classification only")
+        return [(key, "max"), *((name, mode) for name, mode in chosen.items() if name != key)]
 
 
 class CompareConfig(_Section):

@@ -166,7 +166,7 @@ def run_experiment(
         tuner = tune.Tuner(
             trainable,
             param_space=cmd.param_space(cfg),
-            tune_config=cmd.tune_config(cfg, plan.max_concurrent),
+            tune_config=cmd.tune_config(cfg, plan.max_concurrent, run_dir),
             run_config=tune.RunConfig(name=run_dir.rsplit("/", 1)[-1], storage_path=root, verbose=1),
         )
     results = tuner.fit()

@@ -8,6 +8,7 @@ import time
 from fnmatch import fnmatch
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -137,7 +138,11 @@ def pickled(run_dir: Path) -> list[Path]:
 
 
 def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_experiment, tmp_path, capsys):
-    cfg = tiny_experiment()
+    """Two objectives: the study on disk holds every trial as the table does (ASHA-stopped ones
+    PRUNED, never COMPLETE with truncated scores), and pareto.csv exactly the non-dominated trials."""
+    import optuna
+
+    cfg = tiny_experiment(search__objectives={"best_val_acc": "max", "trainable_params": "min"})
     run_dir, table = run_experiment(cfg, "tune")
     run_dir = Path(run_dir)
     assert len(table) == 3
@@ -146,6 +151,32 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     assert table.wording.isin(cfg.search.wordings).all()
     assert table.prefix_length.between(2, 6).all()
     assert table.lr.between(1e-4, 1e-2).all()
+
+    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+    journal = optuna.storages.JournalStorage(backend)
+    study = optuna.load_study(study_name=run_dir.name, storage=journal)
+    states = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
+    by_trial = {t.user_attrs["trial"]: t for t in study.trials}
+    assert set(by_trial) == set(table.trial)
+    for row in table.itertuples():
+        trial = by_trial[row.trial]
+        assert trial.state == states[row.status]
+        assert (trial.params["wording"], trial.params["prefix_length"]) == (row.wording, row.prefix_length)
+        assert trial.params["lr"] == pytest.approx(row.lr)
+        if row.status == "completed":
+            assert trial.values == [pytest.approx(row.best_val_acc), row.trainable_params]
+    done = table[table.status == "completed"]
+    front = pd.read_csv(run_dir / "pareto.csv")
+    dominated = {
+        a.trial
+        for a in done.itertuples()
+        for b in done.itertuples()
+        if b.best_val_acc >= a.best_val_acc
+        and b.trainable_params <= a.trainable_params
+        and (b.best_val_acc > a.best_val_acc or b.trainable_params < a.trainable_params)
+    }
+    assert set(front.trial.astype(str)) == set(done.trial) - dominated
+    assert (run_dir / "pareto.png").exists()
     # The same run read back through a URI (what s3:// and gs:// storage go through).
     assert load_results(f"file://{run_dir}").equals(table)
 

@@ -42,7 +42,8 @@ class Command:
         """Tune's parameter space; what it holds is also each trial's ``params.json`` (table columns)."""
         raise NotImplementedError
 
-    def tune_config(self, cfg: ExperimentConfig, max_concurrent: int) -> tune.TuneConfig:
+    def tune_config(self, cfg: ExperimentConfig, max_concurrent: int, run_dir: str) -> tune.TuneConfig:
+        """How Tune runs the trials (``run_dir``: where a searcher keeps its state)."""
         from ray import tune
 
         return tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent)

@@ -18,5 +18,5 @@ class Train(Command):
         m = cfg.method
         return {"method": m.kind, "wording": m.wording, "prefix_length": m.prefix_length, "lr": cfg.train.lr}
 
-    def tune_config(self, cfg: ExperimentConfig, max_concurrent: int) -> tune.TuneConfig:
-        return super().tune_config(cfg, 1)
+    def tune_config(self, cfg: ExperimentConfig, max_concurrent: int, run_dir: str) -> tune.TuneConfig:
+        return super().tune_config(cfg, 1, run_dir)

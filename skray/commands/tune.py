@@ -1,14 +1,16 @@
-"""`skray tune`: Optuna proposes wording, prefix length and learning rate; ASHA stops weak trials."""
+"""`skray tune`: Optuna proposes wording, prefix length and learning rate (one objective or a Pareto
+front of several); ASHA stops weak trials, and Optuna is told they were pruned."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from skray.commands.base import Command
-from skray.config import ExperimentConfig, selection_metric
+from skray.config import ExperimentConfig, method_variant, selection_metric
 
 
 class Tune(Command):
@@ -16,36 +18,50 @@ class Tune(Command):
     help = "an Optuna search with ASHA early stopping"
     section = "search"
     needs = "a search section (wordings, prefix_length, lr)"
+    files = "results.csv/.parquet, optuna.journal (the study); with several objectives pareto.csv and pareto.png"
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        cfg.search.resolved_objectives(cfg.data.task)
 
     def trials(self, cfg: ExperimentConfig) -> int:
         return cfg.search.num_trials
 
     def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
-        s = cfg.search
-        return {
-            "method": cfg.method.kind,
-            "wording": tune.choice(s.wordings),
-            "prefix_length": tune.randint(s.prefix_length.low, s.prefix_length.high + 1),
-            "lr": tune.loguniform(s.lr.low, s.lr.high),
-        }
+        return {}  # the searcher's Space: each trial's params.json holds what it suggested
 
-    def tune_config(self, cfg: ExperimentConfig, max_concurrent: int) -> tune.TuneConfig:
-        import optuna
-        from ray.tune.search.optuna import OptunaSearch
+    def tune_config(self, cfg: ExperimentConfig, max_concurrent: int, run_dir: str) -> tune.TuneConfig:
+        from skray.searcher import OptunaSearcher
 
         return tune.TuneConfig(
             metric=f"best_val_{selection_metric(cfg.data.task)}",
             mode="max",
             num_samples=cfg.search.num_trials,
             max_concurrent_trials=max_concurrent,
-            search_alg=OptunaSearch(sampler=optuna.samplers.TPESampler(seed=cfg.search.seed)),
+            search_alg=OptunaSearcher.from_config(cfg, run_dir),
             scheduler=asha(cfg),
         )
 
     def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
-        method = cfg.method.model_copy(update={"wording": params["wording"], "prefix_length": params["prefix_length"]})
+        keys = {k: params[k] for k in ("wording", "prefix_length", "adapter_rank", "head") if k in params}
+        method = method_variant(cfg.method, {"kind": params["method"], **keys})
         train = cfg.train.model_copy(update={"lr": params["lr"]})
         return cfg.model_copy(update={"method": method, "train": train})
+
+    def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
+        """pareto.csv and pareto.png (with the front's hypervolume on the console) for several objectives."""
+        from skray.pareto import hypervolume, reference_point, write_pareto
+        from skray.results import experiment
+
+        cfg = ExperimentConfig.model_validate(experiment(run_dir)["config"])
+        objectives = cfg.search.resolved_objectives(cfg.data.task)
+        if len(objectives) > 1 and len(trials):
+            front = write_pareto(trials, objectives, run_dir)
+            if len(front):
+                volume = hypervolume(front, objectives, reference_point(trials, objectives))
+                names = ", ".join(f"{m} ({d})" for m, d in objectives)
+                print(f"skray: Pareto front of {names}: {len(front)} trials, hypervolume {volume:.4g}")
+        return trials
 
 
 def asha(cfg: ExperimentConfig) -> ASHAScheduler:

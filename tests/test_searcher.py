@@ -1,0 +1,295 @@
+"""skray's Optuna searcher driven as Ray Tune drives it (suggest, results, completion), with fake
+results and no Ray cluster; and the search section's new keys."""
+
+import pickle
+import re
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from skray.config import SearchConfig, parse_config
+from skray.errors import ConfigError
+from skray.searcher import OptunaSearcher, Space, study_path
+
+SPACE = Space(wordings=("Is it positive?", "Classify the review.", "Liked it?"), prefix_length=(4, 16), lr=(1e-4, 1e-2))
+SEARCH = {"wordings": list(SPACE.wordings), "prefix_length": {"low": 4, "high": 16}, "lr": {"low": 1e-4, "high": 1e-2}}
+ONE = [("best_val_acc", "max")]
+TWO = [("best_val_acc", "max"), ("trainable_params", "min")]
+SWITCH = "the random start-up is over"
+
+
+def score(config: dict) -> float:
+    """A made-up accuracy that depends on the config, so that samplers have something to model."""
+    return 0.5 + 0.02 * config["prefix_length"] - 0.1 * (config["wording"] != SPACE.wordings[0])
+
+
+def final(config: dict, step: int = 48) -> dict:
+    """skray's final report: done, with test scores."""
+    return {"step": step, "best_val_acc": score(config), "trainable_params": 1000 * config["prefix_length"]} | {
+        "test_acc": 0.5,
+        "done": True,
+    }
+
+
+def stopped_at(config: dict, step: int) -> dict:
+    """The report ASHA stopped a trial at: Ray marks it done too, but it has no test scores."""
+    return {"step": step, "best_val_acc": score(config) / 2, "trainable_params": 7, "done": True}
+
+
+def run(searcher: OptunaSearcher, n: int, prefix: str = "t") -> list[dict]:
+    """n trials one after another, each reporting twice and finishing."""
+    configs = []
+    for i in range(n):
+        trial_id = f"{prefix}{i}"
+        config = searcher.suggest(trial_id)
+        for step in (12, 24):
+            searcher.on_trial_result(trial_id, {"step": step, "best_val_acc": score(config) * step / 48})
+        searcher.on_trial_complete(trial_id, final(config))
+        configs.append(config)
+    return configs
+
+
+def journal(path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.load_study(study_name="skray", storage=storage)
+
+
+@pytest.mark.parametrize(
+    ("name", "sampler"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("nsga2", optuna.samplers.NSGAIISampler),
+        ("grid", optuna.samplers.GridSampler),
+    ],
+)
+def test_sampler_choice(name, sampler):
+    searcher = OptunaSearcher(SPACE, ONE, sampler=name)
+    assert isinstance(searcher.study.sampler, sampler)
+    config = searcher.suggest("t0")
+    assert set(config) == {"method", "wording", "prefix_length", "lr"}
+    assert config["method"] == "sk_prefix"
+
+
+def test_startup_follows_the_rule_and_the_switch_is_said_once(capsys):
+    search = SearchConfig.model_validate({**SEARCH, "num_trials": 12})
+    assert search.startup == 3  # a quarter of 12; TPE's default of 10 would leave 2 modelled trials
+    assert [SearchConfig.model_validate({**SEARCH, "num_trials": n}).startup for n in (1, 4, 40)] == [1, 2, 10]
+    searcher = OptunaSearcher(SPACE, ONE, startup_trials=search.startup)
+    assert searcher.study.sampler._n_startup_trials == 3
+    run(searcher, 3)
+    assert SWITCH not in capsys.readouterr().err  # 3 finished, but the line comes with the next suggest
+    run(searcher, 2, prefix="u")
+    err = capsys.readouterr().err
+    assert err.count(SWITCH) == 1
+    assert err.startswith("skray: optuna tpe: 3 trials finished")
+
+
+def test_stopped_trials_are_pruned_finished_complete_errors_fail():
+    searcher = OptunaSearcher(SPACE, ONE)
+    stopped, done, failed = (searcher.suggest(t) for t in ("stopped", "done", "failed"))
+    for trial_id, config in (("stopped", stopped), ("done", done)):
+        searcher.on_trial_result(trial_id, {"step": 0, "best_val_acc": 0.4})
+        searcher.on_trial_result(trial_id, {"step": 12, "best_val_acc": score(config) / 2})
+    searcher.on_trial_complete("stopped", stopped_at(stopped, 24))  # ASHA's: Ray did not pass it as a result
+    searcher.on_trial_complete("done", final(done))
+    searcher.on_trial_complete("failed", error=True)
+    searcher.on_trial_complete("done", final(done))  # told once; a second notice changes nothing
+    trials = searcher.study.trials
+    assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL]
+    # PRUNED, never COMPLETE; as Optuna does for a pruned trial, its value is its last intermediate one
+    assert trials[0].value == score(stopped) / 2
+    assert trials[0].intermediate_values == {0: 0.4, 12: score(stopped) / 2, 24: score(stopped) / 2}
+    assert trials[1].value == pytest.approx(score(done))
+    assert trials[1].intermediate_values == {0: 0.4, 12: score(done) / 2}
+
+
+def test_two_objectives(tmp_path):
+    searcher = OptunaSearcher(SPACE, TWO, storage=tmp_path / "optuna.journal")
+    assert (searcher.metric, searcher.mode) == (["best_val_acc", "trainable_params"], ["max", "min"])
+    done, stopped = searcher.suggest("done"), searcher.suggest("stopped")
+    searcher.on_trial_result("done", {"step": 12, "best_val_acc": 0.6, "trainable_params": 5})  # no error
+    searcher.on_trial_complete("done", final(done))
+    searcher.on_trial_complete("stopped", stopped_at(stopped, 12))
+    study = searcher.study
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert study.metric_names == ["best_val_acc", "trainable_params"]
+    first, second = study.trials
+    assert (first.state, first.values) == (TrialState.COMPLETE, [score(done), 1000.0 * done["prefix_length"]])
+    assert second.state == TrialState.PRUNED
+    assert second.user_attrs == {
+        "trial": "stopped",  # the results table's trial column
+        "last_step": 12.0,
+        "last_best_val_acc": score(stopped) / 2,
+        "last_trainable_params": 7,
+    }
+
+
+def test_a_final_report_without_an_objective_fails(capsys):
+    searcher = OptunaSearcher(SPACE, [("best_val_acc", "max"), ("steady_samples_per_s", "max")])
+    config = searcher.suggest("t0")
+    searcher.on_trial_complete("t0", final(config) | {"steady_samples_per_s": float("nan")})
+    assert searcher.study.trials[0].state == TrialState.FAIL
+    assert "without a value of steady_samples_per_s" in capsys.readouterr().err
+
+
+def test_the_study_reloads_from_its_journal(tmp_path):
+    path = tmp_path / "run" / "optuna.journal"
+    searcher = OptunaSearcher(SPACE, TWO, storage=path)
+    run(searcher, 3)
+    searcher.suggest("running")
+    reloaded = journal(path).trials
+    ours = searcher.study.trials
+    assert [(t.number, t.state, t.params, t.values) for t in reloaded] == [
+        (t.number, t.state, t.params, t.values) for t in ours
+    ]
+    assert [t.state for t in reloaded] == [TrialState.COMPLETE] * 3 + [TrialState.RUNNING]
+
+
+def test_save_and_restore_go_on_where_the_run_stopped(tmp_path):
+    path, state = tmp_path / "optuna.journal", str(tmp_path / "searcher-state.pkl")
+    first = OptunaSearcher(SPACE, ONE, storage=path)
+    tuner_copy = pickle.loads(pickle.dumps(first))  # Ray pickles the searcher with the Tuner, before fit
+    run(first, 2)
+    running = first.suggest("running")
+    first.on_trial_result("running", {"step": 12, "best_val_acc": 0.3})
+    first.save(state)
+    first.suggest("lost")  # asked after the last save: no Ray trial will finish it
+
+    tuner_copy.restore(state)
+    tuner_copy.on_trial_result("running", {"step": 12, "best_val_acc": 0.9})  # reported already: skipped
+    tuner_copy.on_trial_result("running", {"step": 24, "best_val_acc": 0.5})
+    tuner_copy.on_trial_complete("running", final(running))
+    assert tuner_copy.suggest("next") is not None
+    trials = journal(path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.FAIL, TrialState.RUNNING]
+    assert trials[2].intermediate_values == {12: 0.3, 24: 0.5}
+    assert tuner_copy._numbers["next"] == 4  # numbering goes on
+
+    (tmp_path / "optuna.journal").unlink()  # a driver elsewhere: the checkpoint carries the journal
+    again = OptunaSearcher(SPACE, ONE, storage=path)
+    again.restore(state)
+    assert [t.state for t in again.study.trials] == [TrialState.COMPLETE] * 2 + [TrialState.RUNNING]  # as saved
+
+    other = OptunaSearcher(SPACE, ONE, seed=1, storage=path)
+    with pytest.raises(ValueError, match="different search"):
+        other.restore(state)
+
+
+def test_the_same_seed_suggests_the_same_trials():
+    one, two, three = (OptunaSearcher(SPACE, ONE, seed=s, startup_trials=2) for s in (7, 7, 8))
+    first = run(one, 6)
+    assert run(two, 6) == first  # start-up and modelled trials alike
+    assert run(three, 6) != first
+
+
+def test_conditional_parameters():
+    space = Space(
+        wordings=("a", "b"),
+        prefix_length=(2, 8),
+        lr=(1e-4, 1e-2),
+        kinds=("sk_prompt", "lora", "linear_probe"),
+        adapter_rank=(4, 64),
+        heads=("linear", "verbalizer"),
+    )
+    searcher = OptunaSearcher(space, ONE, sampler="random")
+    seen = {}
+    for i in range(30):
+        config = searcher.suggest(f"t{i}")
+        seen[config["method"]] = set(config)
+    assert seen == {
+        "sk_prompt": {"method", "wording", "prefix_length", "adapter_rank", "head", "lr"},
+        "lora": {"method", "adapter_rank", "head", "lr"},
+        "linear_probe": {"method", "lr"},
+    }
+    assert space.grid()["adapter_rank"] == [4, 16, 64]
+
+
+def test_grid_runs_to_its_end_in_seeded_order():
+    space = Space(wordings=("a", "b"), prefix_length=(4, 5), lr=(1e-4, 1e-2))
+    assert space.grid() == {"wording": ["a", "b"], "prefix_length": [4, 5], "lr": pytest.approx([1e-4, 1e-3, 1e-2])}
+    searcher = OptunaSearcher(space, ONE, sampler="grid")
+    configs = run(searcher, 12)  # the whole grid; Optuna's own sampler would raise from its last tell
+    assert len({tuple(c.values()) for c in configs}) == 12
+    assert run(OptunaSearcher(space, ONE, sampler="grid"), 12) == configs
+
+
+def test_tune_metric_must_be_an_objective():
+    from ray.tune.search import ConcurrencyLimiter
+
+    searcher = OptunaSearcher(SPACE, TWO)
+    assert searcher.set_search_properties("best_val_acc", "max", {"method": "sk_prefix"}) is False
+    with pytest.raises(ValueError, match="not one of the objectives"):
+        searcher.set_search_properties("trainable_params", "max", {})
+    assert ConcurrencyLimiter(searcher, max_concurrent=2).metric == ["best_val_acc", "trainable_params"]
+
+
+def _search(**keys) -> SearchConfig:
+    return parse_config({"search": {**SEARCH, **keys}}).search
+
+
+def test_objectives_config():
+    assert _search().resolved_objectives("classification") == [("best_val_acc", "max")]
+    assert _search().resolved_objectives("token_classification") == [("best_val_f1", "max")]
+    listed = _search(objectives=["trainable_params", "best_val_acc", "samples_per_s"])
+    assert listed.objectives == {"trainable_params": "min", "best_val_acc": "max", "samples_per_s": "max"}
+    assert listed.resolved_objectives("classification")[0] == ("best_val_acc", "max")  # the selection metric first
+    with pytest.raises(ConfigError, match=r"search.objectives: unknown 'test_acc'; .*trainable_params"):
+        _search(objectives={"best_val_acc": "max", "test_acc": "max"})
+    with pytest.raises(ConfigError, match="must include best_val_acc: max"):
+        _search(objectives={"trainable_params": "min"}).resolved_objectives("classification")
+    with pytest.raises(ConfigError, match="token_classification only"):
+        _search(objectives=["best_val_acc", "best_val_recall"]).resolved_objectives("classification")
+
+
+def test_sampler_startup_screen_and_grid_config():
+    assert _search(sampler="nsga2", startup_trials=3, num_trials=4).startup == 3
+    for keys, words in [
+        ({"sampler": "random", "startup_trials": 2}, "has no start-up phase"),
+        ({"startup_trials": 5}, "must not exceed search.num_trials (4)"),
+        ({"screen": {"keep": 3}}, "must be below the number of wordings (3)"),
+        ({"sampler": "grid", "num_trials": 28}, "exceeds the grid's 27 points (3 wordings x 3 prefix lengths"),
+        ({"sampler": "grid", "num_trials": 10, "screen": {"keep": 1}}, "grid's 9 points"),
+        ({"wordings": ["a", "a"]}, "lists 'a' twice"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            _search(**keys)
+    assert _search(sampler="grid", num_trials=27).sampler == "grid"
+
+
+def test_wordings_file_joins_the_wordings(tmp_path):
+    listed = tmp_path / "wordings.txt"
+    listed.write_text("# candidates\n\n  Rate the review.  \nPositive or negative?\n")
+    search = _search(wordings=["Liked it?"], wordings_file=str(listed))
+    assert search.wordings == ["Liked it?", "Rate the review.", "Positive or negative?"]
+    assert search.wordings_file is None  # read once: the trials (and experiment.json) get the sentences
+    assert SearchConfig.model_validate(search.model_dump()) == search
+    alone = parse_config(
+        {"search": {k: v for k, v in SEARCH.items() if k != "wordings"} | {"wordings_file": str(listed)}}
+    )
+    assert len(alone.search.wordings) == 2
+    (tmp_path / "empty.txt").write_text("# nothing yet\n")
+    for path, words in [(tmp_path / "empty.txt", "holds no sentences"), (tmp_path / "none.txt", "no such file")]:
+        with pytest.raises(ConfigError, match=words):
+            _search(wordings_file=str(path))
+
+
+def test_built_from_the_config(tmp_path):
+    cfg = parse_config(
+        {
+            "name": "x",
+            "method": {"kind": "sk_prompt"},
+            "search": {**SEARCH, "num_trials": 8, "sampler": "gp", "objectives": ["trainable_params", "best_val_acc"]},
+        }
+    )
+    run_dir = str(tmp_path / "x-tune-20261130-101500")
+    searcher = OptunaSearcher.from_config(cfg, run_dir, wordings=["Liked it?"])
+    assert searcher.suggest("t0")["wording"] == "Liked it?"  # what the screen kept
+    assert searcher.metric == ["best_val_acc", "trainable_params"]
+    assert isinstance(searcher.study.sampler, optuna.samplers.GPSampler)
+    assert searcher.study.study_name == "x-tune-20261130-101500"
+    assert study_path(run_dir) == f"{run_dir}/optuna.journal"
+    assert (tmp_path / "x-tune-20261130-101500" / "optuna.journal").is_file()
+    assert study_path("s3://bucket/runs/x-tune-1/").endswith("/.cache/skray/optuna/x-tune-1/optuna.journal")
