@@ -1,4 +1,5 @@
-"""Command line: `skray train|tune|compare|scale CONFIG [--set k=v]`, `skray report RUN_DIR`. Parsing only."""
+"""Command line: `skray train|tune|compare|scale CONFIG [--set k=v]`, `skray report RUN_DIR`,
+`skray predict SOURCE INPUT`, `skray export SOURCE --out DIR`. Parsing only."""
 
 from __future__ import annotations
 
@@ -34,12 +35,47 @@ def _parser() -> argparse.ArgumentParser:
         )
     rep = sub.add_parser("report", help="rebuild the tables (and plots) of a run directory")
     rep.add_argument("run_dir")
+    pred = sub.add_parser("predict", help="label a file's rows with a trained checkpoint (a run's best by default)")
+    pred.add_argument(
+        "source", metavar="RUN_DIR|CHECKPOINT", help="a run directory (its best trial's checkpoint) or a checkpoint"
+    )
+    pred.add_argument(
+        "input", metavar="INPUT", help="rows to label: .csv, .jsonl or .parquet with the run's text column(s)"
+    )
+    pred.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="where to write: .csv, .jsonl or .parquet (default: beside INPUT, <stem>.predictions.csv; "
+        ".jsonl for token classification)",
+    )
+    pred.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
+    pred.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
+    exp = sub.add_parser("export", help="write an SK-Tuning checkpoint (a run's best by default) as a PEFT adapter")
+    exp.add_argument(
+        "source", metavar="RUN_DIR|CHECKPOINT", help="a run directory (its best trial's checkpoint) or a checkpoint"
+    )
+    exp.add_argument("--format", choices=["peft"], default="peft", help="peft: a prompt- or prefix-tuning adapter")
+    exp.add_argument(
+        "--out", required=True, metavar="DIR", help="a new (or empty) folder for the adapter, head and README.md"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "predict":
+            from skray.predict import predict
+
+            out = predict(args.source, args.input, args.out, device=args.device, batch_size=args.batch_size)
+            print(f"predictions: {out}")
+            return 0
+        if args.command == "export":
+            from skray.export import export_peft
+
+            print(f"PEFT adapter: {export_peft(args.source, args.out)}/ (how to load it: README.md there)")
+            return 0
         from skray.report import rebuild, show
 
         if args.command == "report":

@@ -1,0 +1,274 @@
+"""`skray predict` and `skray export --format peft` on checkpoints written here, without Ray: a run
+directory laid out as Ray Tune and Train leave it, with trained-looking (perturbed) adapters."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from skray.backbones import load_backbone
+from skray.cli import main
+from skray.config import BackboneConfig, DataConfig, MethodConfig
+from skray.data.collate import encode
+from skray.export import export_peft
+from skray.methods import build_model
+from skray.predict import find_checkpoint
+from skray.train.checkpoint import load_trained, save_checkpoint
+
+LABELS = ["rotten", "fresh"]
+WORDS = {"rotten": " bad", "fresh": " good"}
+TEMPLATE = "Review: {text}\nSentiment:"
+TEXTS = ["a wonderful moving film", "dull and far too long to sit through", "great fun", "a tedious mess", "ok"]
+
+
+def trained(
+    backbone_dir: str,
+    kind: str,
+    head: str = "verbalizer",
+    m: int = 3,
+    token_level: bool = False,
+    adapter: str = "mixer",
+):
+    """A model whose trainable weights moved away from their start, so nothing passes by identity."""
+    cfg = MethodConfig(
+        kind=kind,
+        wording="is the review good or bad?",
+        prefix_length=m,
+        adapter_rank=2,
+        head=head,
+        label_words=WORDS,
+        adapter=adapter,
+    )
+    labels = ["O", "B-X", "I-X"] if token_level else LABELS
+    model = build_model(load_backbone(BackboneConfig(name=backbone_dir)), cfg, labels, token_level)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.2)
+    return model.eval(), cfg, labels
+
+
+def save(directory: Path, backbone_dir: str, model, cfg: MethodConfig, labels, task="classification") -> Path:
+    """The files recipe._checkpoint_and_report writes."""
+    state = {n: p.detach().float() for n, p in model.named_parameters() if p.requires_grad}
+    meta = {
+        "backbone": backbone_dir,
+        "trust_remote_code": False,
+        "method": cfg.model_dump(),
+        "task": task,
+        "label_names": labels,
+        "template": "{text}" if task == "token_classification" else TEMPLATE,
+        "max_length": 32,
+        "step": 4,
+        "val_acc": 0.5,
+    }
+    save_checkpoint(directory, state, meta)
+    return directory
+
+
+def run_dir(tmp_path: Path, backbone_dir: str, scores: dict[str, float], text_column: str = "review") -> Path:
+    """Trials as Tune leaves them (params.json, result.json lines) and their checkpoints as Train does."""
+    run = tmp_path / "run"
+    run.mkdir()
+    config = {"config": {"data": {"text_column": text_column, "template": TEMPLATE}}, "command": "tune"}
+    (run / "experiment.json").write_text(json.dumps(config))
+    for n, (trial, score) in enumerate(scores.items()):
+        trial_dir = run / f"run_trial_{trial}_0000{n}_0_lr=0.01_2026-01-01"
+        trial_dir.mkdir()
+        (trial_dir / "params.json").write_text(json.dumps({"lr": 0.01}))
+        reports = [{"trial_id": trial, "step": s, "best_val_acc": score, "done": s == 4} for s in (0, 4)]
+        (trial_dir / "result.json").write_text("\n".join(json.dumps(r) for r in reports) + "\n")
+        model, cfg, labels = trained(backbone_dir, "sk_prefix", m=2 + n)
+        for step in (0, 1):  # Ray keeps the newest; an older one may linger while it writes
+            save(run / f"train_{trial}" / f"checkpoint_00000{step}", backbone_dir, model, cfg, labels)
+    return run
+
+
+def scores_of(checkpoint: Path, texts: list[str], pairs=None) -> torch.Tensor:
+    """The model's own softmax over the classes, through the training path (encode + forward)."""
+    model, meta = load_trained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(meta["backbone"])
+    frame = pd.DataFrame({"text": texts, "label": 0})
+    cfg = DataConfig(template=meta["template"], max_length=meta["max_length"])
+    enc = encode(frame, tokenizer, cfg, add_special_tokens=False)
+    with torch.no_grad():
+        return model(enc["input_ids"], enc["attention_mask"]).softmax(-1)
+
+
+def test_predict_a_run_uses_the_best_trials_newest_checkpoint(tmp_path, tiny_llama_dir, capsys):
+    run = run_dir(tmp_path, tiny_llama_dir, {"aaa": 0.6, "bbb": 0.9, "ccc": 0.7})
+    assert find_checkpoint(run) == run / "train_bbb" / "checkpoint_000001"
+    source = tmp_path / "reviews.csv"
+    pd.DataFrame({"id": range(len(TEXTS)), "review": TEXTS, "label": ["x"] * len(TEXTS)}).to_csv(source, index=False)
+
+    assert main(["predict", str(run), str(source)]) == 0
+    out = pd.read_csv(tmp_path / "reviews.predictions.csv")
+    assert list(out.columns) == ["id", "review", "input_label", "label", "prob_rotten", "prob_fresh"]
+    assert len(out) == len(TEXTS)
+    assert list(out["review"]) == TEXTS
+    probs = torch.tensor(out[["prob_rotten", "prob_fresh"]].to_numpy(), dtype=torch.float32)
+    torch.testing.assert_close(probs.sum(1), torch.ones(len(TEXTS)))
+    want = scores_of(run / "train_bbb" / "checkpoint_000001", TEXTS)
+    torch.testing.assert_close(probs, want, atol=1e-6, rtol=1e-5)
+    assert list(out["label"]) == [LABELS[i] for i in want.argmax(1).tolist()]
+    assert "train_bbb" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_predict_a_checkpoint_from_jsonl_or_parquet_to_any_format(tmp_path, tiny_llama_dir, suffix):
+    model, cfg, labels = trained(tiny_llama_dir, "sk_prompt", head="linear")
+    checkpoint = save(tmp_path / "ckpt", tiny_llama_dir, model, cfg, labels)
+    frame = pd.DataFrame({"text": TEXTS})
+    source = tmp_path / f"in{suffix}"
+    frame.to_json(source, orient="records", lines=True) if suffix == ".jsonl" else frame.to_parquet(source)
+    target = tmp_path / "deep" / "out.parquet"
+    assert main(["predict", str(checkpoint), str(source), "--out", str(target), "--device", "cpu"]) == 0
+    out = pd.read_parquet(target)
+    assert set(out["label"]) <= set(LABELS)
+    assert len(out) == len(TEXTS)
+    want = scores_of(checkpoint, TEXTS)
+    torch.testing.assert_close(torch.tensor(out[["prob_rotten", "prob_fresh"]].to_numpy()).float(), want)
+
+
+def test_predict_tags_every_word(tmp_path, tiny_llama_dir):
+    model, cfg, labels = trained(tiny_llama_dir, "sk_prompt", head="linear", token_level=True)
+    checkpoint = save(tmp_path / "ckpt", tiny_llama_dir, model, cfg, labels, task="token_classification")
+    rows = [["John", "lives", "in", "Berlin"], ["ok"], ["word"] * 40]  # the last is cut at max_length 32
+    source = tmp_path / "words.jsonl"
+    pd.DataFrame({"text": rows}).to_json(source, orient="records", lines=True)
+    assert main(["predict", str(checkpoint), str(source)]) == 0
+    out = pd.read_json(tmp_path / "words.predictions.jsonl", lines=True)
+    assert [len(tags) for tags in out["label"]] == [4, 1, 40]
+    assert all(t in labels for t in out["label"][0] + out["label"][1])
+    assert out["label"][2][-1] is None
+    assert out["label"][2][0] in labels
+    for i, word in enumerate(rows[0]):
+        total = sum(out[f"prob_{c}"][0][i] for c in labels)
+        assert total == pytest.approx(1, abs=1e-6), word
+
+
+def one_line_error(capsys, argv) -> str:
+    """Exit 2 and one line from skray (transformers' loading bars may come before it)."""
+    capsys.readouterr()  # what building the fixtures printed
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skray:")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("skray: error: ")
+    return lines[0]
+
+
+def test_predict_errors_are_one_line(tmp_path, tiny_llama_dir, capsys):
+    run = run_dir(tmp_path, tiny_llama_dir, {"aaa": 0.6})
+    source = tmp_path / "reviews.csv"
+    pd.DataFrame({"id": [1], "text": ["fine"]}).to_csv(source, index=False)
+    err = one_line_error(capsys, ["predict", str(run), str(source)])
+    assert "'review' not found" in err
+    assert "['review']" in err
+    assert "the file has: id, text" in err
+    err = one_line_error(capsys, ["predict", str(tmp_path), str(source)])
+    assert "neither a run directory nor a checkpoint" in err
+    err = one_line_error(capsys, ["predict", str(tmp_path / "nowhere"), str(source)])
+    assert "neither a run directory nor a checkpoint" in err
+    meta_path = next(run.glob("train_*/checkpoint_000001/skray.json"))
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "backbone": str(tmp_path / "gone")}))
+    pd.DataFrame({"review": ["fine"]}).to_csv(source, index=False)
+    err = one_line_error(capsys, ["predict", str(run), str(source)])
+    assert "backbone" in err
+    assert "gone" in err
+    other = LlamaForCausalLM(
+        LlamaConfig(vocab_size=30522, hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    )
+    other.save_pretrained(tmp_path / "other")
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "other")
+    meta_path.write_text(json.dumps({**meta, "backbone": str(tmp_path / "other")}))
+    err = one_line_error(capsys, ["predict", str(run), str(source)])
+    assert "not the backbone it was trained on" in err
+    assert "size mismatch" in err
+
+
+def peft_label_scores(directory: Path, backbone_dir: str, ids, mask) -> torch.Tensor:
+    """What the exported README.md says to do, with transformers and PEFT alone."""
+    info = json.loads((directory / "head.json").read_text())
+    auto = AutoModelForCausalLM if info["head"] == "verbalizer" else AutoModel
+    model = PeftModel.from_pretrained(auto.from_pretrained(backbone_dir), directory).eval()
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask)
+    drop, last = info["virtual_positions_in_output"], mask.sum(1) - 1
+    rows = torch.arange(len(ids))
+    if info["head"] == "verbalizer":
+        return out.logits[:, drop:][rows, last][:, info["label_token_ids"]]
+    head = torch.nn.Linear(out.last_hidden_state.size(-1), len(info["labels"]))
+    head.load_state_dict(load_file(directory / "head.safetensors"))
+    hidden = out.last_hidden_state[:, drop:]
+    with torch.no_grad():
+        return head(hidden.mean(1) if info["pooling"] == "all_positions" else hidden[rows, last])
+
+
+@pytest.mark.parametrize(
+    ("kind", "head", "m", "adapter"),
+    [
+        ("sk_prompt", "verbalizer", 3, "mixer"),
+        ("sk_prompt", "linear", 5, "mixer"),
+        ("sk_prefix", "verbalizer", 3, "mixer"),  # fewer positions than the wording's 9 tokens: keys are rotated back
+        ("sk_prefix", "verbalizer", 12, "mixer"),  # more
+        ("sk_prefix", "linear", 9, "mixer"),  # as many: nothing to rotate
+        ("sk_prefix", "verbalizer", 9, "linear"),  # the variants (m = k): one shared map, the authors' free prompt
+        ("sk_prefix", "verbalizer", 9, "free"),
+        ("sk_prompt", "mean_linear", 9, "mlp"),
+    ],
+)
+def test_export_scores_like_skray_in_peft(tmp_path, tiny_llama_dir, kind, head, m, adapter):
+    model, cfg, labels = trained(tiny_llama_dir, kind, head, m, adapter=adapter)
+    checkpoint = save(tmp_path / "ckpt", tiny_llama_dir, model, cfg, labels)
+    export_peft(str(checkpoint), str(tmp_path / "peft"))
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["peft_type"] == ("PROMPT_TUNING" if kind == "sk_prompt" else "PREFIX_TUNING")
+    assert config["num_virtual_tokens"] == m
+    assert "good" in (tmp_path / "peft" / "README.md").read_text() or head != "verbalizer"
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    enc = tokenizer(
+        [TEMPLATE.format(text=t) for t in TEXTS], add_special_tokens=False, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        want = model(enc["input_ids"], enc["attention_mask"])
+    got = peft_label_scores(tmp_path / "peft", tiny_llama_dir, enc["input_ids"], enc["attention_mask"])
+    assert want.abs().max() > 1e-2
+    assert (want[:, 0] - want[:, 1]).abs().max() > 1e-3
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_export_refuses_what_is_not_sk_tuning_and_a_used_folder(tmp_path, tiny_llama_dir, capsys):
+    model, cfg, labels = trained(tiny_llama_dir, "lora")
+    checkpoint = save(tmp_path / "ckpt", tiny_llama_dir, model, cfg, labels)
+    err = one_line_error(capsys, ["export", str(checkpoint), "--format", "peft", "--out", str(tmp_path / "x")])
+    assert "method.kind lora" in err
+    err = one_line_error(capsys, ["export", str(checkpoint), "--out", str(tmp_path)])
+    assert "not an empty folder" in err
+
+
+@pytest.mark.slow
+def test_export_sk_prefix_on_real_smollm2(tmp_path):
+    """SmolLM2: 9 query heads over 3 key/value heads, rotary positions; m = 4 differs from the wording's
+    k = 7, so the keys are rotated (unrotated, the scores are off by about 6.5). Measured: 1.6e-5 at
+    scores of about 12, fp32 rounding (the same check for SK-Prompt: 8.6e-6; left out to stay short)."""
+    from skray.backbones import resolve
+
+    model, cfg, labels = trained("smollm2-135m", "sk_prefix", m=4)
+    checkpoint = save(tmp_path / "ckpt", "smollm2-135m", model, cfg, labels)
+    export_peft(str(checkpoint), str(tmp_path / "peft"))
+    folder = resolve("smollm2-135m")
+    enc = AutoTokenizer.from_pretrained(folder)
+    enc.pad_token = enc.eos_token
+    batch = enc([TEMPLATE.format(text=t) for t in TEXTS], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = model(batch["input_ids"], batch["attention_mask"])
+    got = peft_label_scores(tmp_path / "peft", folder, batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
