@@ -296,6 +296,11 @@ class TrainConfig(_Section):
         default=1e-3, gt=0, le=1.0, description="Peak learning rate of AdamW (what search.lr searches in tune)"
     )
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay on what trains")
+    class_weights: Literal["none", "balanced"] = Field(
+        default="none",
+        description="balanced: weigh each label's loss by the inverse of its frequency in the train split "
+        "(n / (labels x count)), for imbalanced data; none: every row counts the same",
+    )
     max_steps: int = Field(
         default=60, ge=1, description="Optimizer steps per run: the training budget, the same for every trial"
     )

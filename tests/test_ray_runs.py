@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 CASES = {
-    "zero2-prefix": {"train__zero_stage": 2, "method__kind": "sk_prefix"},
+    "zero2-prefix-balanced": {"train__zero_stage": 2, "method__kind": "sk_prefix", "train__class_weights": "balanced"},
     "zero3-prompt": {"train__zero_stage": 3, "method__kind": "sk_prompt"},
     "zero3-prefix-bf16-offload-params": {  # the frozen backbone's partitions offloaded (ZeRO-Infinity)
         "train__zero_stage": 3,
@@ -58,6 +58,8 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_experiment, tmp_path
     assert row.status == "completed", table.to_dict("records")
     assert 0 <= row.test_acc <= 1
     assert row.zero_shot_acc >= 0
+    assert 0 <= row.zero_shot_test_acc <= 1  # the step-0 model on the test rows too
+    assert 0.5 <= row.majority_test_acc <= 1  # two labels: the majority holds at least half
     assert row.trainable_params > 0
 
     reports = [json.loads(line) for line in next(run_dir.glob("*/result.json")).read_text().splitlines()]

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from skray.report import rebuild
 
 
@@ -26,3 +28,49 @@ def test_report_skips_a_cut_off_line_and_ignores_half_written_files(tmp_path):
     written = (tmp_path / "results.csv").read_text().splitlines()
     assert len(written) == 2
     assert written[0].startswith("trial,")
+
+
+def trials(test_acc: float, zero_shot: float = 0.6, majority: float = 0.65):
+    import pandas as pd
+
+    return pd.DataFrame(
+        {
+            "trial": ["a", "b"],
+            "wording": ["w", "w"],
+            "best_val_acc": [0.8, 0.7],
+            "test_acc": [test_acc, 0.9],
+            "test_f1": [0.5, 0.5],
+            "zero_shot_test_acc": [zero_shot, zero_shot],
+            "majority_test_acc": [majority, majority],
+            "status": ["completed", "completed"],
+        }
+    )
+
+
+def test_the_verdict_says_plainly_when_the_best_trial_loses_to_the_majority_label():
+    """The held-back 3-class case: 0.59 on test after tuning, 65% of the test rows share one label."""
+    from skray.report import show
+
+    lines = show(trials(0.59)).splitlines()
+    assert lines[-1].startswith("best trial by validation (a): test accuracy 0.590, macro-F1 0.500; always")
+    assert lines[-1].endswith("It does NOT beat always answering the majority label.")
+    assert show(trials(0.62, zero_shot=0.63, majority=0.5)).endswith("training did not help on test.")
+    assert show(trials(0.8)).endswith(
+        "majority label: 0.650, the untrained (step-0) model: 0.600. It beats both."
+    )  # trial b's 0.9 on test does not count: trials are chosen by validation
+
+
+def test_class_weights_and_majority():
+    import torch
+
+    from skray.train.evaluate import balanced_weights, majority_accuracy, task_loss
+
+    labels = torch.tensor([0, 0, 0, 1, -100])  # -100: a token that is not scored
+    weights = balanced_weights(labels, 3)
+    assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])  # n / (labels x count); absent label: 0
+    assert majority_accuracy(labels) == 0.75
+    logits = torch.zeros(4, 3)
+    logits[:, 0] = 2.0  # always the majority label
+    plain = task_loss(logits, labels[:4])
+    weighted = task_loss(logits, labels[:4], weight=weights)
+    assert weighted > plain  # the rare label's misses weigh more

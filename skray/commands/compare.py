@@ -19,7 +19,16 @@ from skray.config import ExperimentConfig, MethodConfig, compare_labels, entry_l
 from skray.plots import plot_compare
 from skray.results import write_table
 
-SCORES = ["zero_shot_acc", "best_val_acc", "best_val_f1", "test_acc", "test_f1", "steps_to_target"]
+SCORES = [
+    "zero_shot_acc",
+    "zero_shot_test_acc",
+    "majority_test_acc",
+    "best_val_acc",
+    "best_val_f1",
+    "test_acc",
+    "test_f1",
+    "steps_to_target",
+]
 COSTS = [
     "trainable_params",
     "trainable_pct",

@@ -68,6 +68,7 @@ class RunState:
     best_step: int = 0
     best_val: dict[str, float] = field(default_factory=dict)
     zero_shot: dict[str, float] = field(default_factory=dict)
+    zero_shot_test: dict[str, float] = field(default_factory=dict)  # the step-0 model on the test rows
     checkpoint_bytes: int = 0
     train_s: float = 0.0
     train_tokens: int = 0

@@ -20,9 +20,32 @@ def all_reduce(values: list[float], op: dist.ReduceOp.RedOpType | None = None) -
     return t.tolist()
 
 
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy per row (classification) or per scored token (token classification)."""
-    return F.cross_entropy(logits.float().flatten(0, -2), labels.flatten(), ignore_index=IGNORE, reduction=reduction)
+def task_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean", weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy per row (classification) or per scored token (token classification); ``weight``
+    per label (``train.class_weights``), the mean then weighted as torch's is."""
+    return F.cross_entropy(
+        logits.float().flatten(0, -2),
+        labels.flatten(),
+        weight=None if weight is None else weight.to(logits.device),
+        ignore_index=IGNORE,
+        reduction=reduction,
+    )
+
+
+def balanced_weights(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """n / (labels x count) per label over the scored labels (IGNORE left out): a rare label's rows
+    weigh as much in all as a common one's; a label absent from the split gets 0."""
+    scored = labels[labels != IGNORE]
+    counts = torch.bincount(scored, minlength=num_labels).float()
+    return torch.where(counts > 0, len(scored) / (num_labels * counts.clamp(min=1)), torch.zeros_like(counts))
+
+
+def majority_accuracy(labels: torch.Tensor) -> float:
+    """Accuracy of always answering the most frequent label: what a classifier must beat."""
+    counts = torch.bincount(labels[labels != IGNORE])
+    return float(counts.max() / counts.sum()) if counts.numel() else float("nan")
 
 
 def evaluate(

@@ -73,6 +73,7 @@ class SKTuningRecipe:
         from skray.partitioned import ParamPeak, dtype_of
         from skray.train.checkpoint import read_resume_state
         from skray.train.deepspeed import build_engine, deepspeed_config, held_param_bytes, process_group_backend
+        from skray.train.evaluate import balanced_weights, majority_accuracy
         from skray.train.memory import runtime_bytes, settle_zero
 
         ctx = ray.train.get_context()
@@ -107,6 +108,12 @@ class SKTuningRecipe:
         self.model = model.to(self.device, dtype_of(cfg.train.precision))
         special = not backbone.is_decoder
         self.data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=special) for s in SPLITS}
+        train_labels = self.data["train"]["labels"]
+        self.class_weight = (
+            balanced_weights(train_labels, len(self.label_names)) if cfg.train.class_weights == "balanced" else None
+        )
+        if not token_level:  # what any classifier must beat, on the very rows its test score comes from
+            self.facts["majority_test_acc"] = majority_accuracy(self.data["test"]["labels"])
 
         rows_of_one_batch = torch.arange(cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
         first = {k: v.to(self.device) for k, v in take(self.data["train"], rows_of_one_batch).items()}
@@ -174,7 +181,9 @@ class SKTuningRecipe:
         tokens = 0
         for _ in range(self.t.grad_accum):
             batch = {k: v.to(self.device) for k, v in take(self.data["train"], next(batches)).items()}
-            loss = task_loss(self.engine(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+            loss = task_loss(
+                self.engine(batch["input_ids"], batch["attention_mask"]), batch["labels"], weight=self.class_weight
+            )
             self.engine.backward(loss)
             self.engine.step()
             self.losses.append(loss.item())
@@ -188,8 +197,9 @@ class SKTuningRecipe:
 
         state = self.state
         val = self._evaluate("validation")
-        if step == 0:
+        if step == 0:  # the step-0 model on validation and, once, on test: gains read on one split
             state.zero_shot = val
+            state.zero_shot_test = self._evaluate("test")
         if val[self.key] > state.best_score:
             state.best_score, state.best_val, state.best_step = val[self.key], val, step
             self.best = gather_trainable(self.engine)
@@ -244,6 +254,7 @@ class SKTuningRecipe:
             **{f"best_val_{k}": v for k, v in state.best_val.items() if k != "loss"},
             "best_step": state.best_step,
             **{f"zero_shot_{k}": v for k, v in state.zero_shot.items() if k != "loss"},
+            **{f"zero_shot_test_{k}": v for k, v in state.zero_shot_test.items() if k != "loss"},
             "train_s": seconds,
             "samples_per_s": step * per_step / seconds if seconds else 0.0,
             "tokens_per_s": tokens / seconds if seconds else 0.0,
