@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
             help="resuming the same run: run its failed trials again from their last checkpoint "
             "(default: they stay failed; interrupted trials always go on)",
         )
+        cmd.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="Ray's own output (per-report tables, every worker's log) instead of skray's progress lines; "
+            "without it that output goes to RUN_DIR/logs/",
+        )
     rep = sub.add_parser("report", help="rebuild the tables (and plots) of a run directory")
     rep.add_argument("run_dir")
     pred = sub.add_parser("predict", help="label a file's rows with a trained checkpoint (a run's best by default)")
@@ -88,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = load_config(args.config, args.overrides)
         run_dir, table = run_experiment(
-            cfg, command=args.command, address=args.address, retry_errored=args.retry_errored
+            cfg,
+            command=args.command,
+            address=args.address,
+            retry_errored=args.retry_errored,
+            verbose=args.verbose,
         )
         print(show(table))
         print(f"\nresults: {run_dir}/ ({COMMANDS[args.command].files})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -41,20 +42,22 @@ class Capacity:
         return None if self.max_gpus is None else max(now, self.max_gpus)
 
 
-def connect(address: str | None) -> bool:
+def connect(address: str | None, quiet: bool = False) -> bool:
     """Join the cluster at ``address`` or ``$RAY_ADDRESS``; otherwise start a private local Ray.
 
     Never Ray's implicit "find a running cluster": a stale /tmp/ray/ray_current_cluster left by
     a crashed `ray start` would make it wait on a dead head. Returns whether we joined a cluster
     (which ``capacity`` then asks whether it autoscales), as opposed to starting our own.
+    ``quiet``: Ray's processes do not echo their output here, and Ray logs warnings only.
     """
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
+    output = {"log_to_driver": False, "logging_level": logging.WARNING} if quiet else {}
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **output)
         return True
-    start_private_ray()
+    start_private_ray(**output)
     return False
 
 

@@ -473,6 +473,20 @@ class SearchConfig(_Section):
     )
     prefix_length: IntRange = Field(description="The range of method.prefix_length (m) Optuna samples from")
     lr: LogRange = Field(description="The range of train.lr Optuna samples from, log-uniformly")
+    kinds: list[MethodKind] | None = Field(
+        default=None,
+        min_length=2,
+        description="Method kinds Optuna chooses among (e.g. [sk_prefix, sk_prompt]); each kind is given only the "
+        "parameters it reads; unset: method.kind alone",
+    )
+    heads: list[Literal["linear", "verbalizer", "mean_linear"]] | None = Field(
+        default=None, min_length=2, description="Heads Optuna chooses among; unset: method.head alone"
+    )
+    adapter_rank: IntRange | None = Field(
+        default=None,
+        description="The range of method.adapter_rank Optuna samples from (log-uniformly; SK adapters and LoRA); "
+        "unset: method.adapter_rank",
+    )
     sampler: Literal["tpe", "gp", "random", "nsga2", "grid"] = Field(
         default="tpe",
         description="Optuna's sampler: tpe, gp (Gaussian process), random, nsga2 (genetic, for several "

@@ -1,5 +1,6 @@
-"""Pictures of a run: for a comparison, accuracy against what trains and against training time;
-for a scaling grid, throughput and memory against workers."""
+"""Pictures of a run: for a comparison and a search, accuracy against what trains and against
+training time (a search also its learning curves); for a scaling grid, throughput and memory
+against workers."""
 
 from __future__ import annotations
 
@@ -60,6 +61,46 @@ def plot_compare(trials: pd.DataFrame, run_dir: str) -> list[str]:
         fig.tight_layout()
         written.append(_save(fig, run_dir, name))
         plt.close(fig)
+    return written
+
+
+def plot_tune(trials: pd.DataFrame, curves: pd.DataFrame, run_dir: str, key: str = "acc") -> list[str]:
+    """A search's trials: best validation score against trainable parameters and against train
+    seconds (one point per trial, stopped ones as grey crosses), and curves.png, every trial's
+    validation score against step (an x where ASHA stopped it). Returns the files written."""
+    plt = _pyplot()
+    written = []
+    score = f"best_val_{key}"
+    done = trials[trials["status"] == "completed"]
+    stopped = trials[trials["status"] == "early_stopped"]
+    for name, (x, xlabel, log) in PLOTS.items():
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        ax.scatter(done[x], done[score], color="tab:blue", label="completed")
+        ax.scatter(stopped[x], stopped[score], color="grey", marker="x", label="stopped early (ASHA)")
+        if log:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"best validation {key}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, run_dir, name))
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    ended = dict(zip(trials["trial"], trials["status"], strict=True))
+    for i, (trial, curve) in enumerate(curves.sort_values("step").groupby("trial")):
+        color = plt.cm.tab20(i % 20)
+        ax.plot(curve["step"], curve[f"val_{key}"], color=color, label=str(trial))
+        if ended.get(trial) == "early_stopped":
+            ax.scatter(curve["step"].iloc[-1], curve[f"val_{key}"].iloc[-1], color=color, marker="x", s=60)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"validation {key}")
+    ax.set_title("learning curves (x: stopped by ASHA)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    written.append(_save(fig, run_dir, "curves.png"))
+    plt.close(fig)
     return written
 
 

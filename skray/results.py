@@ -108,6 +108,16 @@ def _steps_to_target(reports: list[dict], target: float) -> float:
     return next((float(r["step"]) for r in reports if r.get("val_acc", -1.0) >= target), float("nan"))
 
 
+def load_curves(run_dir: str, key: str = "acc") -> pd.DataFrame:
+    """Every evaluation of every trial: trial, step and validation ``key`` (for learning curves)."""
+    rows = []
+    for trial_dir in storage.subdirs(str(run_dir)):
+        for report in _read_reports(storage.join(trial_dir, "result.json")):
+            if "trial_id" in report and f"val_{key}" in report:
+                rows.append({"trial": report["trial_id"], "step": report["step"], f"val_{key}": report[f"val_{key}"]})
+    return pd.DataFrame(rows, columns=["trial", "step", f"val_{key}"])
+
+
 def load_results(run_dir: str) -> pd.DataFrame:
     """One row per trial: what was tried, what it cost and how well it did. Paths or URIs.
 

@@ -19,7 +19,7 @@ from ray import tune
 from skray import storage
 from skray.cluster import capacity, connect
 from skray.commands import COMMANDS, Command
-from skray.config import ExperimentConfig, resolve_device
+from skray.config import ExperimentConfig, resolve_device, selection_metric
 from skray.errors import ResourceError
 from skray.report import rebuild
 from skray.results import experiment
@@ -76,15 +76,28 @@ def plan_resources(
     return Plan(per_worker, concurrent)
 
 
-def run_trial(params: dict, experiment: dict, command: str, cpus_per_worker: float, storage_path: str) -> None:
-    """A Tune trial: build a TorchTrainer for the trial's config; workers report through Tune."""
+def run_trial(
+    params: dict, experiment: dict, command: str, cpus_per_worker: float, storage_path: str, log_dir: str | None
+) -> None:
+    """A Tune trial: build a TorchTrainer for the trial's config; workers report through Tune.
+    With a ``log_dir``, this process's output and each worker's go to files there."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from skray.console import output_to
     from skray.train.launch import build_trainer
 
     cfg = COMMANDS[command].trial_config(ExperimentConfig.model_validate(experiment), params)
     name = f"train_{tune.get_context().get_trial_id()}"
-    build_trainer(cfg, cpus_per_worker, storage_path, name, callbacks=[TuneReportCallback()]).fit()
+    with output_to(f"{log_dir}/{name}.log" if log_dir else None):
+        trainer = build_trainer(cfg, cpus_per_worker, storage_path, name, [TuneReportCallback()], log_dir)
+        trainer.fit()
+
+
+def progress(cfg: ExperimentConfig, cmd: Command) -> tune.Callback:
+    """The run's own progress lines (skray.console), for as many trials and steps as the command plans."""
+    from skray.console import Progress
+
+    return Progress(cmd.trials(cfg), cfg.train.max_steps, selection_metric(cfg.data.task))
 
 
 def unfinished_run(root: str, cfg: ExperimentConfig, command: str, retry_errored: bool = False) -> str | None:
@@ -103,7 +116,11 @@ def unfinished_run(root: str, cfg: ExperimentConfig, command: str, retry_errored
 
 
 def run_experiment(
-    cfg: ExperimentConfig, command: str = "train", address: str | None = None, retry_errored: bool = False
+    cfg: ExperimentConfig,
+    command: str = "train",
+    address: str | None = None,
+    retry_errored: bool = False,
+    verbose: bool = True,
 ) -> tuple[str, pd.DataFrame]:
     """Run one fixed trial (train), an Optuna/ASHA search (tune), a methods x seeds grid
     (compare) or a scaling grid (scale); return the run dir and the table to show.
@@ -111,7 +128,8 @@ def run_experiment(
     A run of the same name, command and config that did not finish is resumed instead: its
     finished trials are kept, the interrupted ones go on from their last checkpoint. Trials that
     failed stay failed unless ``retry_errored``, which runs them again from their last checkpoint
-    (also in a run that finished).
+    (also in a run that finished). Not ``verbose``: a line per trial start, evaluation and end
+    instead of Ray's output, and every Ray process's output in ``RUN_DIR/logs/`` (a local run dir).
     """
     cmd = COMMANDS[command]
     cmd.check(cfg)
@@ -120,7 +138,7 @@ def run_experiment(
     root = storage.location(cfg.storage_path)
     storage.ensure_writable(root)
     params = preflight(cfg)
-    room = capacity(connect(address))
+    room = capacity(connect(address, quiet=not verbose))
     workers, key = cmd.workers(cfg)
     gpus = room.gpus
     if cfg.train.use_gpu == "auto" and gpus is not None and 0 < gpus < workers:
@@ -142,6 +160,7 @@ def run_experiment(
             json.dumps({"command": command, "config": cfg.model_dump()}, indent=2),
         )
 
+    log_dir = None if verbose or storage.is_uri(run_dir) else storage.join(storage.location(run_dir), "logs")
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
@@ -149,6 +168,7 @@ def run_experiment(
             command=command,
             cpus_per_worker=plan.cpus_per_worker,
             storage_path=run_dir,
+            log_dir=log_dir,
         ),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )
@@ -163,11 +183,17 @@ def run_experiment(
             run_dir, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
     else:
+        cfg = cmd.prepare(cfg, run_dir, plan.cpus_per_worker * workers)
         tuner = tune.Tuner(
             trainable,
             param_space=cmd.param_space(cfg),
             tune_config=cmd.tune_config(cfg, plan.max_concurrent, run_dir),
-            run_config=tune.RunConfig(name=run_dir.rsplit("/", 1)[-1], storage_path=root, verbose=1),
+            run_config=tune.RunConfig(
+                name=run_dir.rsplit("/", 1)[-1],
+                storage_path=root,
+                verbose=1 if verbose else 0,
+                callbacks=[] if verbose else [progress(cfg, cmd)],
+            ),
         )
     results = tuner.fit()
     planned = cmd.trials(cfg)

@@ -72,7 +72,9 @@ class Space:
             wordings=tuple(wordings or s.wordings),
             prefix_length=(s.prefix_length.low, s.prefix_length.high),
             lr=(s.lr.low, s.lr.high),
-            kinds=(cfg.method.kind,),
+            kinds=tuple(s.kinds or [cfg.method.kind]),
+            adapter_rank=(s.adapter_rank.low, s.adapter_rank.high) if s.adapter_rank else None,
+            heads=tuple(s.heads or []),
         )
 
     def sample(self, trial: optuna.trial.Trial) -> dict[str, Any]:

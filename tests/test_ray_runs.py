@@ -1,6 +1,7 @@
 """Real Ray Train + DeepSpeed runs and a real Optuna/ASHA search, on a tiny Llama saved to disk."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -144,13 +145,19 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     PRUNED, never COMPLETE with truncated scores), and pareto.csv exactly the non-dominated trials."""
     import optuna
 
-    cfg = tiny_experiment(search__objectives={"best_val_acc": "max", "trainable_params": "min"})
+    cfg = tiny_experiment(
+        search__objectives={"best_val_acc": "max", "trainable_params": "min"}, search__screen={"keep": 2}
+    )
     run_dir, table = run_experiment(cfg, "tune")
     run_dir = Path(run_dir)
     assert len(table) == 3
     assert set(table.status) <= {"completed", "early_stopped"}
     assert "completed" in set(table.status)
-    assert table.wording.isin(cfg.search.wordings).all()
+    screen = pd.read_csv(run_dir / "screen.csv")  # every wording scored at step 0, best first; the best 2 searched
+    assert sorted(screen.wording) == sorted(cfg.search.wordings)
+    assert screen.screen_acc.is_monotonic_decreasing
+    assert screen.kept.tolist() == [True, True, False]
+    assert table.wording.isin(screen.wording[screen.kept]).all()
     assert table.prefix_length.between(2, 6).all()
     assert table.lr.between(1e-4, 1e-2).all()
 
@@ -179,6 +186,8 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     }
     assert set(front.trial.astype(str)) == set(done.trial) - dominated
     assert (run_dir / "pareto.png").exists()
+    for plot in ("accuracy_vs_params.png", "accuracy_vs_time.png", "curves.png"):
+        assert (run_dir / plot).stat().st_size > 10_000, plot
     # The same run read back through a URI (what s3:// and gs:// storage go through).
     assert load_results(f"file://{run_dir}").equals(table)
 
@@ -228,10 +237,18 @@ def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_experiment, tmp_path)
     ):
         time.sleep(1)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted before every trial ended" in err
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    # The quiet console: skray's own lines, none of Ray's reports or worker logs, which went to files.
+    assert re.search(r"^trial \w+ started: method='sk_prefix', wording=", out, re.M), out
+    assert re.search(r"^trial \w+ step 2/400: val acc 0\.\d+, [\d.]+ steps/s  \[0/3 trials ended", out, re.M), out
+    for noise in ("RayTrainWorker", "Reporting training result", "Trial status", "(pid="):
+        assert noise not in out + err
+    logs = {p.name: p.read_text() for p in (run_dir / "logs").iterdir()}
+    assert any(name.endswith("-rank1.log") for name in logs), sorted(logs)
+    assert any("Reporting training result" in text for text in logs.values())
     table = load_results(run_dir)
     assert "interrupted" in set(table.status)
     assert not (run_dir / "finished").exists()

@@ -293,3 +293,30 @@ def test_built_from_the_config(tmp_path):
     assert study_path(run_dir) == f"{run_dir}/optuna.journal"
     assert (tmp_path / "x-tune-20261130-101500" / "optuna.journal").is_file()
     assert study_path("s3://bucket/runs/x-tune-1/").endswith("/.cache/skray/optuna/x-tune-1/optuna.journal")
+
+
+def test_kinds_heads_and_rank_from_the_config_each_where_it_means_something(tmp_path):
+    search = {**SEARCH, "kinds": ["sk_prefix", "lora"], "heads": ["linear", "verbalizer"]}
+    cfg = parse_config({"name": "x", "search": {**search, "adapter_rank": {"low": 2, "high": 16}}})
+    searcher = OptunaSearcher.from_config(cfg, str(tmp_path / "x-tune-1"))
+    suggested = [searcher.suggest(f"t{i}") for i in range(12)]
+    assert {s["method"] for s in suggested} == {"sk_prefix", "lora"}
+    assert all(2 <= s["adapter_rank"] <= 16 and s["head"] in ("linear", "verbalizer") for s in suggested)
+    assert all(("wording" in s) == (s["method"] == "sk_prefix") for s in suggested)  # LoRA reads no wording
+
+
+def test_screen_correlation_reads_the_ranking_honestly(tmp_path):
+    import pandas as pd
+
+    from skray.screen import screen_correlation
+
+    pd.DataFrame({"wording": ["a", "b", "c", "d"], "screen_acc": [0.9, 0.8, 0.7, 0.6]}).to_csv(
+        tmp_path / "screen.csv", index=False
+    )
+    trials = pd.DataFrame({"wording": ["a", "a", "b", "c"], "best_val_acc": [0.5, 0.95, 0.9, 0.85]})
+    line = screen_correlation(trials, str(tmp_path), "acc")
+    assert line.startswith("screen: Spearman correlation 1.00 between 3 wordings'")  # a's best trial counts
+    assert line.endswith("screening paid")
+    trials["best_val_acc"] = [0.5, 0.6, 0.9, 0.95]
+    assert screen_correlation(trials, str(tmp_path), "acc").endswith("screening did not clearly pay")
+    assert screen_correlation(trials, str(tmp_path / "none"), "acc") is None

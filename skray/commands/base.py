@@ -42,6 +42,11 @@ class Command:
         """Tune's parameter space; what it holds is also each trial's ``params.json`` (table columns)."""
         raise NotImplementedError
 
+    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float) -> ExperimentConfig:
+        """Work before the first trial of a new run, on the connected Ray (``cpus`` for it); returns
+        the experiment the trials then run (a tune screen narrows the wordings)."""
+        return cfg
+
     def tune_config(self, cfg: ExperimentConfig, max_concurrent: int, run_dir: str) -> tune.TuneConfig:
         """How Tune runs the trials (``run_dir``: where a searcher keeps its state)."""
         from ray import tune

@@ -18,7 +18,10 @@ class Tune(Command):
     help = "an Optuna search with ASHA early stopping"
     section = "search"
     needs = "a search section (wordings, prefix_length, lr)"
-    files = "results.csv/.parquet, optuna.journal (the study); with several objectives pareto.csv and pareto.png"
+    files = (
+        "results.csv/.parquet, optuna.journal (the study), accuracy_vs_params.png, accuracy_vs_time.png, "
+        "curves.png; with search.screen screen.csv; with several objectives pareto.csv and pareto.png"
+    )
 
     def check(self, cfg: ExperimentConfig) -> None:
         super().check(cfg)
@@ -29,6 +32,15 @@ class Tune(Command):
 
     def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return {}  # the searcher's Space: each trial's params.json holds what it suggested
+
+    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float) -> ExperimentConfig:
+        """With search.screen: the wordings' zero-shot screen, and only the kept ones are searched."""
+        if cfg.search.screen is None:
+            return cfg
+        from skray.screen import run_screen
+
+        kept = run_screen(cfg, run_dir, cpus)
+        return cfg.model_copy(update={"search": cfg.search.model_copy(update={"wordings": kept, "screen": None})})
 
     def tune_config(self, cfg: ExperimentConfig, max_concurrent: int, run_dir: str) -> tune.TuneConfig:
         from skray.searcher import OptunaSearcher
@@ -49,12 +61,21 @@ class Tune(Command):
         return cfg.model_copy(update={"method": method, "train": train})
 
     def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
-        """pareto.csv and pareto.png (with the front's hypervolume on the console) for several objectives."""
+        """The plots; the screen's correlation line; pareto.csv and pareto.png (with the front's
+        hypervolume on the console) for several objectives."""
         from skray.pareto import hypervolume, reference_point, write_pareto
-        from skray.results import experiment
+        from skray.plots import plot_tune
+        from skray.results import experiment, load_curves
+        from skray.screen import screen_correlation
 
         cfg = ExperimentConfig.model_validate(experiment(run_dir)["config"])
         objectives = cfg.search.resolved_objectives(cfg.data.task)
+        key = selection_metric(cfg.data.task)
+        if len(trials):
+            plot_tune(trials, load_curves(run_dir, key), run_dir, key)
+        line = screen_correlation(trials, run_dir, key)
+        if line:
+            print(f"skray: {line}")
         if len(objectives) > 1 and len(trials):
             front = write_pareto(trials, objectives, run_dir)
             if len(front):

@@ -21,8 +21,15 @@ ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "
 
 
 def build_trainer(
-    cfg: ExperimentConfig, cpus_per_worker: float, storage_path: str, name: str, callbacks: list | None = None
+    cfg: ExperimentConfig,
+    cpus_per_worker: float,
+    storage_path: str,
+    name: str,
+    callbacks: list | None = None,
+    log_dir: str | None = None,
 ) -> TorchTrainer:
+    """Ray Train's trainer for one run; with a ``log_dir`` each worker writes its output to
+    ``<log_dir>/<name>-rank<r>.log``."""
     t = cfg.train
     allocator_env = {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}
     resources = {"CPU": cpus_per_worker}
@@ -30,7 +37,11 @@ def build_trainer(
         resources["memory"] = int(t.memory_per_worker_gb * 2**30)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.model_dump(), "cpus_per_worker": cpus_per_worker},
+        train_loop_config={
+            "experiment": cfg.model_dump(),
+            "cpus_per_worker": cpus_per_worker,
+            "log": f"{log_dir}/{name}" if log_dir else None,
+        },
         torch_config=TorchConfig(backend=process_group_backend(t.use_gpu)),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(

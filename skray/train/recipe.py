@@ -28,10 +28,17 @@ from skray.train.checkpoint import RunState
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train's entry point: ``{"experiment": ExperimentConfig dump, "cpus_per_worker": float}``."""
-    recipe = SKTuningRecipe(ExperimentConfig.model_validate(config["experiment"]), config.get("cpus_per_worker", 1))
-    recipe.setup()
-    recipe.train()
+    """Ray Train's entry point: ``{"experiment": ExperimentConfig dump, "cpus_per_worker": float,
+    "log": a path prefix for this worker's output file, or None}``."""
+    import ray.train
+
+    from skray.console import output_to
+
+    log = config.get("log")
+    with output_to(f"{log}-rank{ray.train.get_context().get_world_rank()}.log" if log else None):
+        recipe = SKTuningRecipe(ExperimentConfig.model_validate(config["experiment"]), config.get("cpus_per_worker", 1))
+        recipe.setup()
+        recipe.train()
 
 
 def setup_env(use_gpu: bool) -> None:

@@ -1,0 +1,115 @@
+"""What a run prints while it runs: a line per trial start, evaluation and end, and where the sweep
+stands, instead of Ray's per-report tables and every worker's log (those go to ``RUN_DIR/logs/``;
+``-v`` gives Ray's own output back).
+
+The lines are written on the driver by a Tune callback, so they read the same on a laptop and for
+``ray job submit``, where the driver's output is the job's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from typing import Any
+
+from ray import tune
+
+# Tune's parameters worth naming when a trial starts (what the searcher or grid chose).
+SHOWN_PARAMS = ("method", "seed", "wording", "prefix_length", "adapter_rank", "head", "lr", "point")
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, str) and len(v) > 40:
+        return repr(v[:37] + "...")
+    if isinstance(v, dict):  # a scale point
+        return "-".join(str(x) for x in v.values())
+    return repr(v) if isinstance(v, str) else str(v)
+
+
+class Progress(tune.Callback):
+    """One line when a trial starts, evaluates and ends; after each, where the sweep stands (trials
+    and steps done, elapsed, an estimate of what is left from the steps' pace so far)."""
+
+    def __init__(self, trials: int, steps_per_trial: int, key: str) -> None:
+        self.trials, self.steps_per_trial, self.key = trials, steps_per_trial, key
+        self.started = time.monotonic()
+        self.steps: dict[str, int] = {}  # each trial's steps done (or, once it ended, all it will take)
+        self.ended = 0
+        self.last_report: dict[str, tuple[float, int]] = {}  # trial -> (time, step) of its previous report
+
+    def _say(self, line: str) -> None:
+        print(line, flush=True)  # sys.stdout looked up each time: Tune pickles its callbacks
+
+    def _where(self) -> str:
+        done, total = sum(self.steps.values()), self.trials * self.steps_per_trial
+        elapsed = time.monotonic() - self.started
+        eta = f", about {_duration(elapsed / done * (total - done))} left" if 0 < done < total else ""
+        return f"  [{self.ended}/{self.trials} trials ended, {done}/{total} steps, {_duration(elapsed)}{eta}]"
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        params = ", ".join(f"{k}={_value(trial.config[k])}" for k in SHOWN_PARAMS if k in trial.config)
+        self.steps.setdefault(trial.trial_id, 0)
+        self.last_report[trial.trial_id] = (time.monotonic(), self.steps[trial.trial_id])
+        self._say(f"trial {trial.trial_id} started: {params}")
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        step = int(result.get("step", 0))
+        then, before = self.last_report.get(trial.trial_id, (self.started, 0))
+        now = time.monotonic()
+        pace = f", {(step - before) / (now - then):.2f} steps/s" if step > before and now > then else ""
+        self.last_report[trial.trial_id] = (now, step)
+        self.steps[trial.trial_id] = step
+        score = result.get(f"val_{self.key}")
+        shown = f"val {self.key} {score:.3f}" if isinstance(score, float) else "evaluated"
+        self._say(f"trial {trial.trial_id} step {step}/{self.steps_per_trial}: {shown}{pace}{self._where()}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.ended += 1
+        last = trial.last_result or {}
+        test = last.get(f"test_{self.key}")
+        if test is not None:
+            line = f"completed: test {self.key} {test:.3f}"
+        else:
+            line = f"stopped early at step {last.get('step', 0)} (ASHA)"
+        self.steps[trial.trial_id] = self.steps_per_trial  # a stopped trial's remaining steps will not run
+        self._say(f"trial {trial.trial_id} {line}{self._where()}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self.ended += 1
+        self.steps[trial.trial_id] = self.steps_per_trial
+        self._say(f"trial {trial.trial_id} failed (its error is in the table){self._where()}")
+
+
+@contextlib.contextmanager
+def output_to(path: str | None):
+    """This process's stdout and stderr (Python's and the file descriptors: C++ and subprocess output) appended
+    to ``path`` for the block; a no-op for None. For Ray's worker processes, which run one trial's
+    worker each."""
+    if path is None:
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)

@@ -1,0 +1,37 @@
+"""The run's own progress lines, driven as Tune drives its callbacks."""
+
+from types import SimpleNamespace
+
+from skray.console import Progress, output_to
+
+
+def test_progress_says_each_start_evaluation_and_end_with_where_the_sweep_stands(capsys):
+    progress = Progress(trials=2, steps_per_trial=10, key="acc")
+    a = SimpleNamespace(trial_id="a", config={"method": "sk_prefix", "wording": "w", "lr": 0.003}, last_result={})
+    b = SimpleNamespace(trial_id="b", config={"method": "sk_prompt", "point": {"num_workers": 2}}, last_result={})
+    progress.on_trial_start(0, [], a)
+    progress.on_trial_start(0, [], b)
+    progress.on_trial_result(0, [], a, {"step": 5, "val_acc": 0.75})
+    a.last_result = {"step": 10, "test_acc": 0.8}
+    progress.on_trial_result(0, [], a, a.last_result | {"val_acc": 0.8})
+    progress.on_trial_complete(0, [], a)
+    b.last_result = {"step": 5}
+    progress.on_trial_complete(0, [], b)  # ASHA stopped it: its last 5 steps will not run
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "trial a started: method='sk_prefix', wording='w', lr=0.003"
+    assert lines[1] == "trial b started: method='sk_prompt', point=2"
+    assert lines[2].startswith("trial a step 5/10: val acc 0.750, ")
+    assert "  [0/2 trials ended, 5/20 steps, 0s, about 0s left]" in lines[2]
+    assert lines[4].startswith("trial a completed: test acc 0.800  [1/2 trials ended, 10/20 steps")
+    assert lines[5].startswith("trial b stopped early at step 5 (ASHA)  [2/2 trials ended, 20/20 steps")
+
+
+def test_output_to_takes_the_file_descriptors_and_gives_them_back(tmp_path, capfd):
+    import os
+
+    with output_to(str(tmp_path / "logs" / "w.log")):
+        print("to the file", flush=True)
+        os.write(2, b"from C\n")
+    print("to the terminal")
+    assert (tmp_path / "logs" / "w.log").read_text() == "to the file\nfrom C\n"
+    assert capfd.readouterr().out == "to the terminal\n"
