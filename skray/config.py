@@ -664,6 +664,26 @@ class ScaleConfig(_Section):
     )
 
 
+class MlflowConfig(_Section):
+    """Where Ray's MLflow logger sends each trial's parameters and reports."""
+
+    tracking_uri: str = Field(
+        description="The MLflow tracking server or store, e.g. http://mlflow:5000 or file:///path/mlruns"
+    )
+    experiment_name: str | None = Field(default=None, description="The MLflow experiment; unset: the run's name")
+
+
+class TrackingConfig(_Section):
+    """Experiment trackers fed through Ray Tune's own logger callbacks, beside skray's tables."""
+
+    tensorboard: bool = Field(
+        default=False, description="Write TensorBoard event files in each trial's folder (tensorboard --logdir RUN_DIR)"
+    )
+    mlflow: MlflowConfig | None = Field(
+        default=None, description="Log every trial to MLflow (needs the mlflow package)"
+    )
+
+
 class ExperimentConfig(_Section):
     """One experiment: the YAML file a user writes, fully validated."""
 
@@ -689,6 +709,7 @@ class ExperimentConfig(_Section):
         default=MethodConfig(), description="The method, its semantic prompt and the size of what trains"
     )
     train: TrainConfig = Field(default=TrainConfig(), description="How each run trains: workers, DeepSpeed, steps")
+    tracking: TrackingConfig = Field(default=TrackingConfig(), description="Experiment trackers (TensorBoard, MLflow)")
     search: SearchConfig | None = Field(default=None, description="What skray tune searches; only skray tune reads it")
     compare: CompareConfig | None = Field(
         default=None, description="The methods x seeds skray compare runs; only skray compare reads it"

@@ -9,7 +9,7 @@ from skray.backbones import count_parameters, inspect_backbone
 from skray.config import ExperimentConfig
 from skray.data import load_splits
 from skray.data.collate import check_template_fits
-from skray.errors import ResourceError
+from skray.errors import ConfigError, ResourceError
 from skray.methods.base import verbalizer_token_ids
 
 GIB = 2**30
@@ -23,6 +23,13 @@ RUNTIME_BYTES = 2**30
 def preflight(cfg: ExperimentConfig) -> int:
     """Data loads and labels check out; the backbone resolves (converting it once); the template and
     the head fit it. Returns the backbone's parameter count (from its config, no weights loaded)."""
+    if cfg.tracking.mlflow:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "tracking.mlflow needs the mlflow package on the driver: pip install mlflow (or remove tracking.mlflow)"
+            ) from None
     splits = load_splits(cfg.data)
     info = inspect_backbone(cfg.backbone)
     if cfg.data.task == "classification":

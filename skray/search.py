@@ -100,6 +100,24 @@ def progress(cfg: ExperimentConfig, cmd: Command) -> tune.Callback:
     return Progress(cmd.trials(cfg), cfg.train.max_steps, selection_metric(cfg.data.task))
 
 
+def trackers(cfg: ExperimentConfig, run_dir: str) -> list[tune.Callback]:
+    """Ray Tune's own logger callbacks for ``cfg.tracking``: TensorBoard event files in each trial's
+    folder, MLflow runs (one per trial, in the experiment named after the run)."""
+    callbacks: list[tune.Callback] = []
+    if cfg.tracking.tensorboard:
+        from ray.tune.logger import TBXLoggerCallback
+
+        callbacks.append(TBXLoggerCallback())
+    if cfg.tracking.mlflow:
+        from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+        m = cfg.tracking.mlflow
+        callbacks.append(
+            MLflowLoggerCallback(tracking_uri=m.tracking_uri, experiment_name=m.experiment_name or cfg.name)
+        )
+    return callbacks
+
+
 def unfinished_run(root: str, cfg: ExperimentConfig, command: str, retry_errored: bool = False) -> str | None:
     """The newest run of this name and command, if it was started with this very config and did
     not reach its end (driver killed, Ctrl-C), or reached it with failed trials that
@@ -192,7 +210,7 @@ def run_experiment(
                 name=run_dir.rsplit("/", 1)[-1],
                 storage_path=root,
                 verbose=1 if verbose else 0,
-                callbacks=[] if verbose else [progress(cfg, cmd)],
+                callbacks=trackers(cfg, run_dir) + ([] if verbose else [progress(cfg, cmd)]),
             ),
         )
     results = tuner.fit()

@@ -35,7 +35,7 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
     cfg = experiment(
         tiny_experiment,
         compare={
-            "methods": ["sk_prefix", bad_lora, "linear_probe"],  # every kind trains: test_baselines.py
+            "methods": ["sk_prefix", bad_lora],  # every kind trains: test_baselines.py
             "seeds": [0, 1],
             "target_accuracy": 0.01,
         },
@@ -56,7 +56,7 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
     ):
         assert (run_dir / name).stat().st_size > 0, name
     trials = load_results(str(run_dir))  # results.csv: one row per method and seed
-    assert len(trials) == 6
+    assert len(trials) == 4
     assert set(trials.seed) == {0, 1}
     lora = trials[trials.method == "lora(lora_target_modules=['not_a_layer'])"]
     assert set(lora.status) == {"error"}
@@ -66,10 +66,9 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
     assert (rest.test_acc.between(0, 1)).all()
     assert (rest.test_f1.between(0, 1)).all()
     assert (rest.steps_to_target == 0).all()  # any model reaches 1% accuracy at step 0
-    assert (rest[rest.method == "linear_probe"].trainable_params == 2 * 32 + 2).all()
     # compare.csv: one row per method, numbers throughout, the sd in its own column.
     means = pd.read_csv(run_dir / "compare.csv").set_index("method")
-    assert len(means) == 3
+    assert len(means) == 2
     assert all(pd.api.types.is_numeric_dtype(means[c]) for c in means.columns if c != "error")
     assert (means.loc["sk_prefix", ["seeds", "completed", "reached_target"]] == [2, 2, 2]).all()
     accs = rest[rest.method == "sk_prefix"].test_acc

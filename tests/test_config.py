@@ -1,5 +1,6 @@
 """Configuration errors: one line naming the key and the problem, exit code 2, no traceback."""
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -114,6 +115,18 @@ def test_param_offload_is_in_deepspeeds_config():
     assert "offload_optimizer" not in params
     nvme = zero("train.zero_stage=3", "train.offload=all", "train.offload_device=nvme", "train.nvme_path=/nvme")
     assert nvme["offload_param"] == nvme["offload_optimizer"] == {"device": "nvme", "nvme_path": "/nvme"}
+
+
+def test_mlflow_tracking_without_mlflow_is_one_line_before_launch(capsys):
+    if importlib.util.find_spec("mlflow") is not None:
+        pytest.skip("mlflow is installed here")
+    code = main(["train", str(QUICKSTART), "--set", "tracking.mlflow.tracking_uri=file:///tmp/mlruns"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [
+        "skray: error: tracking.mlflow needs the mlflow package on the driver: pip install mlflow "
+        "(or remove tracking.mlflow)"
+    ]
 
 
 def test_console_script_exit_code_and_no_traceback():

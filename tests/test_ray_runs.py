@@ -3,6 +3,7 @@
 import json
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from skray.cli import main
+from skray.config import TrackingConfig
 from skray.errors import ResourceError
 from skray.results import load_results
 from skray.search import run_experiment
@@ -148,6 +150,7 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     cfg = tiny_experiment(
         search__objectives={"best_val_acc": "max", "trainable_params": "min"}, search__screen={"keep": 2}
     )
+    cfg = cfg.model_copy(update={"tracking": TrackingConfig(tensorboard=True)})
     run_dir, table = run_experiment(cfg, "tune")
     run_dir = Path(run_dir)
     assert len(table) == 3
@@ -188,6 +191,10 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     assert (run_dir / "pareto.png").exists()
     for plot in ("accuracy_vs_params.png", "accuracy_vs_time.png", "curves.png"):
         assert (run_dir / plot).stat().st_size > 10_000, plot
+    events = list(run_dir.glob("*/events.out.tfevents.*"))  # tracking.tensorboard: one file per trial
+    assert len(events) == 3
+    assert "ray/tune/val_acc" in tensorboard_tags(events[0])
+
     # The same run read back through a URI (what s3:// and gs:// storage go through).
     assert load_results(f"file://{run_dir}").equals(table)
 
@@ -283,3 +290,17 @@ def test_private_ray_finds_itself_beside_another_ray(ray_cluster):
     finally:
         other.kill()
         other.wait()
+
+
+def tensorboard_tags(path: Path) -> set[str]:
+    """The scalar tags of a TensorBoard event file (TFRecord framing: length, crc, event, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    data, i, tags = path.read_bytes(), 0, set()
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[i + 12 : i + 12 + n])
+        tags |= {v.tag for v in event.summary.value}
+        i += 12 + n + 4
+    return tags
