@@ -14,11 +14,8 @@ from skray.config import MethodConfig, parse_config
 from skray.errors import ConfigError
 from skray.methods import build_model
 from skray.methods.heads import LinearHead, MeanLinearHead
+from tests.test_methods import LABELS, TEXTS, WORDING, WORDS, scores_read_as_text
 
-WORDING = "classify the sentiment of the review as positive or negative"
-LABELS = ["neg", "pos"]
-WORDS = {"neg": " negative", "pos": " positive"}
-TEXTS = ["a wonderful moving film", "dull and far too long to sit through"]
 ADAPTERS = ["mixer", "linear", "mlp", "free"]
 KINDS = ["sk_prompt", "sk_prefix"]
 RANK = 4
@@ -68,16 +65,9 @@ def expected_trainable(kind: str, adapter: str, k: int, m: int) -> int:
 def test_step0_equals_reading_the_wording_as_text(decoder, kind, adapter):
     """Every variant starts at the identity (m = k): step 0 is the model reading the wording, then the input."""
     model = build(kind, adapter, decoder)
-    ids, mask = batch(decoder)
-    tok = decoder.tokenizer
-    word_ids = [tok(WORDS[n], add_special_tokens=False)["input_ids"][0] for n in LABELS]
     with torch.no_grad():
-        got = model(ids, mask)
-        want = []
-        for text in TEXTS:
-            full = torch.tensor([tok(WORDING)["input_ids"] + tok(text, add_special_tokens=False)["input_ids"]])
-            want.append(decoder.model(input_ids=full).logits[0, -1, word_ids])
-    torch.testing.assert_close(got, torch.stack(want), atol=1e-4, rtol=1e-4)
+        got = model(*batch(decoder))
+    torch.testing.assert_close(got, scores_read_as_text(decoder), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)

@@ -25,19 +25,24 @@ def batch(backbone, special):
     return enc["input_ids"], enc["attention_mask"]
 
 
-@pytest.mark.parametrize("kind", ["sk_prefix", "sk_prompt"])
-def test_step0_equals_reading_prompt_as_text(decoder, kind):
-    model, _ = method(kind, decoder)
-    ids, mask = batch(decoder, special=False)
+def scores_read_as_text(decoder) -> torch.Tensor:
+    """The label words' scores of the plain model reading the wording, then each text, as text."""
     tok = decoder.tokenizer
     word_ids = [tok(WORDS[n], add_special_tokens=False)["input_ids"][0] for n in LABELS]
+    want = []
     with torch.no_grad():
-        got = model(ids, mask)
-        want = []
         for text in TEXTS:
             full = torch.tensor([tok(WORDING)["input_ids"] + tok(text, add_special_tokens=False)["input_ids"]])
             want.append(decoder.model(input_ids=full).logits[0, -1, word_ids])
-    torch.testing.assert_close(got, torch.stack(want), atol=1e-4, rtol=1e-4)
+    return torch.stack(want)
+
+
+@pytest.mark.parametrize("kind", ["sk_prefix", "sk_prompt"])
+def test_step0_equals_reading_prompt_as_text(decoder, kind):
+    model, _ = method(kind, decoder)
+    with torch.no_grad():
+        got = model(*batch(decoder, special=False))
+    torch.testing.assert_close(got, scores_read_as_text(decoder), atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["sk_prefix", "sk_prompt"])
