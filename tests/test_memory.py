@@ -118,6 +118,12 @@ def test_a_frozen_backbone_fits_by_offloading_its_params_not_the_optimizer():
     assert (chosen.stage, chosen.offload) == (3, "params")
 
 
+def test_a_cpu_worker_holds_what_it_offloads():
+    est = estimate(N, N, 2, 2, 3, "all", 0, largest_layer_params=100)
+    assert est.worker_bytes(use_gpu=True) == est.total_bytes
+    assert est.worker_bytes(use_gpu=False) == est.total_bytes + est.offloaded_bytes
+
+
 def test_runtime_is_part_of_the_estimate_and_its_line():
     without = estimate(N, N, 4, 1, 0, "none", 0)
     est = estimate(N, N, 4, 1, 0, "none", 0, runtime_bytes=GIB)

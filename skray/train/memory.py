@@ -55,6 +55,11 @@ class ZeroEstimate:
     total_bytes: int
     offloaded_bytes: int  # held in CPU RAM by offload
 
+    def worker_bytes(self, use_gpu: bool) -> int:
+        """What the worker's own memory holds: the device's share, and on a CPU worker also what
+        offload moved, since "offload to CPU" leaves it in the same RAM there."""
+        return self.total_bytes + (0 if use_gpu else self.offloaded_bytes)
+
     def line(self, budget_bytes: int) -> str:
         """One line for the log: the choice, its estimate and the budget it was held against."""
         cpu = f", +{self.offloaded_bytes / GIB:.2f} GiB in CPU RAM" if self.offloaded_bytes else ""

@@ -142,7 +142,7 @@ class SKTuningRecipe:
             offload=self.t.offload,
             micro_batch_size=self.t.micro_batch_size,
             lr=self.t.lr,
-            est_mem_mb=est.total_bytes / 2**20,
+            est_mem_mb=est.worker_bytes(self.t.use_gpu) / 2**20,
         )
         self.engine = build_engine(self.model, self.t)
         self.facts["param_bytes_per_worker"] = held_param_bytes(self.engine)
