@@ -74,6 +74,8 @@ def plot_tune(trials: pd.DataFrame, curves: pd.DataFrame, run_dir: str, key: str
     done = trials[trials["status"] == "completed"]
     stopped = trials[trials["status"] == "early_stopped"]
     for name, (x, xlabel, log) in PLOTS.items():
+        if done[x].notna().sum() + stopped[x].notna().sum() == 0:
+            continue  # an interrupted run before any trial ended: nothing to place yet
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
         ax.scatter(done[x], done[score], color="tab:blue", label="completed")
         ax.scatter(stopped[x], stopped[score], color="grey", marker="x", label="stopped early (ASHA)")

@@ -51,3 +51,21 @@ def test_write_pareto(table, tmp_path):
     write_pareto(table, TWO[:1], str(tmp_path / "one"))  # one objective: the best trial, no picture
     assert not (tmp_path / "one" / "pareto.png").exists()
     assert pd.read_csv(tmp_path / "one" / "pareto.csv")["trial"].tolist() == ["a"]
+
+
+def test_tune_plots_of_a_run_interrupted_before_any_trial_ended(tmp_path):
+    """Only the learning curves can be drawn: no trial has a final cost yet (a log axis would fail)."""
+    from skray.plots import plot_tune
+
+    trials = pd.DataFrame(
+        {
+            "trial": ["a"],
+            "status": ["interrupted"],
+            "best_val_acc": [0.6],
+            "trainable_params": [None],
+            "train_s": [None],
+        }
+    )
+    curves = pd.DataFrame({"trial": ["a", "a"], "step": [0, 2], "val_acc": [0.5, 0.6]})
+    written = plot_tune(trials, curves, str(tmp_path))
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["curves.png"]
