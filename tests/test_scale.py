@@ -92,7 +92,7 @@ def test_gpu_check_runs_small_on_cpu():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = [line for line in proc.stdout.splitlines() if line.startswith("|") and "completed" in line]
-    assert len(table) == 4
+    assert len(table) == 2  # on CPU: each method at ZeRO 3 (a GPU adds ZeRO 2 and the 3B row)
     assert {"sk_prefix", "prefix_tuning"} <= {cell.strip() for line in table for cell in line.split("|")}
 
 
