@@ -614,6 +614,19 @@ class SearchConfig(_Section):
         return [(key, "max"), *((name, mode) for name, mode in chosen.items() if name != key)]
 
 
+class CompareTuneConfig(_Section):
+    """A search per method before the seeds, the same budget for each, so no method is compared at a
+    learning rate that suits another."""
+
+    trials: int = Field(ge=1, description="Optuna trials each method gets (TPE; ASHA stops weak ones)")
+    lr: LogRange = Field(description="The learning-rate range every method searches, log-uniformly")
+    prefix_length: IntRange | None = Field(
+        default=None,
+        description="The range of m searched too, by the methods that have virtual positions; unset: "
+        "method.prefix_length",
+    )
+
+
 class CompareConfig(_Section):
     """What ``skray compare`` runs: methods x seeds on the same data, steps and batch size.
 
@@ -634,6 +647,11 @@ class CompareConfig(_Section):
     )
     target_accuracy: float = Field(
         default=0.8, gt=0, le=1, description="steps_to_target counts steps until validation reaches this"
+    )
+    tune: CompareTuneConfig | None = Field(
+        default=None,
+        description="Tune every method first (its own Optuna search, same budget), then run its best setting "
+        "with every seed; unset: each method at its lr as given",
     )
 
     @model_validator(mode="after")

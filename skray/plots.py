@@ -33,8 +33,9 @@ def _save(fig, run_dir: str, name: str) -> str:
     return path
 
 
-def plot_compare(trials: pd.DataFrame, run_dir: str) -> list[str]:
-    """One point per method (mean over completed seeds, bars: sd); returns the files written."""
+def plot_compare(trials: pd.DataFrame, run_dir: str, title: str = "") -> list[str]:
+    """One point per method (mean over completed seeds, bars: sd), under ``title`` (how the methods'
+    settings were chosen); returns the files written."""
     plt = _pyplot()
     done = trials[trials["status"] == "completed"]
     written = []
@@ -56,6 +57,7 @@ def plot_compare(trials: pd.DataFrame, run_dir: str) -> list[str]:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (mean ± sd over seeds)")
+        ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()

@@ -13,6 +13,7 @@ from skray.results import experiment, format_table, load_results, write_table
 
 BRIEF = [
     "method",
+    "lr",
     "completed",
     "zero_shot_test_acc",
     "test_acc",

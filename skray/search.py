@@ -172,11 +172,19 @@ def run_experiment(
         plan = Plan(plan.cpus_per_worker, min(plan.max_concurrent, fits))
     resumed = unfinished_run(root, cfg, command, retry_errored)
     run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if not resumed:
+    prepared = storage.join(run_dir, "prepared.json")  # what the trials run, after the command's preparation
+    if resumed:
+        if storage.exists(prepared):
+            cfg = ExperimentConfig.model_validate(json.loads(storage.read_text(prepared)))
+    else:
         storage.write_text(
             storage.join(run_dir, "experiment.json"),
             json.dumps({"command": command, "config": cfg.model_dump()}, indent=2),
         )
+        ready = cmd.prepare(cfg, run_dir, plan.cpus_per_worker * workers)
+        if ready != cfg:
+            storage.write_text(prepared, json.dumps(ready.model_dump(), indent=2))
+        cfg = ready
 
     log_dir = None if verbose or storage.is_uri(run_dir) else storage.join(storage.location(run_dir), "logs")
     trainable = tune.with_resources(
@@ -201,7 +209,6 @@ def run_experiment(
             run_dir, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
     else:
-        cfg = cmd.prepare(cfg, run_dir, plan.cpus_per_worker * workers)
         tuner = tune.Tuner(
             trainable,
             param_space=cmd.param_space(cfg),

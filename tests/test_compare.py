@@ -94,6 +94,32 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
     assert retried == [2, 2]
 
 
+def test_tuned_compare_searches_each_method_then_runs_its_best_with_every_seed(ray_cluster, tiny_experiment):
+    """compare.tune: 2 methods x 2 Optuna trials, then each method's best setting x 2 seeds."""
+    cfg = experiment(
+        tiny_experiment,
+        compare={
+            "methods": ["sk_prefix", "prompt_tuning"],
+            "seeds": [0, 1],
+            "tune": {"trials": 2, "lr": {"low": 1e-3, "high": 1e-2}, "prefix_length": {"low": 2, "high": 6}},
+        },
+    )
+    run_dir, table = run_experiment(cfg, "compare")
+    searches = {p.name.split("-tune-")[0]: load_results(str(p)) for p in (Path(run_dir) / "tuning").iterdir()}
+    assert len(searches) == 2
+    assert all(len(t) == 2 for t in searches.values())
+    trials = load_results(run_dir)
+    assert len(trials) == 4
+    for kind in ("sk_prefix", "prompt_tuning"):
+        search = next(t for name, t in searches.items() if name.endswith(kind))
+        best = search[search.status == "completed"].iloc[0]  # best validation first
+        ran = trials[trials.method.str.startswith(kind)]
+        assert set(ran.seed) == {0, 1}
+        assert ran.lr.tolist() == pytest.approx([best.lr, best.lr])  # every seed at the setting the search chose
+        assert ran.method.iloc[0] == f"{kind}(prefix_length={int(best.prefix_length)})"
+    assert (table.tune_trials == 2).all()
+
+
 def test_token_classification_reports_span_f1(ray_cluster, tiny_experiment, tmp_path):
     data = MAKE_NER(tmp_path / "ner.jsonl", rows=120)
     cfg = experiment(

@@ -8,6 +8,7 @@ over the seeds that completed, its sd in a ``<column>_sd`` column beside it, num
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pandas as pd
@@ -15,7 +16,15 @@ from ray import tune
 
 from skray import storage
 from skray.commands.base import Command
-from skray.config import ExperimentConfig, MethodConfig, compare_labels, entry_lr, method_variant
+from skray.config import (
+    ExperimentConfig,
+    IntRange,
+    MethodConfig,
+    SearchConfig,
+    compare_labels,
+    entry_lr,
+    method_variant,
+)
 from skray.plots import plot_compare
 from skray.results import write_table
 
@@ -53,6 +62,17 @@ class Compare(Command):
     def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return {"method": tune.grid_search(list(variants(cfg))), "seed": tune.grid_search(cfg.compare.seeds)}
 
+    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float) -> ExperimentConfig:
+        """With compare.tune: every method's own Optuna search first (RUN_DIR/tuning/), the same
+        budget for each; the seeds then run each method's best setting."""
+        if cfg.compare.tune is None:
+            return cfg
+        entries = [
+            tuned_entry(cfg, label, entry, run_dir)
+            for label, entry in zip(compare_labels(cfg.compare.methods, cfg.train.lr), cfg.compare.methods, strict=True)
+        ]
+        return cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"methods": entries})})
+
     def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
         method, lr = variants(cfg)[params["method"]]
         train = cfg.train.model_copy(update={"seed": params["seed"], "lr": lr})
@@ -61,11 +81,55 @@ class Compare(Command):
     def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
         """compare.csv/.parquet (numbers), compare.md ("mean ± sd", for reading) and two plots:
         accuracy against trainable parameters and against time."""
+        from skray.results import experiment
+
         table = summary_table(trials)
+        tuned = ((experiment(run_dir).get("config") or {}).get("compare") or {}).get("tune")
+        title = ""
+        if tuned:  # every method at its own best setting after the same search budget
+            table.insert(2, "tune_trials", tuned["trials"])
+            title = f"each method tuned first: {tuned['trials']} Optuna trials (lr; m where it has one)"
         write_table(table, run_dir, "compare")
         storage.write_text(storage.join(run_dir, "compare.md"), readable(table).to_markdown(index=False) + "\n")
-        plot_compare(trials, run_dir)
+        plot_compare(trials, run_dir, title)
         return table
+
+
+def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """One method's search (a ``skray tune`` run of ``compare.tune.trials`` trials over its learning
+    rate, and m where it has virtual positions, at the first seed); returns the entry with the best
+    completed trial's setting (by validation)."""
+    from skray.search import run_experiment
+
+    t = cfg.compare.tune
+    method = method_variant(cfg.method, entry)
+    m = IntRange(low=method.prefix_length, high=method.prefix_length)
+    search = SearchConfig(num_trials=t.trials, wordings=[method.wording], prefix_length=t.prefix_length or m, lr=t.lr)
+    sub = cfg.model_copy(
+        update={
+            "name": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}").strip("_"),
+            "storage_path": storage.join(run_dir, "tuning"),
+            "method": method,
+            "train": cfg.train.model_copy(update={"seed": cfg.compare.seeds[0]}),
+            "search": search,
+            "compare": None,
+        }
+    )
+    tuned_dir, table = run_experiment(sub, "tune", verbose=False)
+    done = table[table["status"] == "completed"]
+    best = (done if len(done) else table).iloc[0]  # the table comes best validation score first
+    chosen = {"kind": entry} if isinstance(entry, str) else dict(entry)
+    chosen["lr"] = float(best["lr"])
+    if t.prefix_length and pd.notna(best.get("prefix_length")):
+        chosen["prefix_length"] = int(best["prefix_length"])
+    print(
+        f"skray: compare.tune: {label}: best of {len(table)} trials (validation {best['best_val_acc']:.3f}): "
+        f"lr {chosen['lr']:.3g}"
+        + (f", m {chosen['prefix_length']}" if "prefix_length" in chosen else "")
+        + f"; {tuned_dir}/",
+        flush=True,
+    )
+    return chosen
 
 
 def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
@@ -110,7 +174,7 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """The summary for reading: "mean ± sd" (sd left out where the seeds agree), counts as integers."""
-    shown = table[["method", "lr", "seeds", "completed"]].copy()
+    shown = table[[c for c in ("method", "lr", "tune_trials", "seeds", "completed") if c in table.columns]].copy()
     for col in [*SCORES, *COSTS]:
         counts = col in ("trainable_params", "checkpoint_bytes", "peak_mem_mb", "steps_to_target")
         shown[col] = [
