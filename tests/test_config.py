@@ -243,3 +243,12 @@ def test_every_config_key_is_described():
         if not (field.description or "").strip()
     ]
     assert not missing, f"config keys without a description: {missing}"
+
+
+@pytest.mark.parametrize("path", sorted((QUICKSTART.parent).glob("*.yaml")), ids=lambda p: p.name)
+def test_every_experiment_file_is_a_valid_config(path):
+    cfg = load_config(path)
+    if cfg.compare:  # every compare entry makes a valid method, with distinct labels
+        from skray.commands.compare import variants
+
+        assert len(variants(cfg)) == len(cfg.compare.methods)

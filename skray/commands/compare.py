@@ -104,7 +104,9 @@ def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], 
     t = cfg.compare.tune
     method = method_variant(cfg.method, entry)
     m = IntRange(low=method.prefix_length, high=method.prefix_length)
-    search = SearchConfig(num_trials=t.trials, wordings=[method.wording], prefix_length=t.prefix_length or m, lr=t.lr)
+    fixed_m = method.kind in ("sk_prefix", "sk_prompt") and method.adapter != "mixer"  # m = k: not searched
+    searched = m if fixed_m else t.prefix_length or m
+    search = SearchConfig(num_trials=t.trials, wordings=[method.wording], prefix_length=searched, lr=t.lr)
     sub = cfg.model_copy(
         update={
             "name": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}").strip("_"),
@@ -120,7 +122,7 @@ def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], 
     best = (done if len(done) else table).iloc[0]  # the table comes best validation score first
     chosen = {"kind": entry} if isinstance(entry, str) else dict(entry)
     chosen["lr"] = float(best["lr"])
-    if t.prefix_length and pd.notna(best.get("prefix_length")):
+    if searched.low < searched.high and pd.notna(best.get("prefix_length")):
         chosen["prefix_length"] = int(best["prefix_length"])
     print(
         f"skray: compare.tune: {label}: best of {len(table)} trials (validation {best['best_val_acc']:.3f}): "
