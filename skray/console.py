@@ -113,3 +113,18 @@ def output_to(path: str | None):
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+
+
+@contextlib.contextmanager
+def tune_output(verbose: bool):
+    """Ray Tune's console output for the block: its own (verbose), or none. Tune's new output engine
+    prints an experiment header at any verbosity, so the quiet mode takes its legacy reporter, which
+    at verbosity 0 prints nothing (a user's own RAY_AIR_NEW_OUTPUT wins)."""
+    if verbose or "RAY_AIR_NEW_OUTPUT" in os.environ:
+        yield
+        return
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)

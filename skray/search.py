@@ -220,7 +220,10 @@ def run_experiment(
                 callbacks=trackers(cfg, run_dir) + ([] if verbose else [progress(cfg, cmd)]),
             ),
         )
-    results = tuner.fit()
+    from skray.console import tune_output
+
+    with tune_output(verbose):
+        results = tuner.fit()
     planned = cmd.trials(cfg)
     if len(results) == planned and results.num_terminated + results.num_errors == planned:
         # Only a sweep that ran to its end is marked so; after Ctrl-C unfinished trials read "interrupted".

@@ -35,3 +35,16 @@ def test_output_to_takes_the_file_descriptors_and_gives_them_back(tmp_path, capf
     print("to the terminal")
     assert (tmp_path / "logs" / "w.log").read_text() == "to the file\nfrom C\n"
     assert capfd.readouterr().out == "to the terminal\n"
+
+
+def test_quiet_tune_takes_rays_legacy_reporter_for_the_block_only(monkeypatch):
+    import os
+
+    from skray.console import tune_output
+
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
+    with tune_output(verbose=False):
+        assert os.environ["RAY_AIR_NEW_OUTPUT"] == "0"  # the new engine prints a header at any verbosity
+    assert "RAY_AIR_NEW_OUTPUT" not in os.environ
+    with tune_output(verbose=True):
+        assert "RAY_AIR_NEW_OUTPUT" not in os.environ
