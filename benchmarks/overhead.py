@@ -9,7 +9,10 @@ One worker, ZeRO 0, fp32, all of the machine's cores for each variant, one at a 
 
 Each variant runs ``--steps`` steps of which the first ``--untimed`` are not timed (skray's own
 steady-state rule); the table gives steady samples/s and the ratio to the plain loop, per round and
-as the median over ``--rounds`` rounds (variants interleaved, so drift hits all alike).
+as the median over ``--rounds`` rounds (variants interleaved, so drift hits all alike). The first
+``skray`` run starts a local Ray that stays up, so from the second round on the in-process loops run
+beside Ray's idle processes (GCS, raylet, dashboard): comparing the rounds' plain loops shows what
+those cost a 2-core machine.
 
     python benchmarks/overhead.py [--rounds 2] [--steps 24]
 """
