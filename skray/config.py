@@ -53,8 +53,8 @@ class DataConfig(_Section):
 
     name: str = Field(
         default="rotten_tomatoes_critics",
-        description="The labelled data: an embedded set (rotten_tomatoes_critics), a .csv/.jsonl/.parquet file, "
-        "a folder of per-split files, or a hub dataset id",
+        description="The labelled data: an embedded set (rotten_tomatoes_critics, crowdflower_tweets), "
+        "a .csv/.jsonl/.parquet file, a folder of per-split files, or a hub dataset id",
     )
     task: Literal["classification", "token_classification"] = Field(
         default="classification",
@@ -686,7 +686,7 @@ class MlflowConfig(_Section):
     """Where Ray's MLflow logger sends each trial's parameters and reports."""
 
     tracking_uri: str = Field(
-        description="The MLflow tracking server or store, e.g. http://mlflow:5000 or file:///path/mlruns"
+        description="The MLflow tracking server or store, e.g. http://mlflow:5000 or sqlite:///abs/path/mlflow.db"
     )
     experiment_name: str | None = Field(default=None, description="The MLflow experiment; unset: the run's name")
 

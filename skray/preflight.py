@@ -28,7 +28,7 @@ def preflight(cfg: ExperimentConfig) -> int:
             import mlflow  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "tracking.mlflow needs the mlflow package on the driver: pip install mlflow (or remove tracking.mlflow)"
+                "tracking.mlflow needs MLflow on the driver: pip install 'skray[mlflow]' (or remove tracking.mlflow)"
             ) from None
     splits = load_splits(cfg.data)
     info = inspect_backbone(cfg.backbone)

@@ -5,6 +5,8 @@ Used at the end of every run and by `skray report`, so both always agree.
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from skray.commands import COMMANDS
@@ -53,22 +55,43 @@ def show(table: pd.DataFrame) -> str:
 
 
 def verdict(table: pd.DataFrame, key: str, which: str) -> list[str]:
-    """One line on the table's best row: its test accuracy against what it must beat on the same
-    test rows (always answering the majority label, and the step-0 model), said plainly when it
-    does not. Nothing where no row has a test score (token classification: no majority line)."""
+    """One line on the table's best row: its test accuracy and macro-F1 against what it must beat on
+    the same test rows (always answering the majority label, and the step-0 model), said plainly when
+    it does not, or when its margin over the majority label is within the test set's sampling error.
+    Nothing where no row has a test score (token classification: no majority line)."""
     if "test_acc" not in table.columns or "majority_test_acc" not in table.columns:
         return []
     scored = table.dropna(subset=["test_acc"])
     if scored.empty or scored["majority_test_acc"].isna().all():
         return []
     best = scored.iloc[0]  # both tables come best first (validation for trials, mean test for methods)
-    majority, zero = float(best["majority_test_acc"]), best.get("zero_shot_test_acc")
-    line = f"{which} ({best[key]}): test accuracy {best['test_acc']:.3f}, macro-F1 {best['test_f1']:.3f}; "
-    line += f"always answering the majority label: {majority:.3f}"
-    if pd.notna(zero):
-        line += f", the untrained (step-0) model: {float(zero):.3f}"
-    if best["test_acc"] <= majority:
+    acc, f1 = float(best["test_acc"]), float(best["test_f1"])
+    majority, majority_f1 = float(best["majority_test_acc"]), _number(best.get("majority_test_f1"))
+    zero, zero_f1 = _number(best.get("zero_shot_test_acc")), _number(best.get("zero_shot_test_f1"))
+    line = f"{which} ({best[key]}): test accuracy {acc:.3f}, macro-F1 {f1:.3f}; "
+    line += f"always answering the majority label: {majority:.3f}" + _f1(majority_f1)
+    if not math.isnan(zero):
+        line += f"; the untrained (step-0) model: {zero:.3f}" + _f1(zero_f1)
+    if acc <= majority:
         return [f"{line}. It does NOT beat always answering the majority label."]
-    if pd.notna(zero) and best["test_acc"] <= float(zero):
+    if not math.isnan(zero) and acc <= zero:
         return [f"{line}. It does NOT beat the untrained model: training did not help on test."]
+    rows = _number(best.get("test_rows"))
+    noise = 2 * math.sqrt(majority * (1 - majority) / rows) if rows > 0 else float("nan")
+    if acc - majority < noise:
+        return [
+            f"{line}. Its margin over the majority label ({acc - majority:.3f}) is within sampling error "
+            f"(2 standard errors over {rows:.0f} test rows: {noise:.3f}): it does NOT clearly beat it."
+        ]
+    if not math.isnan(zero_f1) and f1 <= zero_f1:
+        return [f"{line}. Its accuracy beats both, but its macro-F1 does NOT beat the untrained model's."]
     return [f"{line}. It beats both."]
+
+
+def _number(value) -> float:
+    """A table cell as a float, NaN where the column is missing or empty (tables of older runs)."""
+    return float(value) if value is not None and pd.notna(value) else float("nan")
+
+
+def _f1(value: float) -> str:
+    return "" if math.isnan(value) else f" (macro-F1 {value:.3f})"

@@ -28,6 +28,8 @@ COLUMNS = [
     "zero_shot_test_acc",
     "zero_shot_test_f1",
     "majority_test_acc",
+    "majority_test_f1",
+    "test_rows",
     "best_val_acc",
     "best_val_f1",
     "best_val_precision",

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from skray.cli import main
-from skray.config import TrackingConfig
+from skray.config import MlflowConfig, TrackingConfig
 from skray.errors import ResourceError
 from skray.results import load_results
 from skray.search import run_experiment
@@ -150,7 +150,9 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     cfg = tiny_experiment(
         search__objectives={"best_val_acc": "max", "trainable_params": "min"}, search__screen={"keep": 2}
     )
-    cfg = cfg.model_copy(update={"tracking": TrackingConfig(tensorboard=True)})
+    mlflow_store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = TrackingConfig(tensorboard=True, mlflow=MlflowConfig(tracking_uri=mlflow_store))
+    cfg = cfg.model_copy(update={"tracking": tracking})
     run_dir, table = run_experiment(cfg, "tune")
     run_dir = Path(run_dir)
     assert len(table) == 3
@@ -194,6 +196,7 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     events = list(run_dir.glob("*/events.out.tfevents.*"))  # tracking.tensorboard: one file per trial
     assert len(events) == 3
     assert "ray/tune/val_acc" in tensorboard_tags(events[0])
+    assert_one_mlflow_run_per_trial(mlflow_store, cfg.name, table)
 
     # The same run read back through a URI (what s3:// and gs:// storage go through).
     assert load_results(f"file://{run_dir}").equals(table)
@@ -290,6 +293,20 @@ def test_private_ray_finds_itself_beside_another_ray(ray_cluster):
     finally:
         other.kill()
         other.wait()
+
+
+def assert_one_mlflow_run_per_trial(store: str, experiment: str, table: pd.DataFrame) -> None:
+    """tracking.mlflow: a run per trial in the experiment named after the run, its settings as
+    params and its validation accuracy logged at every evaluation."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == len(table)
+    assert sorted(float(r.data.params["lr"]) for r in runs) == pytest.approx(sorted(table.lr))
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert len(history) >= 2  # step 0 and at least one evaluation after training steps
 
 
 def tensorboard_tags(path: Path) -> set[str]:

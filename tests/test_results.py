@@ -30,7 +30,7 @@ def test_report_skips_a_cut_off_line_and_ignores_half_written_files(tmp_path):
     assert written[0].startswith("trial,")
 
 
-def trials(test_acc: float, zero_shot: float = 0.6, majority: float = 0.65):
+def trials(test_acc: float, zero_shot: float = 0.6, majority: float = 0.65, f1: float = 0.5, rows: int = 2000):
     import pandas as pd
 
     return pd.DataFrame(
@@ -39,9 +39,12 @@ def trials(test_acc: float, zero_shot: float = 0.6, majority: float = 0.65):
             "wording": ["w", "w"],
             "best_val_acc": [0.8, 0.7],
             "test_acc": [test_acc, 0.9],
-            "test_f1": [0.5, 0.5],
+            "test_f1": [f1, 0.5],
             "zero_shot_test_acc": [zero_shot, zero_shot],
+            "zero_shot_test_f1": [0.45, 0.45],
             "majority_test_acc": [majority, majority],
+            "majority_test_f1": [0.26, 0.26],
+            "test_rows": [rows, rows],
             "status": ["completed", "completed"],
         }
     )
@@ -56,19 +59,33 @@ def test_the_verdict_says_plainly_when_the_best_trial_loses_to_the_majority_labe
     assert lines[-1].endswith("It does NOT beat always answering the majority label.")
     assert show(trials(0.62, zero_shot=0.63, majority=0.5)).endswith("training did not help on test.")
     assert show(trials(0.8)).endswith(
-        "majority label: 0.650, the untrained (step-0) model: 0.600. It beats both."
+        "majority label: 0.650 (macro-F1 0.260); the untrained (step-0) model: 0.600 (macro-F1 0.450). It beats both."
     )  # trial b's 0.9 on test does not count: trials are chosen by validation
+
+
+def test_the_verdict_does_not_call_a_margin_within_sampling_error_a_win():
+    """The imbalanced RT case: 0.854 against 0.850 for the majority label on 500 test rows, macro-F1 0.498."""
+    from skray.report import show
+
+    line = show(trials(0.854, zero_shot=0.828, majority=0.85, f1=0.498, rows=500)).splitlines()[-1]
+    assert "Its margin over the majority label (0.004) is within sampling error" in line
+    assert line.endswith("over 500 test rows: 0.032): it does NOT clearly beat it.")
+    # the same margin over 100,000 rows is real; a macro-F1 below the step-0 model's is still said
+    line = show(trials(0.854, zero_shot=0.828, majority=0.85, f1=0.40, rows=100_000)).splitlines()[-1]
+    assert line.endswith("Its accuracy beats both, but its macro-F1 does NOT beat the untrained model's.")
 
 
 def test_class_weights_and_majority():
     import torch
 
-    from skray.train.evaluate import balanced_weights, majority_accuracy, task_loss
+    from skray.train.evaluate import balanced_weights, majority_scores, task_loss
 
     labels = torch.tensor([0, 0, 0, 1, -100])  # -100: a token that is not scored
     weights = balanced_weights(labels, 3)
     assert weights.tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])  # n / (labels x count); absent label: 0
-    assert majority_accuracy(labels) == 0.75
+    majority = majority_scores(labels, 3)
+    assert majority["acc"] == 0.75
+    assert majority["f1"] == pytest.approx((2 * 0.75 / 1.75) / 2)  # F1 of label 0, 0 for label 1; label 2 unseen
     logits = torch.zeros(4, 3)
     logits[:, 0] = 2.0  # always the majority label
     plain = task_loss(logits, labels[:4])

@@ -31,7 +31,9 @@ from skray.results import write_table
 SCORES = [
     "zero_shot_acc",
     "zero_shot_test_acc",
+    "zero_shot_test_f1",
     "majority_test_acc",
+    "majority_test_f1",
     "best_val_acc",
     "best_val_f1",
     "test_acc",
@@ -161,6 +163,7 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
             "lr": group["lr"].iloc[0],
             "seeds": len(group),
             "completed": len(done),
+            "test_rows": pd.to_numeric(group.get("test_rows"), errors="coerce").max(),  # the same rows every seed
         }
         for col in [*SCORES, *COSTS]:
             values = pd.to_numeric(done[col], errors="coerce").dropna()

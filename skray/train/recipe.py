@@ -80,7 +80,7 @@ class SKTuningRecipe:
         from skray.partitioned import ParamPeak, dtype_of
         from skray.train.checkpoint import read_resume_state
         from skray.train.deepspeed import build_engine, deepspeed_config, held_param_bytes, process_group_backend
-        from skray.train.evaluate import balanced_weights, majority_accuracy
+        from skray.train.evaluate import balanced_weights, majority_scores
         from skray.train.memory import runtime_bytes, settle_zero
 
         ctx = ray.train.get_context()
@@ -120,7 +120,12 @@ class SKTuningRecipe:
             balanced_weights(train_labels, len(self.label_names)) if cfg.train.class_weights == "balanced" else None
         )
         if not token_level:  # what any classifier must beat, on the very rows its test score comes from
-            self.facts["majority_test_acc"] = majority_accuracy(self.data["test"]["labels"])
+            majority = majority_scores(self.data["test"]["labels"], len(self.label_names))
+            self.facts.update(
+                majority_test_acc=majority["acc"],
+                majority_test_f1=majority["f1"],
+                test_rows=len(self.data["test"]["labels"]),
+            )
 
         rows_of_one_batch = torch.arange(cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
         first = {k: v.to(self.device) for k, v in take(self.data["train"], rows_of_one_batch).items()}
