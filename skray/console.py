@@ -73,20 +73,20 @@ class Progress(tune.Callback):
         self._say(f"trial {trial.trial_id} step {step}/{self.steps_per_trial}: {shown}{pace}{self._where()}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self.ended += 1
         last = trial.last_result or {}
         test = last.get(f"test_{self.key}")
         if test is not None:
-            line = f"completed: test {self.key} {test:.3f}"
+            self._end(trial, f"completed: test {self.key} {test:.3f}")
         else:
-            line = f"stopped early at step {last.get('step', 0)} (ASHA)"
-        self.steps[trial.trial_id] = self.steps_per_trial  # a stopped trial's remaining steps will not run
-        self._say(f"trial {trial.trial_id} {line}{self._where()}")
+            self._end(trial, f"stopped early at step {last.get('step', 0)} (ASHA)")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, "failed (its error is in the table)")
+
+    def _end(self, trial, line: str) -> None:
         self.ended += 1
-        self.steps[trial.trial_id] = self.steps_per_trial
-        self._say(f"trial {trial.trial_id} failed (its error is in the table){self._where()}")
+        self.steps[trial.trial_id] = self.steps_per_trial  # an ended trial's remaining steps will not run
+        self._say(f"trial {trial.trial_id} {line}{self._where()}")
 
 
 @contextlib.contextmanager
