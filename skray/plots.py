@@ -53,6 +53,9 @@ def plot_compare(trials: pd.DataFrame, run_dir: str, title: str = "") -> list[st
                 capsize=3,
                 label=method,
             )
+        if "majority_test_acc" in done.columns and done["majority_test_acc"].notna().any():  # same test rows
+            majority = float(done["majority_test_acc"].max())
+            ax.axhline(majority, color="grey", linestyle="--", linewidth=1, label="always the majority label")
         if log:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
