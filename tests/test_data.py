@@ -1,4 +1,4 @@
-"""Data by name: the embedded Rotten Tomatoes split, local files and folders, and label/column/value errors."""
+"""Data by name: the embedded Rotten Tomatoes and CrowdFlower tweet splits, local files and folders, and label/column/value errors."""
 
 import datasets
 import pandas as pd
@@ -22,6 +22,17 @@ def test_rotten_tomatoes_is_real_deterministic_and_grouped_by_movie():
     assert not movies["train"] & movies["validation"]
     assert not movies["train"] & movies["test"]
     assert not movies["validation"] & movies["test"]
+
+
+def test_crowdflower_tweets_are_three_real_imbalanced_labels_with_no_text_in_two_splits():
+    s = load_splits(DataConfig(name="crowdflower_tweets"))
+    assert s.label_names == ["negative", "neutral", "positive"]
+    rows = pd.concat([s[split] for split in ("train", "validation", "test")])
+    assert len(rows) == 37243  # 38,158 tweets less exact repeats
+    shares = rows["label"].value_counts(normalize=True).sort_index().round(2).tolist()
+    assert shares == [0.43, 0.39, 0.18]
+    assert not set(s.train["text"]) & set(s.test["text"])
+    assert s.test.equals(load_splits(DataConfig(name="crowdflower_tweets")).test)
 
 
 def test_caps_apply():
