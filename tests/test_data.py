@@ -1,4 +1,5 @@
-"""Data by name: the embedded Rotten Tomatoes and CrowdFlower tweet splits, local files and folders, and label/column/value errors."""
+"""Data by name: the embedded Rotten Tomatoes and CrowdFlower tweet splits, local files and folders,
+and label/column/value errors."""
 
 import datasets
 import pandas as pd
