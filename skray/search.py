@@ -118,19 +118,41 @@ def trackers(cfg: ExperimentConfig, run_dir: str) -> list[tune.Callback]:
     return callbacks
 
 
+def _runs_named(root: str, cfg: ExperimentConfig, command: str) -> list[str]:
+    """Run directories of this name and command under ``root``, oldest first (their names end in the start time)."""
+    return [d for d in storage.subdirs(root) if d.rsplit("/", 1)[-1].startswith(f"{cfg.name}-{command}-")]
+
+
+def _started_with(run: str, cfg: ExperimentConfig, command: str) -> bool:
+    return experiment(run) == json.loads(json.dumps({"command": command, "config": cfg.model_dump()}))
+
+
+def _has_failed_trials(run: str) -> bool:
+    return any(storage.exists(storage.join(trial, "error.txt")) for trial in storage.subdirs(run))
+
+
 def unfinished_run(root: str, cfg: ExperimentConfig, command: str, retry_errored: bool = False) -> str | None:
     """The newest run of this name and command, if it was started with this very config and did
-    not reach its end (driver killed, Ctrl-C), or reached it with failed trials that
-    ``retry_errored`` asks to run again: running the same command again resumes it."""
-    want = json.loads(json.dumps({"command": command, "config": cfg.model_dump()}))
-    runs = [d for d in storage.subdirs(root) if d.rsplit("/", 1)[-1].startswith(f"{cfg.name}-{command}-")]
-    if not runs or experiment(runs[-1]) != want or not tune.Tuner.can_restore(runs[-1]):
+    not reach its end (driver killed, Ctrl-C, also while the command prepared its trials, e.g.
+    compare.tune's searches), or reached it with failed trials that ``retry_errored`` asks to run
+    again: running the same command again resumes it."""
+    runs = _runs_named(root, cfg, command)
+    if not runs or not _started_with(runs[-1], cfg, command):
         return None
     run = runs[-1]
-    if not storage.exists(storage.join(run, "finished")):
+    if not tune.Tuner.can_restore(run) or not storage.exists(storage.join(run, "finished")):
         return run
-    failed = any(storage.exists(storage.join(trial, "error.txt")) for trial in storage.subdirs(run))
-    return run if retry_errored and failed else None
+    return run if retry_errored and _has_failed_trials(run) else None
+
+
+def finished_run(root: str, cfg: ExperimentConfig, command: str) -> str | None:
+    """The newest run of this name, command and config that reached its end with no failed trial:
+    what a resumed compare reuses of the per-method searches it had finished."""
+    for run in reversed(_runs_named(root, cfg, command)):
+        finished = storage.exists(storage.join(run, "finished"))
+        if finished and _started_with(run, cfg, command) and not _has_failed_trials(run):
+            return run
+    return None
 
 
 def run_experiment(
@@ -173,14 +195,17 @@ def run_experiment(
     resumed = unfinished_run(root, cfg, command, retry_errored)
     run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
     prepared = storage.join(run_dir, "prepared.json")  # what the trials run, after the command's preparation
-    if resumed:
-        if storage.exists(prepared):
-            cfg = ExperimentConfig.model_validate(json.loads(storage.read_text(prepared)))
-    else:
-        storage.write_text(
-            storage.join(run_dir, "experiment.json"),
-            json.dumps({"command": command, "config": cfg.model_dump()}, indent=2),
-        )
+    restore = resumed is not None and tune.Tuner.can_restore(run_dir)
+    if resumed and not restore:
+        print(f"skray: resuming {run_dir} (same command and config), cut before its trials started", file=sys.stderr)
+    if resumed and storage.exists(prepared):
+        cfg = ExperimentConfig.model_validate(json.loads(storage.read_text(prepared)))
+    elif not restore:  # a new run, or one cut while preparing (compare.tune's searches go on where they were)
+        if not resumed:
+            storage.write_text(
+                storage.join(run_dir, "experiment.json"),
+                json.dumps({"command": command, "config": cfg.model_dump()}, indent=2),
+            )
         ready = cmd.prepare(cfg, run_dir, plan.cpus_per_worker * workers)
         if ready != cfg:
             storage.write_text(prepared, json.dumps(ready.model_dump(), indent=2))
@@ -198,7 +223,7 @@ def run_experiment(
         ),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )
-    if resumed:
+    if restore:
         again = "; failed trials run again from their last checkpoint" if retry_errored else ""
         print(
             f"skray: resuming {run_dir} (same command and config); finished trials are kept{again}",

@@ -208,3 +208,40 @@ def test_a_backbone_larger_than_the_worker_budget_needs_zero3_and_enough_workers
     whole = parse_config({"train": base | {"num_workers": 2, "zero_stage": 2}})
     with pytest.raises(ResourceError, match="set train.zero_stage 3 with more workers"):
         check_memory(whole, params, 2, "train.num_workers", node, grows=False)
+
+
+def test_which_earlier_run_the_same_command_resumes_or_reuses(tiny_experiment, tmp_path):
+    """A run cut while it prepared (no Tune state yet, e.g. during compare.tune's searches) is resumed;
+    one whose trials started resumes until it finished; a finished run with no failed trial is what a
+    resumed compare reuses of its searches; a run started with another config is neither."""
+    from skray.search import finished_run, unfinished_run
+
+    cfg = tiny_experiment()
+    record = json.dumps({"command": "tune", "config": cfg.model_dump()})
+
+    def run(stamp: str, *files: str, config: str = record) -> Path:
+        d = tmp_path / f"tiny-tune-2026113{stamp}"
+        d.mkdir()
+        (d / "experiment.json").write_text(config)
+        for name in files:
+            (d / name).write_text("x")
+        return d
+
+    done = run("0-000000", "tuner.pkl", "finished")
+    assert unfinished_run(str(tmp_path), cfg, "tune") is None
+    assert finished_run(str(tmp_path), cfg, "tune") == str(done)
+    preparing = run("0-000001")  # cut before Tune wrote its state
+    assert unfinished_run(str(tmp_path), cfg, "tune") == str(preparing)
+    running = run("0-000002", "tuner.pkl")
+    assert unfinished_run(str(tmp_path), cfg, "tune") == str(running)
+    assert finished_run(str(tmp_path), cfg, "tune") == str(done)  # the newest finished one
+    failed = run("0-000003", "tuner.pkl", "finished")
+    (failed / "trial_a").mkdir()
+    (failed / "trial_a" / "error.txt").write_text("boom")
+    assert unfinished_run(str(tmp_path), cfg, "tune") is None
+    assert unfinished_run(str(tmp_path), cfg, "tune", retry_errored=True) == str(failed)
+    assert finished_run(str(tmp_path), cfg, "tune") == str(done)  # a run with a failed trial is not reused
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
+    run("0-000004", config=json.dumps({"command": "tune", "config": other.model_dump()}))
+    assert unfinished_run(str(tmp_path), cfg, "tune") is None  # the newest was started with another config
+    assert finished_run(str(tmp_path), other, "tune") is None

@@ -101,7 +101,8 @@ def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], 
     """One method's search (a ``skray tune`` run of ``compare.tune.trials`` trials over its learning
     rate, and m where it has virtual positions, at the first seed); returns the entry with the best
     completed trial's setting (by validation)."""
-    from skray.search import run_experiment
+    from skray.report import rebuild
+    from skray.search import finished_run, run_experiment
 
     t = cfg.compare.tune
     method = method_variant(cfg.method, entry)
@@ -119,7 +120,12 @@ def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], 
             "compare": None,
         }
     )
-    tuned_dir, table = run_experiment(sub, "tune", verbose=False)
+    root = storage.location(sub.storage_path)
+    done_before = finished_run(root, sub, "tune")  # a resumed compare keeps the searches it had finished
+    if done_before:
+        tuned_dir, table = done_before, rebuild(done_before)
+    else:
+        tuned_dir, table = run_experiment(sub, "tune", verbose=False)
     done = table[table["status"] == "completed"]
     best = (done if len(done) else table).iloc[0]  # the table comes best validation score first
     chosen = {"kind": entry} if isinstance(entry, str) else dict(entry)
