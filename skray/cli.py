@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from skray.commands import COMMANDS
-from skray.errors import SkrayError
+from skray.errors import Interrupted, SkrayError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
         return 0
+    except Interrupted as err:
+        print(f"skray: {err}", file=sys.stderr)
+        return 130
     except SkrayError as err:
         print(f"skray: error: {err}", file=sys.stderr)
         return 2

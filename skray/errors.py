@@ -19,3 +19,8 @@ class BackboneError(SkrayError):
 
 class ResourceError(SkrayError):
     pass
+
+
+class Interrupted(SkrayError):
+    """Ctrl-C (or a stop) inside a step the run needs whole, e.g. one of compare.tune's searches:
+    the CLI exits 130, as for an interrupted sweep, and the same command resumes."""

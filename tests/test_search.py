@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -245,3 +246,41 @@ def test_which_earlier_run_the_same_command_resumes_or_reuses(tiny_experiment, t
     run("0-000004", config=json.dumps({"command": "tune", "config": other.model_dump()}))
     assert unfinished_run(str(tmp_path), cfg, "tune") is None  # the newest was started with another config
     assert finished_run(str(tmp_path), other, "tune") is None
+
+
+def _finished_search(root: Path, cfg, lr: float, m: int) -> Path:
+    """A finished `skray tune` run on disk as skray writes it: its config, one completed trial, the marker."""
+    run = root / f"{cfg.name}-tune-20261130-000000"
+    trial = run / "run_trial_abc12345_1_lr=x"
+    trial.mkdir(parents=True)
+    (run / "experiment.json").write_text(json.dumps({"command": "tune", "config": cfg.model_dump()}))
+    (run / "finished").write_text("2026-11-30T00:00:00")
+    params = {"method": cfg.method.kind, "wording": cfg.method.wording, "prefix_length": m, "lr": lr}
+    (trial / "params.json").write_text(json.dumps(params))
+    report = {"trial_id": "abc12345", "step": 4, "val_acc": 0.7, "best_val_acc": 0.7, "test_acc": 0.6, "done": True}
+    (trial / "result.json").write_text(json.dumps(report) + "\n")
+    return run
+
+
+def test_a_resumed_tuned_compare_reuses_a_finished_search_and_stops_on_an_interrupted_one(
+    tiny_experiment, tmp_path, monkeypatch
+):
+    """compare.tune runs one `skray tune` per method inside RUN_DIR/tuning: one that finished (same config)
+    is read back, not run again; one that Ctrl-C cut makes compare stop (exit 130), not go on with it."""
+    import skray.search
+    from skray.commands.compare import method_search, tuned_entry
+    from skray.errors import Interrupted
+
+    compare = {"methods": ["sk_prefix"], "seeds": [0], "tune": {"trials": 1, "lr": {"low": 1e-3, "high": 1e-2}}}
+    cfg = parse_config({**tiny_experiment().model_dump(), "compare": compare})
+    run_dir = str(tmp_path / "tiny-compare-20261130-000000")
+    search = method_search(cfg, "sk_prefix", "sk_prefix", run_dir)
+    monkeypatch.setattr(skray.search, "run_experiment", lambda *a, **k: pytest.fail("a finished search ran again"))
+    _finished_search(Path(run_dir) / "tuning", search, lr=0.005, m=cfg.method.prefix_length)
+    assert tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir) == {"kind": "sk_prefix", "lr": 0.005}
+
+    (Path(run_dir) / "tuning" / "tiny-sk_prefix-tune-20261130-000000" / "finished").unlink()  # as after Ctrl-C
+    cut = (str(Path(run_dir) / "tuning" / "tiny-sk_prefix-tune-20261130-000000"), pd.DataFrame())
+    monkeypatch.setattr(skray.search, "run_experiment", lambda *a, **k: cut)  # Tune returned early
+    with pytest.raises(Interrupted, match="run the same command again"):
+        tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir)

@@ -25,6 +25,7 @@ from skray.config import (
     entry_lr,
     method_variant,
 )
+from skray.errors import Interrupted
 from skray.plots import plot_compare
 from skray.results import write_table
 
@@ -97,35 +98,46 @@ class Compare(Command):
         return table
 
 
-def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """One method's search (a ``skray tune`` run of ``compare.tune.trials`` trials over its learning
-    rate, and m where it has virtual positions, at the first seed); returns the entry with the best
-    completed trial's setting (by validation)."""
-    from skray.report import rebuild
-    from skray.search import finished_run, run_experiment
-
+def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> ExperimentConfig:
+    """The ``skray tune`` run that searches one method for compare.tune: ``compare.tune.trials``
+    trials over its learning rate, and m where it has virtual positions, at the first seed, stored
+    in RUN_DIR/tuning/."""
     t = cfg.compare.tune
     method = method_variant(cfg.method, entry)
     m = IntRange(low=method.prefix_length, high=method.prefix_length)
     fixed_m = method.kind in ("sk_prefix", "sk_prompt") and method.adapter != "mixer"  # m = k: not searched
     searched = m if fixed_m else t.prefix_length or m
-    search = SearchConfig(num_trials=t.trials, wordings=[method.wording], prefix_length=searched, lr=t.lr)
-    sub = cfg.model_copy(
+    return cfg.model_copy(
         update={
             "name": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}").strip("_"),
             "storage_path": storage.join(run_dir, "tuning"),
             "method": method,
             "train": cfg.train.model_copy(update={"seed": cfg.compare.seeds[0]}),
-            "search": search,
+            "search": SearchConfig(num_trials=t.trials, wordings=[method.wording], prefix_length=searched, lr=t.lr),
             "compare": None,
         }
     )
+
+
+def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """One method's search (``method_search``), run or, in a resumed compare, read back if it had
+    finished; returns the entry with the best completed trial's setting (by validation)."""
+    from skray.report import rebuild
+    from skray.search import finished_run, run_experiment
+
+    sub = method_search(cfg, label, entry, run_dir)
+    searched = sub.search.prefix_length
     root = storage.location(sub.storage_path)
     done_before = finished_run(root, sub, "tune")  # a resumed compare keeps the searches it had finished
     if done_before:
         tuned_dir, table = done_before, rebuild(done_before)
     else:
         tuned_dir, table = run_experiment(sub, "tune", verbose=False)
+        if not storage.exists(storage.join(tuned_dir, "finished")):  # Tune returns on Ctrl-C; so must compare
+            raise Interrupted(
+                f"interrupted while compare.tune searched {label}; the searches so far are kept in "
+                f"{run_dir}: run the same command again to go on"
+            )
     done = table[table["status"] == "completed"]
     best = (done if len(done) else table).iloc[0]  # the table comes best validation score first
     chosen = {"kind": entry} if isinstance(entry, str) else dict(entry)
