@@ -6,6 +6,7 @@ silently training with a default.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
@@ -29,6 +30,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _absolute_if_local(name: str, embedded: Collection[str]) -> str:
+    """A local path made absolute where the config is read: Ray's workers run in another folder, so
+    a relative path would miss there (and a data path would be tried as a hub id). Embedded names,
+    hub ids and URIs stay as they are."""
+    if name in embedded or "://" in name:
+        return name
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 class BackboneConfig(_Section):
     """Which frozen model to tune: an embedded name, a local HF folder or a hub id."""
 
@@ -42,6 +53,13 @@ class BackboneConfig(_Section):
         description="Run the Python code a model folder or hub repo ships (some architectures need it); "
         "turn on only for a source you trust",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _local_name_absolute(cls, name: str) -> str:
+        from skray.backbones import EMBEDDED
+
+        return _absolute_if_local(name, EMBEDDED)
 
 
 class DataConfig(_Section):
@@ -119,6 +137,13 @@ class DataConfig(_Section):
         default=False,
         description="Rows with no text or label: an error naming them, or dropped (and counted) if true",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _local_name_absolute(cls, name: str) -> str:
+        from skray.data.embedded import EMBEDDED
+
+        return _absolute_if_local(name, EMBEDDED)
 
     @model_validator(mode="after")
     def _template_has_text(self) -> DataConfig:

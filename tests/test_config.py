@@ -21,6 +21,7 @@ from skray.config import (
     SearchConfig,
     TrainConfig,
     load_config,
+    parse_config,
     resolve_device,
 )
 from skray.errors import ConfigError
@@ -252,3 +253,16 @@ def test_every_experiment_file_is_a_valid_config(path):
         from skray.commands.compare import variants
 
         assert len(variants(cfg)) == len(cfg.compare.methods)
+
+
+def test_local_paths_become_absolute_so_ray_workers_find_them(tmp_path, monkeypatch):
+    """Ray's workers run in another folder: `data.name: data/x` read relative there was tried as a hub id."""
+    (tmp_path / "data" / "x").mkdir(parents=True)
+    (tmp_path / "model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config({"data": {"name": "data/x"}, "backbone": {"name": "model"}})
+    assert (cfg.data.name, cfg.backbone.name) == (str(tmp_path / "data" / "x"), str(tmp_path / "model"))
+    kept = parse_config({"data": {"name": "someone/a_hub_set"}, "backbone": {"name": "org/a-hub-model"}})
+    assert (kept.data.name, kept.backbone.name) == ("someone/a_hub_set", "org/a-hub-model")
+    (tmp_path / "rotten_tomatoes_critics").mkdir()  # an embedded name wins over a folder of that name
+    assert parse_config({}).data.name == "rotten_tomatoes_critics"
