@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 import yaml
@@ -127,3 +128,14 @@ def test_killed_tune_driver_resumes_trials_and_asha_counts_steps(tiny_experiment
         assert steps == sorted(set(steps)), (trial_dir.name, steps)  # no step twice, no restart from 0
         if "test_acc" not in reports[-1]:
             assert steps[-1] in rungs, (trial_dir.name, steps)  # stopped by ASHA at a rung of training steps
+    # The Optuna study on disk went on too: each trial of the table once, in the state the table gives
+    # it (a trial asked after the searcher's last checkpoint, which Tune never ran, is told FAIL).
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+    )
+    study = optuna.load_study(study_name=run_dir.name, storage=journal)
+    told = [t for t in study.trials if t.state != optuna.trial.TrialState.FAIL]
+    assert sorted(t.user_attrs["trial"] for t in told) == sorted(table.trial)
+    states = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
+    by_trial = {t.user_attrs["trial"]: t.state for t in told}
+    assert all(by_trial[row.trial] == states[row.status] for row in table.itertuples())
