@@ -113,12 +113,10 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
             "--set",
             "method.label_words={fresh: ' good', rotten: ' bad'}",
         ]
-        for _ in range(30):  # the dashboard's job API comes up a few seconds after the head
+        not_up_yet = ("Connection refused", "Failed to connect", "No available agent to submit job")
+        for _ in range(30):  # the dashboard's job API, then its job agent, come up seconds after the head
             proc = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
-            if (
-                "Connection refused" not in proc.stdout + proc.stderr
-                and "Failed to connect" not in proc.stdout + proc.stderr
-            ):
+            if not any(line in proc.stdout + proc.stderr for line in not_up_yet):
                 break
             time.sleep(2)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
