@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.utils.util import SafeFallbackEncoder
 
 from skray import storage
 from skray.cluster import capacity, connect
@@ -116,6 +119,44 @@ def trackers(cfg: ExperimentConfig, run_dir: str) -> list[tune.Callback]:
             MLflowLoggerCallback(tracking_uri=m.tracking_uri, experiment_name=m.experiment_name or cfg.name)
         )
     return callbacks
+
+
+class TrialReports(JsonLoggerCallback):
+    """Each trial's ``result.json``, appended by skray straight in the run's storage. Tune writes it in
+    a staging folder that it syncs over now and then, and starts it empty when a resume restarts a
+    trial that has no Tune checkpoint, as skray's trials never do (they resume from Ray Train's): the
+    sync then overwrote every report made before the resume (learning curves, the step-0 scores,
+    steps_to_target). A report for a step at or before the last one kept (a trial restarted from an
+    earlier checkpoint or from scratch) replaces the reports from that step on."""
+
+    def __init__(self, run_dir: str) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+    def log_trial_start(self, trial: Trial) -> None:
+        trial.init_local_path()
+        self.update_config(trial, trial.config)  # params.json, as Tune writes it
+
+    def log_trial_result(self, iteration: int, trial: Trial, result: dict) -> None:
+        if trial not in self._trial_configs:
+            self.log_trial_start(trial)
+        path = storage.join(self.run_dir, trial.storage.trial_dir_name, "result.json")
+        lines = storage.read_text(path).splitlines() if storage.exists(path) else []
+        step = result.get("step")
+        if step is not None:
+            lines = [line for line in lines if _step(line) < step]
+        lines.append(json.dumps(result, cls=SafeFallbackEncoder))
+        storage.write_text(path, "".join(f"{line}\n" for line in lines))
+
+    def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
+        self._trial_configs.pop(trial, None)
+
+
+def _step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", -math.inf)
+    except json.JSONDecodeError:  # a line cut by a crash (Tune's own writer appended): dropped
+        return math.inf
 
 
 def _runs_named(root: str, cfg: ExperimentConfig, command: str) -> list[str]:
@@ -242,7 +283,7 @@ def run_experiment(
                 name=run_dir.rsplit("/", 1)[-1],
                 storage_path=root,
                 verbose=1 if verbose else 0,
-                callbacks=trackers(cfg, run_dir) + ([] if verbose else [progress(cfg, cmd)]),
+                callbacks=[TrialReports(run_dir), *trackers(cfg, run_dir)] + ([] if verbose else [progress(cfg, cmd)]),
             ),
         )
     from skray.console import tune_output

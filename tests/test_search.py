@@ -1,6 +1,7 @@
 """The driver's side without starting Ray: resource plans, ASHA's rungs, commands that lack their section."""
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -144,6 +145,72 @@ def test_asha_rungs_are_training_steps():
     assert scheduler._time_attr == "step"
     assert scheduler._max_t == 80
     assert sorted(m for m, _ in scheduler._brackets[0]._rungs) == [20, 40, 80]
+
+
+def test_asha_decides_once_when_a_report_passes_rungs_it_has_no_record_at():
+    """A killed driver's resume restores a scheduler that predates a trial's last rung records: the
+    trial, back at step 40, is judged at rung 40 and not again at rung 20 on its next report (stock
+    ASHA stopped it there, between rungs, by its value at step 60)."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from skray.commands.tune import asha
+
+    cfg = parse_config(
+        {
+            "train": {"max_steps": 80, "eval_every": 10},
+            "search": {
+                "wordings": ["a"],
+                "prefix_length": {"low": 1, "high": 2},
+                "lr": {"low": 1e-3, "high": 1e-2},
+                "grace_period": 2,
+                "reduction_factor": 2,
+            },
+        }
+    )
+    scheduler = asha(cfg)
+    scheduler.set_search_properties("best_val_acc", "max")
+    strong = [SimpleNamespace(trial_id=f"s{i}") for i in range(3)]
+    back = SimpleNamespace(trial_id="back")
+    for t in [*strong, back]:
+        scheduler.on_trial_add(None, t)
+    for t in strong:
+        assert scheduler.on_trial_result(None, t, {"step": 20, "best_val_acc": 0.9}) == TrialScheduler.CONTINUE
+    # back: rung 40 has no record yet, so it continues; rung 20 (cutoff 0.9) is marked passed
+    assert scheduler.on_trial_result(None, back, {"step": 40, "best_val_acc": 0.5}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, back, {"step": 60, "best_val_acc": 0.5}) == TrialScheduler.CONTINUE
+    rungs = dict(scheduler._brackets[0]._rungs)
+    assert rungs[40]["back"] == 0.5
+    assert math.isnan(rungs[20]["back"])
+
+
+def test_trial_reports_keep_what_came_before_a_resume_and_a_rerun_step_replaces_the_rest(tmp_path):
+    """Tune restarts a resumed trial's result.json empty (skray's trials have no Tune checkpoint); skray
+    appends in storage, so the curve keeps its start; a trial restarted from step 0 starts it again."""
+    from types import SimpleNamespace
+
+    from skray.results import _read_reports
+    from skray.search import TrialReports
+
+    class Trial:  # what the logger reads of Tune's Trial (hashable, like Tune's)
+        config = {"lr": 0.1}
+        local_path = str(tmp_path / "staging")
+        storage = SimpleNamespace(trial_dir_name="run_trial_x")
+
+        def init_local_path(self) -> None:
+            Path(self.local_path).mkdir(exist_ok=True)
+
+    trial, staging = Trial(), tmp_path / "staging"
+    path = str(tmp_path / "run" / "run_trial_x" / "result.json")
+    for step in (0, 10, 20):
+        TrialReports(str(tmp_path / "run")).log_trial_result(step, trial, {"step": step})
+    assert json.loads((staging / "params.json").read_text()) == {"lr": 0.1}
+    resumed = TrialReports(str(tmp_path / "run"))  # a new driver: resumed from step 20's checkpoint
+    resumed.log_trial_result(1, trial, {"step": 30})
+    assert [r["step"] for r in _read_reports(path)] == [0, 10, 20, 30]
+    resumed.log_trial_result(1, trial, {"step": 0})  # restarted from scratch
+    assert [r["step"] for r in _read_reports(path)] == [0]
 
 
 def test_compare_without_a_compare_section_is_a_clear_error(tiny_experiment, tmp_path):

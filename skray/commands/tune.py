@@ -92,4 +92,21 @@ def asha(cfg: ExperimentConfig) -> ASHAScheduler:
     ``grace_period`` evaluations, then x ``reduction_factor``."""
     s, t = cfg.search, cfg.train
     grace = min(s.grace_period * t.eval_every, t.max_steps)
-    return ASHAScheduler(time_attr="step", max_t=t.max_steps, grace_period=grace, reduction_factor=s.reduction_factor)
+    return StepASHA(time_attr="step", max_t=t.max_steps, grace_period=grace, reduction_factor=s.reduction_factor)
+
+
+class StepASHA(ASHAScheduler):
+    """ASHA that decides once per report: when a report passes several rungs the trial has no record
+    at, it decides at the highest and marks the lower ones passed (NaN, which cutoffs ignore). Stock
+    ASHA decides at the highest and leaves the lower ones for the trial's next reports, so a trial
+    whose rung records were lost (the scheduler's saved state predates them when a killed driver is
+    resumed) was stopped between rungs, by a rung it had passed before the kill."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        bracket = self._trial_info.get(trial.trial_id)
+        step = result.get(self._time_attr)
+        if bracket is not None and step is not None and self._metric in result:
+            reached = [recorded for rung, recorded in bracket._rungs if rung <= step and trial.trial_id not in recorded]
+            for recorded in reached[1:]:  # rungs are listed highest first
+                recorded[trial.trial_id] = float("nan")
+        return super().on_trial_result(tune_controller, trial, result)
