@@ -45,14 +45,23 @@ class Progress(tune.Callback):
         self.steps: dict[str, int] = {}  # each trial's steps done (or, once it ended, all it will take)
         self.ended = 0
         self.last_report: dict[str, tuple[float, int]] = {}  # trial -> (time, step) of its previous report
+        self.done_before = 0  # steps done before this driver started (a resumed run)
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled from the run's tuner.pkl when a run is resumed: time and pace count from now, so the
+        hours the run stood still are neither elapsed time nor slowness."""
+        self.__dict__.update(state)
+        self.started = time.monotonic()
+        self.done_before = sum(self.steps.values())
+        self.last_report = {}
 
     def _say(self, line: str) -> None:
         print(line, flush=True)  # sys.stdout looked up each time: Tune pickles its callbacks
 
     def _where(self) -> str:
         done, total = sum(self.steps.values()), self.trials * self.steps_per_trial
-        elapsed = time.monotonic() - self.started
-        eta = f", about {_duration(elapsed / done * (total - done))} left" if 0 < done < total else ""
+        elapsed, paced = time.monotonic() - self.started, done - self.done_before
+        eta = f", about {_duration(elapsed / paced * (total - done))} left" if 0 < paced and done < total else ""
         return f"  [{self.ended}/{self.trials} trials ended, {done}/{total} steps, {_duration(elapsed)}{eta}]"
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
@@ -63,7 +72,7 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         step = int(result.get("step", 0))
-        then, before = self.last_report.get(trial.trial_id, (self.started, 0))
+        then, before = self.last_report.get(trial.trial_id, (self.started, self.steps.get(trial.trial_id, 0)))
         now = time.monotonic()
         pace = f", {(step - before) / (now - then):.2f} steps/s" if step > before and now > then else ""
         self.last_report[trial.trial_id] = (now, step)

@@ -26,6 +26,28 @@ def test_progress_says_each_start_evaluation_and_end_with_where_the_sweep_stands
     assert lines[5].startswith("trial b stopped early at step 5 (ASHA)  [2/2 trials ended, 20/20 steps")
 
 
+def test_a_resumed_run_counts_time_and_pace_from_its_resume(capsys, monkeypatch):
+    """Tune unpickles the callback from tuner.pkl on a resume: the hours the run stood still are
+    neither elapsed time nor pace (the ETA comes from the steps this driver ran)."""
+    import pickle
+
+    import skray.console
+
+    now = [0.0]
+    monkeypatch.setattr(skray.console.time, "monotonic", lambda: now[0])
+    progress = Progress(trials=1, steps_per_trial=40, key="acc")
+    a = SimpleNamespace(trial_id="a", config={}, last_result={})
+    progress.on_trial_start(0, [], a)
+    now[0] = 1.0
+    progress.on_trial_result(0, [], a, {"step": 10, "val_acc": 0.5})
+    now[0] = 10_000.0
+    resumed = pickle.loads(pickle.dumps(progress))
+    now[0] = 10_010.0
+    resumed.on_trial_result(0, [], a, {"step": 20, "val_acc": 0.6})
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.endswith("1.00 steps/s  [0/1 trials ended, 20/40 steps, 10s, about 20s left]"), last
+
+
 def test_output_to_takes_the_file_descriptors_and_gives_them_back(tmp_path, capfd):
     import os
 
