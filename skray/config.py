@@ -34,10 +34,9 @@ def _absolute_if_local(name: str, embedded: Collection[str]) -> str:
     """A local path made absolute where the config is read: Ray's workers run in another folder, so
     a relative path would miss there (and a data path would be tried as a hub id). Embedded names,
     hub ids and URIs stay as they are."""
-    if name in embedded or "://" in name:
-        return name
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.exists() else name
+    from skray.storage import location
+
+    return location(name) if name not in embedded and Path(name).expanduser().exists() else name
 
 
 class BackboneConfig(_Section):
