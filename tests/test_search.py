@@ -124,24 +124,26 @@ def test_report_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):
     assert "no such run directory" in capsys.readouterr().err
 
 
+ASHA_80_STEPS = parse_config(
+    {
+        "train": {"max_steps": 80, "eval_every": 10},
+        "search": {
+            "wordings": ["a"],
+            "prefix_length": {"low": 1, "high": 2},
+            "lr": {"low": 1e-3, "high": 1e-2},
+            "grace_period": 2,
+            "reduction_factor": 2,
+        },
+    }
+)
+
+
 def test_asha_rungs_are_training_steps():
     """Rungs at grace_period evaluations x reduction_factor, in steps: the same amount of training for
     every trial it compares, also for a trial resumed mid-way (whose training_iteration restarts)."""
     from skray.commands.tune import asha
 
-    cfg = parse_config(
-        {
-            "train": {"max_steps": 80, "eval_every": 10},
-            "search": {
-                "wordings": ["a"],
-                "prefix_length": {"low": 1, "high": 2},
-                "lr": {"low": 1e-3, "high": 1e-2},
-                "grace_period": 2,
-                "reduction_factor": 2,
-            },
-        }
-    )
-    scheduler = asha(cfg)
+    scheduler = asha(ASHA_80_STEPS)
     assert scheduler._time_attr == "step"
     assert scheduler._max_t == 80
     assert sorted(m for m, _ in scheduler._brackets[0]._rungs) == [20, 40, 80]
@@ -157,19 +159,7 @@ def test_asha_decides_once_when_a_report_passes_rungs_it_has_no_record_at():
 
     from skray.commands.tune import asha
 
-    cfg = parse_config(
-        {
-            "train": {"max_steps": 80, "eval_every": 10},
-            "search": {
-                "wordings": ["a"],
-                "prefix_length": {"low": 1, "high": 2},
-                "lr": {"low": 1e-3, "high": 1e-2},
-                "grace_period": 2,
-                "reduction_factor": 2,
-            },
-        }
-    )
-    scheduler = asha(cfg)
+    scheduler = asha(ASHA_80_STEPS)
     scheduler.set_search_properties("best_val_acc", "max")
     strong = [SimpleNamespace(trial_id=f"s{i}") for i in range(3)]
     back = SimpleNamespace(trial_id="back")
