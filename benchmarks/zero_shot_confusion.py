@@ -23,15 +23,9 @@ import torch
 from skray.backbones import load_backbone
 from skray.config import load_config
 from skray.data import load_splits
-from skray.data.collate import encode, take
+from skray.data.collate import encode
 from skray.methods import build_model
-
-
-def label_scores(model: torch.nn.Module, rows: dict, batch: int = 32) -> torch.Tensor:
-    n = len(rows["labels"])
-    with torch.no_grad():
-        parts = [take(rows, torch.arange(i, min(n, i + batch))) for i in range(0, n, batch)]
-        return torch.cat([model(p["input_ids"], p["attention_mask"]).float() for p in parts])
+from skray.predict import class_probs
 
 
 def main() -> None:
@@ -57,9 +51,10 @@ def main() -> None:
         shown = "/".join((method.label_words or {n: " " + n for n in names})[n].strip() for n in names)
         for split, r in rows.items():
             y = r["labels"]
-            scores = label_scores(model, r)
-            pred = scores.argmax(-1)
-            logp = scores.log_softmax(-1)
+            with torch.no_grad():
+                probs = class_probs(model, r, len(names), batch_size=32, device=torch.device("cpu"))
+            pred = probs.argmax(-1)
+            logp = probs.log()
             calibrated = (logp - logp.mean(0)).argmax(-1)
             table.append(
                 {

@@ -193,8 +193,9 @@ def test_trial_reports_keep_what_came_before_a_resume_and_a_rerun_step_replaces_
 
     trial, staging = Trial(), tmp_path / "staging"
     path = str(tmp_path / "run" / "run_trial_x" / "result.json")
+    first = TrialReports(str(tmp_path / "run"))
     for step in (0, 10, 20):
-        TrialReports(str(tmp_path / "run")).log_trial_result(step, trial, {"step": step})
+        first.log_trial_result(step, trial, {"step": step})
     assert json.loads((staging / "params.json").read_text()) == {"lr": 0.1}
     resumed = TrialReports(str(tmp_path / "run"))  # a new driver: resumed from step 20's checkpoint
     resumed.log_trial_result(1, trial, {"step": 30})
