@@ -170,6 +170,21 @@ MethodKind = Literal[
     "linear_probe",  # the two ends
 ]
 
+# The learning-rate range compare.tune searches for each kind unless told otherwise: about a decade
+# around the rate docs/RESULTS.md measured for it on SmolLM2 (the README's table of method keys), so
+# that a 3-trial search spends its trials where the kind trains, not four decades away from it.
+LR_RANGES: dict[str, tuple[float, float]] = {
+    "sk_prefix": (3e-4, 1e-2),
+    "sk_prompt": (3e-4, 1e-2),
+    "prompt_tuning": (1e-2, 1e-1),
+    "prompt_tuning_text": (1e-2, 1e-1),
+    "prefix_tuning": (3e-3, 3e-2),
+    "p_tuning": (1e-3, 1e-2),
+    "lora": (5e-4, 5e-3),
+    "full_finetune": (5e-6, 5e-5),
+    "linear_probe": (1e-3, 1e-2),
+}
+
 
 class MethodConfig(_Section):
     """The method, its semantic prompt and the size of what trains.
@@ -522,6 +537,12 @@ class SearchConfig(_Section):
         description="Finished trials tpe and gp sample at random before they model (nsga2: its population); "
         "unset: a quarter of num_trials, at least 2",
     )
+    startup_points: Literal["random", "spread"] = Field(
+        default="random",
+        description="How tpe and gp place their start-up trials: random draws, or spread evenly over each "
+        "numeric range (start-up trial i of n at quantile (i + 1/2) / n of the learning rate's log range, the "
+        "other ranges in a seeded shuffled order), so a short search cannot leave half a range untried",
+    )
     objectives: dict[str, Literal["max", "min"]] | None = Field(
         default=None,
         description="Result columns Optuna optimises, e.g. {best_val_acc: max, trainable_params: min}, or a "
@@ -593,6 +614,10 @@ class SearchConfig(_Section):
                 f"search.screen.keep ({self.screen.keep}) must be below the number of wordings "
                 f"({len(self.wordings)}), or the screen drops none"
             )
+        if self.startup_points == "spread" and self.sampler not in ("tpe", "gp"):
+            raise ValueError(
+                f"search.startup_points: spread places tpe's and gp's start-up; sampler {self.sampler} has none"
+            )
         if self.startup_trials is not None:
             if self.sampler in ("random", "grid"):
                 raise ValueError(f"search.startup_trials: sampler {self.sampler} has no start-up phase; remove it")
@@ -642,8 +667,15 @@ class CompareTuneConfig(_Section):
     """A search per method before the seeds, the same budget for each, so no method is compared at a
     learning rate that suits another."""
 
-    trials: int = Field(ge=1, description="Optuna trials each method gets (TPE; ASHA stops weak ones)")
-    lr: LogRange = Field(description="The learning-rate range every method searches, log-uniformly")
+    trials: int = Field(
+        ge=1,
+        description="Optuna trials each method gets (TPE, its start-up spread over the ranges; ASHA stops weak ones)",
+    )
+    lr: LogRange | None = Field(
+        default=None,
+        description="The learning-rate range every method searches, log-uniformly; unset: each kind its own "
+        "(skray.config.LR_RANGES, the README's table), and an entry's own lr: {low, high} overrides both",
+    )
     prefix_length: IntRange | None = Field(
         default=None,
         description="The range of m searched too, by the methods that have virtual positions; unset: "
@@ -656,13 +688,14 @@ class CompareConfig(_Section):
 
     A method is a kind (``lora``) or a mapping of method keys that override the ``method``
     section for that entry (``{kind: sk_prefix, head: linear}``), plus optionally its own ``lr``
-    (methods differ in the step size they need; everything else stays the same).
+    (methods differ in the step size they need; everything else stays the same); with ``tune``
+    that ``lr`` is the range its search covers, ``{low, high}``.
     """
 
     methods: list[MethodKind | dict[str, Any]] = Field(
         min_length=1,
         description="The methods to run: a kind (lora), or method keys overriding the method section plus an "
-        "optional lr ({kind: sk_prefix, head: linear})",
+        "optional lr ({kind: sk_prefix, head: linear}); with compare.tune, lr is a range {low, high}",
     )
     seeds: list[int] = Field(
         default=[0, 1, 2],
@@ -770,8 +803,22 @@ class ExperimentConfig(_Section):
             for entry in self.compare.methods:
                 method_variant(self.method, entry)  # every entry must make a valid method section
                 lr = entry_lr(entry, self.train.lr)
-                if not isinstance(lr, (int, float)) or not 0 < lr <= 1:
-                    raise ValueError(f"compare.methods entry {entry!r}: lr must be a number in (0, 1]")
+                if self.compare.tune is not None and isinstance(entry, dict) and "lr" in entry:
+                    if not isinstance(lr, dict):
+                        raise ValueError(
+                            f"compare.methods entry {entry!r}: compare.tune searches each method's lr; give the "
+                            "range to search, lr: {low: ..., high: ...}, or leave lr out for the kind's own"
+                        )
+                    try:
+                        LogRange.model_validate(lr)
+                    except ValidationError:
+                        raise ValueError(
+                            f"compare.methods entry {entry!r}: lr must be a range {{low, high}}, 0 < low < high <= 1"
+                        ) from None
+                elif not isinstance(lr, (int, float)) or not 0 < lr <= 1:
+                    raise ValueError(
+                        f"compare.methods entry {entry!r}: lr must be a number in (0, 1] (a range needs compare.tune)"
+                    )
             compare_labels(self.compare.methods, self.train.lr)  # every entry must be told apart
         return self
 
@@ -791,7 +838,8 @@ def compare_labels(entries: list[str | dict[str, Any]], default_lr: float) -> li
             entry = {"kind": entry}
         rest = [f"{k}={v}" for k, v in entry.items() if k not in ("kind", "lr")]
         if with_lr:
-            rest.append(f"lr={entry_lr(entry, default_lr):g}")
+            lr = entry_lr(entry, default_lr)
+            rest.append(f"lr={lr['low']:g}-{lr['high']:g}" if isinstance(lr, dict) else f"lr={lr:g}")
         return f"{entry['kind']}({','.join(rest)})" if rest else entry["kind"]
 
     plain = [name(e, with_lr=False) for e in entries]

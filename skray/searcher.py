@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
@@ -91,6 +92,29 @@ class Space:
             config["head"] = trial.suggest_categorical("head", self.heads)
         config["lr"] = trial.suggest_float("lr", *self.lr, log=True)
         return config
+
+    def spread(self, i: int, n: int, seed: int) -> dict[str, Any]:
+        """Start-up trial ``i`` of ``n`` spread over the numeric ranges (a Latin hypercube): the
+        learning rate at quantile (i + 1/2) / n of its log range, m and the rank at the same
+        quantiles in an order shuffled by ``seed``, so each range is covered evenly and the ranges
+        do not move together. Choices (wording, kind, head) are left to the sampler."""
+        order = np.random.default_rng(seed)
+        m_at, rank_at = order.permutation(n), order.permutation(n)
+
+        def at(q: float, low: float, high: float, log: bool) -> float:
+            if log:
+                return math.exp(math.log(low) + q * (math.log(high) - math.log(low)))
+            return low + q * (high - low)
+
+        quantile = [(j + 0.5) / n for j in range(n)]
+        low, high = self.prefix_length
+        point: dict[str, Any] = {
+            "lr": at(quantile[i], *self.lr, log=True),
+            "prefix_length": min(high, low + int(quantile[m_at[i]] * (high - low + 1))),
+        }
+        if self.adapter_rank:
+            point["adapter_rank"] = round(at(quantile[rank_at[i]], *self.adapter_rank, log=True))
+        return point
 
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's points: every choice, and the low, middle and high of each range
@@ -182,6 +206,7 @@ class OptunaSearcher(Searcher):
         startup_trials: int = 2,
         storage: str | Path | None = None,
         study_name: str = "skray",
+        spread: bool = False,
     ) -> None:
         if not objectives or any(mode not in ("max", "min") for _, mode in objectives):
             raise ValueError(f"objectives: one or more (metric, 'max' | 'min') pairs, got {objectives!r}")
@@ -195,6 +220,7 @@ class OptunaSearcher(Searcher):
         self._sampler_name = sampler
         self._seed = seed
         self._startup = startup_trials if sampler != "nsga2" else max(2, startup_trials)
+        self._spread = spread and sampler in ("tpe", "gp")
         self._sampler = make_sampler(sampler, seed, startup_trials, space)
         self._path = str(storage) if storage is not None else None
         self._study_name = study_name
@@ -218,6 +244,7 @@ class OptunaSearcher(Searcher):
             startup_trials=s.startup,
             storage=study_path(run_dir),
             study_name=run_dir.rstrip("/").rsplit("/", 1)[-1],
+            spread=s.startup_points == "spread",
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -266,6 +293,9 @@ class OptunaSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
         self._announce_model()
+        asked = len(self.study.get_trials(deepcopy=False))
+        if self._spread and asked < self._startup:  # fixed values the trial's suggest_* calls return
+            self.study.enqueue_trial(self._space.spread(asked, self._startup, self._seed))
         trial = self.study.ask()
         trial.set_user_attr("trial", trial_id)  # the results table's trial column, for the dashboard
         self._live[trial_id] = trial
@@ -280,7 +310,8 @@ class OptunaSearcher(Searcher):
         if seen >= self._startup:
             self._announced = True
             print(
-                f"skray: optuna {self._sampler_name}: {seen} trials finished, the random start-up is over; "
+                f"skray: optuna {self._sampler_name}: {seen} trials finished, the "
+                f"{'spread' if self._spread else 'random'} start-up is over; "
                 "from here on trials are sampled from a model of their results",
                 file=sys.stderr,
             )
@@ -347,6 +378,7 @@ class OptunaSearcher(Searcher):
             "sampler": self._sampler_name,
             "seed": self._seed,
             "startup": self._startup,
+            "spread": self._spread,
             "study_name": self._study_name,
         }
 

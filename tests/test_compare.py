@@ -96,19 +96,23 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
 
 
 def test_tuned_compare_searches_each_method_then_runs_its_best_with_every_seed(ray_cluster, tiny_experiment):
-    """compare.tune: 2 methods x 2 Optuna trials, then each method's best setting x 2 seeds."""
+    """compare.tune: 2 methods x 2 Optuna trials, then each method's best setting x 2 seeds; each
+    method searches its own lr range (the kind's default, an entry's own), its 2 trials spread over it."""
     cfg = experiment(
         tiny_experiment,
         compare={
-            "methods": ["sk_prefix", "prompt_tuning"],
+            "methods": ["sk_prefix", {"kind": "prompt_tuning", "lr": {"low": 1e-2, "high": 1e-1}}],
             "seeds": [0, 1],
-            "tune": {"trials": 2, "lr": {"low": 1e-3, "high": 1e-2}, "prefix_length": {"low": 2, "high": 6}},
+            "tune": {"trials": 2, "prefix_length": {"low": 2, "high": 6}},
         },
     )
     run_dir, table = run_experiment(cfg, "compare")
     searches = {p.name.split("-tune-")[0]: load_results(str(p)) for p in (Path(run_dir) / "tuning").iterdir()}
     assert len(searches) == 2
     assert all(len(t) == 2 for t in searches.values())
+    lrs = {name.rsplit("-", 1)[-1]: sorted(t.lr) for name, t in searches.items()}
+    assert lrs["sk_prefix"] == pytest.approx([3e-4 * (1e-2 / 3e-4) ** q for q in (0.25, 0.75)])  # LR_RANGES
+    assert lrs["prompt_tuning"] == pytest.approx([10 ** (-2 + q) for q in (0.25, 0.75)])  # the entry's range
     trials = load_results(run_dir)
     assert len(trials) == 4
     for kind in ("sk_prefix", "prompt_tuning"):

@@ -218,6 +218,33 @@ def test_compare_labels_say_what_differs():
     assert [lr for _, lr in variants(cfg).values()][:3] == [0.002, 0.0005, 0.003]
 
 
+def test_compare_tune_lr_ranges_per_kind_per_entry_or_one_for_all():
+    from skray.commands.compare import lr_range
+
+    own = "{kind: lora, lr: {low: 1.0e-4, high: 1.0e-3}}"
+    tuned = f"compare={{methods: [full_finetune, prompt_tuning, {own}], tune: {{trials: 3}}}}"
+    cfg = load_config(QUICKSTART, [tuned])
+    ranges = [(r.low, r.high) for r in (lr_range(cfg, e) for e in cfg.compare.methods)]
+    assert ranges == [(5e-6, 5e-5), (1e-2, 1e-1), (1e-4, 1e-3)]  # the kind's own, the kind's own, the entry's
+    one = load_config(QUICKSTART, [tuned, "compare.tune.lr={low: 1.0e-5, high: 1.0e-1}"])
+    assert [(r.low, r.high) for r in (lr_range(one, e) for e in one.compare.methods)][:2] == [(1e-5, 1e-1)] * 2
+    for methods, tune, words in [
+        ("[{kind: lora, lr: 0.002}]", ", tune: {trials: 3}", "compare.tune searches each method's lr; give the range"),
+        (
+            "[{kind: lora, lr: {low: 0.01, high: 0.001}}]",
+            ", tune: {trials: 3}",
+            "lr must be a range {low, high}, 0 < low",
+        ),
+        (
+            "[{kind: lora, lr: {low: 0.001, high: 0.01}}]",
+            "",
+            "lr must be a number in (0, 1] (a range needs compare.tune)",
+        ),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            load_config(QUICKSTART, [f"compare={{methods: {methods}{tune}}}"])
+
+
 def _section_models(model: type[BaseModel], seen: list[type[BaseModel]]) -> list[type[BaseModel]]:
     """``model`` and every section model its fields hold (through ``X | None``, lists and the like)."""
     if model not in seen:

@@ -185,6 +185,26 @@ def test_the_same_seed_suggests_the_same_trials():
     assert run(three, 6) != first
 
 
+def test_spread_startup_covers_each_range_evenly_then_the_model_takes_over(tmp_path):
+    searcher = OptunaSearcher(SPACE, ONE, startup_trials=4, spread=True, storage=tmp_path / "optuna.journal")
+    first = run(searcher, 2)
+    state = tmp_path / "searcher.pkl"
+    searcher.save(str(state))
+    resumed = OptunaSearcher(SPACE, ONE, startup_trials=4, spread=True, storage=tmp_path / "optuna.journal")
+    resumed.restore(str(state))  # a resumed search goes on with the start-up points it had not tried
+    configs = first + run(resumed, 3, prefix="u")
+    startup = configs[:4]
+    # lr at log quantiles 1/8, 3/8, 5/8, 7/8 of 1e-4..1e-2, in order; m at the same quantiles of the
+    # 13 values 4..16 (4 + floor(q * 13))
+    assert [c["lr"] for c in startup] == pytest.approx([10 ** (-4 + 2 * q / 8) for q in (1, 3, 5, 7)])
+    assert sorted(c["prefix_length"] for c in startup) == [5, 8, 12, 15]
+    assert [c["prefix_length"] for c in startup] != [5, 8, 12, 15]  # shuffled, so m does not rise with lr
+    assert len({c["wording"] for c in configs}) > 1  # choices are still the sampler's
+    assert configs[4]["lr"] not in [c["lr"] for c in startup]  # TPE's own pick after the start-up
+    random = run(OptunaSearcher(SPACE, ONE, startup_trials=4), 4)
+    assert [c["lr"] for c in random] != [c["lr"] for c in startup]
+
+
 def test_conditional_parameters():
     space = Space(
         wordings=("a", "b"),
@@ -253,6 +273,7 @@ def test_sampler_startup_screen_and_grid_config():
         ({"sampler": "grid", "num_trials": 28}, "exceeds the grid's 27 points (3 wordings x 3 prefix lengths"),
         ({"sampler": "grid", "num_trials": 10, "screen": {"keep": 1}}, "grid's 9 points"),
         ({"wordings": ["a", "a"]}, "lists 'a' twice"),
+        ({"sampler": "random", "startup_points": "spread"}, "spread places tpe's and gp's start-up"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(words)):
             _search(**keys)

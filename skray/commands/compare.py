@@ -17,8 +17,10 @@ from ray import tune
 from skray import storage
 from skray.commands.base import Command
 from skray.config import (
+    LR_RANGES,
     ExperimentConfig,
     IntRange,
+    LogRange,
     MethodConfig,
     SearchConfig,
     compare_labels,
@@ -74,7 +76,9 @@ class Compare(Command):
             tuned_entry(cfg, label, entry, run_dir)
             for label, entry in zip(compare_labels(cfg.compare.methods, cfg.train.lr), cfg.compare.methods, strict=True)
         ]
-        return cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"methods": entries})})
+        # What the seeds run: each method at its chosen setting, as an untuned compare would (the run's
+        # experiment.json keeps compare.tune, which the table and plots read)
+        return cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"methods": entries, "tune": None})})
 
     def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
         method, lr = variants(cfg)[params["method"]]
@@ -100,8 +104,8 @@ class Compare(Command):
 
 def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> ExperimentConfig:
     """The ``skray tune`` run that searches one method for compare.tune: ``compare.tune.trials``
-    trials over its learning rate, and m where it has virtual positions, at the first seed, stored
-    in RUN_DIR/tuning/."""
+    trials over its learning rate (``lr_range``), and m where it has virtual positions, at the first
+    seed, the start-up spread over the ranges, stored in RUN_DIR/tuning/."""
     t = cfg.compare.tune
     method = method_variant(cfg.method, entry)
     m = IntRange(low=method.prefix_length, high=method.prefix_length)
@@ -113,10 +117,28 @@ def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any]
             "storage_path": storage.join(run_dir, "tuning"),
             "method": method,
             "train": cfg.train.model_copy(update={"seed": cfg.compare.seeds[0]}),
-            "search": SearchConfig(num_trials=t.trials, wordings=[method.wording], prefix_length=searched, lr=t.lr),
+            "search": SearchConfig(
+                num_trials=t.trials,
+                wordings=[method.wording],
+                prefix_length=searched,
+                lr=lr_range(cfg, entry),
+                startup_points="spread",
+            ),
             "compare": None,
         }
     )
+
+
+def lr_range(cfg: ExperimentConfig, entry: str | dict[str, Any]) -> LogRange:
+    """The learning rates one method's search covers: the entry's own ``lr: {low, high}``, else
+    ``compare.tune.lr``, else its kind's range in ``LR_RANGES``."""
+    own = entry.get("lr") if isinstance(entry, dict) else None
+    if own is not None:
+        return LogRange.model_validate(own)
+    if cfg.compare.tune.lr is not None:
+        return cfg.compare.tune.lr
+    low, high = LR_RANGES[method_variant(cfg.method, entry).kind]
+    return LogRange(low=low, high=high)
 
 
 def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -146,7 +168,7 @@ def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], 
         chosen["prefix_length"] = int(best["prefix_length"])
     print(
         f"skray: compare.tune: {label}: best of {len(table)} trials (validation {best['best_val_acc']:.3f}): "
-        f"lr {chosen['lr']:.3g}"
+        f"lr {chosen['lr']:.3g} (searched {sub.search.lr.low:g}-{sub.search.lr.high:g})"
         + (f", m {chosen['prefix_length']}" if "prefix_length" in chosen else "")
         + f"; {tuned_dir}/",
         flush=True,
