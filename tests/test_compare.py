@@ -97,7 +97,8 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
 
 def test_tuned_compare_searches_each_method_then_runs_its_best_with_every_seed(ray_cluster, tiny_experiment):
     """compare.tune: 2 methods x 2 Optuna trials, then each method's best setting x 2 seeds; each
-    method searches its own lr range (the kind's default, an entry's own), its 2 trials spread over it."""
+    method searches its own lr range (the kind's default, an entry's own), its 2 trials spread over it.
+    The best trial is the first seed's row: only the second seed runs again."""
     cfg = experiment(
         tiny_experiment,
         compare={
@@ -115,6 +116,7 @@ def test_tuned_compare_searches_each_method_then_runs_its_best_with_every_seed(r
     assert lrs["prompt_tuning"] == pytest.approx([10 ** (-2 + q) for q in (0.25, 0.75)])  # the entry's range
     trials = load_results(run_dir)
     assert len(trials) == 4
+    assert len(list(Path(run_dir).glob("run_trial_*"))) == 2  # what Tune ran: seed 1 of each method
     for kind in ("sk_prefix", "prompt_tuning"):
         search = next(t for name, t in searches.items() if name.endswith(kind))
         best = search[search.status == "completed"].iloc[0]  # best validation first
@@ -122,6 +124,8 @@ def test_tuned_compare_searches_each_method_then_runs_its_best_with_every_seed(r
         assert set(ran.seed) == {0, 1}
         assert ran.lr.tolist() == pytest.approx([best.lr, best.lr])  # every seed at the setting the search chose
         assert ran.method.iloc[0] == f"{kind}(prefix_length={int(best.prefix_length)})"
+        first = ran[ran.seed == 0].iloc[0]
+        assert (first.trial, first.test_acc, first.status) == (best.trial, best.test_acc, "completed")
     assert (table.tune_trials == 2).all()
 
 

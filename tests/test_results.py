@@ -30,6 +30,34 @@ def test_report_skips_a_cut_off_line_and_ignores_half_written_files(tmp_path):
     assert written[0].startswith("trial,")
 
 
+def test_a_search_trial_taken_into_a_compare_run_is_its_row_under_the_compare_labels(tmp_path):
+    from skray.commands.compare import take_trial
+    from skray.results import load_results
+
+    search, run = tmp_path / "tuning" / "search", tmp_path
+    (run / "experiment.json").write_text(json.dumps({"command": "compare", "config": {}}))
+    reports = [
+        {"trial_id": "ab12", "step": 0, "best_val_acc": 0.5, "lr": 0.003},
+        {"trial_id": "ab12", "step": 8, "best_val_acc": 0.7, "lr": 0.003, "test_acc": 0.68, "done": True},
+    ]
+    for name, error in (("run_trial_ab12_1_lr=0.003", None), ("run_trial_cd34_2_lr=0.01", "ValueError: boom")):
+        trial = search / name
+        trial.mkdir(parents=True)
+        (trial / "params.json").write_text(json.dumps({"method": "sk_prefix", "prefix_length": 9, "lr": 0.003}))
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in reports))
+        if error:
+            (trial / "error.txt").write_text(f"Failure # 1\n{error}\n")
+        take_trial(str(trial), str(run), {"method": "sk_prefix(prefix_length=9)", "seed": 0})
+    table = load_results(str(run)).set_index("status")
+    assert table.loc["completed", ["method", "seed", "lr", "test_acc"]].tolist() == [
+        "sk_prefix(prefix_length=9)",
+        0,
+        0.003,
+        0.68,
+    ]
+    assert table.loc["error", "error"] == "ValueError: boom"
+
+
 def trials(test_acc: float, zero_shot: float = 0.6, majority: float = 0.65, f1: float = 0.5, rows: int = 2000):
     import pandas as pd
 

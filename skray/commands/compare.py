@@ -8,6 +8,7 @@ over the seeds that completed, its sd in a ``<column>_sd`` column beside it, num
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -69,16 +70,26 @@ class Compare(Command):
 
     def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float) -> ExperimentConfig:
         """With compare.tune: every method's own Optuna search first (RUN_DIR/tuning/), the same
-        budget for each; the seeds then run each method's best setting."""
+        budget for each; the seeds then run each method's best setting. That setting has already
+        run at the first seed (the search's best trial): it is taken into the run as that seed's
+        row, and the trials run the other seeds."""
         if cfg.compare.tune is None:
             return cfg
-        entries = [
-            tuned_entry(cfg, label, entry, run_dir)
-            for label, entry in zip(compare_labels(cfg.compare.methods, cfg.train.lr), cfg.compare.methods, strict=True)
+        labels = compare_labels(cfg.compare.methods, cfg.train.lr)
+        tuned = [
+            tuned_entry(cfg, label, entry, run_dir) for label, entry in zip(labels, cfg.compare.methods, strict=True)
         ]
-        # What the seeds run: each method at its chosen setting, as an untuned compare would (the run's
-        # experiment.json keeps compare.tune, which the table and plots read)
-        return cfg.model_copy(update={"compare": cfg.compare.model_copy(update={"methods": entries, "tune": None})})
+        entries = [entry for entry, _ in tuned]
+        seeds = cfg.compare.seeds
+        if len(seeds) > 1:  # with one seed, the seed runs would all be copies
+            chosen = compare_labels(entries, cfg.train.lr)
+            for label, (_, best_dir) in zip(chosen, tuned, strict=True):
+                take_trial(best_dir, run_dir, {"method": label, "seed": seeds[0]})
+            seeds = seeds[1:]
+        # What the trials run: each method at its chosen setting, as an untuned compare would (the
+        # run's experiment.json keeps compare.tune and every seed, which the table and plots read)
+        update = {"methods": entries, "tune": None, "seeds": seeds}
+        return cfg.model_copy(update={"compare": cfg.compare.model_copy(update=update)})
 
     def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
         method, lr = variants(cfg)[params["method"]]
@@ -141,9 +152,12 @@ def lr_range(cfg: ExperimentConfig, entry: str | dict[str, Any]) -> LogRange:
     return LogRange(low=low, high=high)
 
 
-def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> dict[str, Any]:
+def tuned_entry(
+    cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str
+) -> tuple[dict[str, Any], str]:
     """One method's search (``method_search``), run or, in a resumed compare, read back if it had
-    finished; returns the entry with the best completed trial's setting (by validation)."""
+    finished; returns the entry with the best completed trial's setting (by validation), and that
+    trial's directory."""
     from skray.report import rebuild
     from skray.search import finished_run, run_experiment
 
@@ -173,7 +187,21 @@ def tuned_entry(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], 
         + f"; {tuned_dir}/",
         flush=True,
     )
-    return chosen
+    (best_dir,) = [
+        d for d in storage.subdirs(tuned_dir) if d.rsplit("/", 1)[-1].startswith(f"run_trial_{best['trial']}_")
+    ]
+    return chosen, best_dir
+
+
+def take_trial(trial_dir: str, run_dir: str, params: dict[str, Any]) -> None:
+    """A search trial as a trial of the compare run: its reports (and error, if it failed) under
+    the compare's ``params``, in RUN_DIR/tuned_<its directory name>, where the results table reads
+    trials; its checkpoints stay in the search's directory."""
+    into = storage.join(run_dir, "tuned_" + trial_dir.rsplit("/", 1)[-1])
+    for name in ("result.json", "error.txt"):
+        if storage.exists(storage.join(trial_dir, name)):
+            storage.write_text(storage.join(into, name), storage.read_text(storage.join(trial_dir, name)))
+    storage.write_text(storage.join(into, "params.json"), json.dumps(params, indent=2))
 
 
 def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
