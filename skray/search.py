@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -196,6 +197,14 @@ def finished_run(root: str, cfg: ExperimentConfig, command: str) -> str | None:
     return None
 
 
+def ran_to_end(results: Iterable[tune.Result], planned: int) -> bool:
+    """Whether every planned trial ended: failed, or made its last report (Tune marks it ``done``:
+    skray's final report, or the one ASHA stopped it at). Tune's own count will not do: on Ctrl-C
+    it marks the trials it was running TERMINATED, as if they had ended."""
+    ended = [r for r in results if r.error is not None or (r.metrics or {}).get("done")]
+    return len(ended) == planned
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     command: str = "train",
@@ -290,8 +299,7 @@ def run_experiment(
 
     with tune_output(verbose):
         results = tuner.fit()
-    planned = cmd.trials(cfg)
-    if len(results) == planned and results.num_terminated + results.num_errors == planned:
+    if ran_to_end(results, cmd.trials(cfg)):
         # Only a sweep that ran to its end is marked so; after Ctrl-C unfinished trials read "interrupted".
         storage.write_text(storage.join(run_dir, "finished"), time.strftime("%Y-%m-%dT%H:%M:%S"))
     return run_dir, rebuild(run_dir)

@@ -342,3 +342,21 @@ def test_a_resumed_tuned_compare_reuses_a_finished_search_and_stops_on_an_interr
     monkeypatch.setattr(skray.search, "run_experiment", lambda *a, **k: cut)  # Tune returned early
     with pytest.raises(Interrupted, match="run the same command again"):
         tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir)
+
+
+def test_a_run_has_ended_only_when_every_trial_made_its_last_report_or_failed():
+    """Ctrl-C leaves Tune's running trials TERMINATED, as if they had ended; the reports say otherwise."""
+    from ray.tune import Result
+
+    from skray.search import ran_to_end
+
+    def result(metrics: dict, error: Exception | None = None) -> Result:
+        return Result(metrics=metrics, checkpoint=None, error=error, path="/nowhere")
+
+    final = result({"step": 96, "test_acc": 0.7, "done": True})
+    stopped = result({"step": 48, "done": True})  # ASHA's stop: Tune marks that report done
+    failed = result({}, error=RuntimeError("worker died"))
+    cut = result({"step": 24, "val_acc": 0.5})  # the trial running when Ctrl-C came
+    assert ran_to_end([final, stopped, failed], 3)
+    assert not ran_to_end([final, cut], 2)
+    assert not ran_to_end([final, stopped], 3)  # a planned trial never started
