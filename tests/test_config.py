@@ -219,13 +219,16 @@ def test_compare_labels_say_what_differs():
 
 
 def test_compare_tune_lr_ranges_per_kind_per_entry_or_one_for_all():
-    from skray.commands.compare import lr_range
+    from skray.commands.compare import lr_range, method_search
 
     own = "{kind: lora, lr: {low: 1.0e-4, high: 1.0e-3}}"
     tuned = f"compare={{methods: [full_finetune, prompt_tuning, {own}], tune: {{trials: 3}}}}"
     cfg = load_config(QUICKSTART, [tuned])
     ranges = [(r.low, r.high) for r in (lr_range(cfg, e) for e in cfg.compare.methods)]
     assert ranges == [(5e-6, 5e-5), (1e-2, 1e-1), (1e-4, 1e-3)]  # the kind's own, the kind's own, the entry's
+    for every, grace in ((24, 2), (48, 1)):  # ASHA's one rung at half of the 96 steps
+        steps = load_config(QUICKSTART, [tuned, "train.max_steps=96", f"train.eval_every={every}"])
+        assert method_search(steps, "lora", "lora", "runs/x").search.grace_period == grace
     one = load_config(QUICKSTART, [tuned, "compare.tune.lr={low: 1.0e-5, high: 1.0e-1}"])
     assert [(r.low, r.high) for r in (lr_range(one, e) for e in one.compare.methods)][:2] == [(1e-5, 1e-1)] * 2
     for methods, tune, words in [

@@ -334,8 +334,11 @@ def test_a_resumed_tuned_compare_reuses_a_finished_search_and_stops_on_an_interr
     run_dir = str(tmp_path / "tiny-compare-20261130-000000")
     search = method_search(cfg, "sk_prefix", "sk_prefix", run_dir)
     monkeypatch.setattr(skray.search, "run_experiment", lambda *a, **k: pytest.fail("a finished search ran again"))
-    _finished_search(Path(run_dir) / "tuning", search, lr=0.005, m=cfg.method.prefix_length)
-    assert tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir) == {"kind": "sk_prefix", "lr": 0.005}
+    done = _finished_search(Path(run_dir) / "tuning", search, lr=0.005, m=cfg.method.prefix_length)
+    assert tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir) == (
+        {"kind": "sk_prefix", "lr": 0.005},
+        str(done / "run_trial_abc12345_1_lr=x"),  # the best trial, which becomes the first seed's row
+    )
 
     (Path(run_dir) / "tuning" / "tiny-sk_prefix-tune-20261130-000000" / "finished").unlink()  # as after Ctrl-C
     cut = (str(Path(run_dir) / "tuning" / "tiny-sk_prefix-tune-20261130-000000"), pd.DataFrame())

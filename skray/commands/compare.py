@@ -116,7 +116,8 @@ class Compare(Command):
 def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> ExperimentConfig:
     """The ``skray tune`` run that searches one method for compare.tune: ``compare.tune.trials``
     trials over its learning rate (``lr_range``), and m where it has virtual positions, at the first
-    seed, the start-up spread over the ranges, stored in RUN_DIR/tuning/."""
+    seed, the start-up spread over the ranges, ASHA's first rung at the evaluation nearest half the
+    steps, stored in RUN_DIR/tuning/."""
     t = cfg.compare.tune
     method = method_variant(cfg.method, entry)
     m = IntRange(low=method.prefix_length, high=method.prefix_length)
@@ -134,6 +135,7 @@ def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any]
                 prefix_length=searched,
                 lr=lr_range(cfg, entry),
                 startup_points="spread",
+                grace_period=max(1, cfg.train.max_steps // 2 // cfg.train.eval_every),  # ASHA at half the steps
             ),
             "compare": None,
         }
