@@ -127,6 +127,7 @@ def test_tuned_compare_searches_each_method_then_runs_its_best_with_every_seed(r
         first = ran[ran.seed == 0].iloc[0]
         assert (first.trial, first.test_acc, first.status) == (best.trial, best.test_acc, "completed")
     assert (table.tune_trials == 2).all()
+    assert sorted(table.lr_searched) == ["0.0003-0.01", "0.01-0.1"]  # what each method's search covered
 
 
 def test_token_classification_reports_span_f1(ray_cluster, tiny_experiment, tmp_path):

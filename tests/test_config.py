@@ -218,14 +218,34 @@ def test_compare_labels_say_what_differs():
     assert [lr for _, lr in variants(cfg).values()][:3] == [0.002, 0.0005, 0.003]
 
 
-def test_compare_tune_lr_ranges_per_kind_per_entry_or_one_for_all():
-    from skray.commands.compare import lr_range, method_search
+def test_compare_tune_lr_ranges_per_kind_per_entry_or_one_for_all(tmp_path):
+    from skray.commands.compare import lr_range, method_search, searched_ranges
 
     own = "{kind: lora, lr: {low: 1.0e-4, high: 1.0e-3}}"
     tuned = f"compare={{methods: [full_finetune, prompt_tuning, {own}], tune: {{trials: 3}}}}"
     cfg = load_config(QUICKSTART, [tuned])
     ranges = [(r.low, r.high) for r in (lr_range(cfg, e) for e in cfg.compare.methods)]
     assert ranges == [(5e-6, 5e-5), (1e-2, 1e-1), (1e-4, 1e-3)]  # the kind's own, the kind's own, the entry's
+    prepared = cfg.model_copy(
+        update={
+            "compare": cfg.compare.model_copy(
+                update={
+                    "tune": None,
+                    "methods": [
+                        {"kind": "full_finetune", "lr": 1e-5},
+                        {"kind": "prompt_tuning", "lr": 0.05, "prefix_length": 9},
+                        {"kind": "lora", "lr": 3e-4},
+                    ],
+                }
+            )
+        }
+    )
+    (tmp_path / "prepared.json").write_text(prepared.model_dump_json())  # what the searches chose
+    assert searched_ranges(cfg.model_dump(), str(tmp_path)) == {
+        "full_finetune": "5e-06-5e-05",
+        "prompt_tuning(prefix_length=9)": "0.01-0.1",
+        "lora": "0.0001-0.001",
+    }
     for every, grace in ((24, 2), (48, 1)):  # ASHA's one rung at half of the 96 steps
         steps = load_config(QUICKSTART, [tuned, "train.max_steps=96", f"train.eval_every={every}"])
         assert method_search(steps, "lora", "lora", "runs/x").search.grace_period == grace

@@ -102,15 +102,30 @@ class Compare(Command):
         from skray.results import experiment
 
         table = summary_table(trials)
-        tuned = ((experiment(run_dir).get("config") or {}).get("compare") or {}).get("tune")
+        started = experiment(run_dir).get("config") or {}
+        tuned = (started.get("compare") or {}).get("tune")
         title = ""
         if tuned:  # every method at its own best setting after the same search budget
             table.insert(2, "tune_trials", tuned["trials"])
+            table.insert(2, "lr_searched", table["method"].map(searched_ranges(started, run_dir)))
             title = f"each method tuned first: {tuned['trials']} Optuna trials (lr; m where it has one)"
         write_table(table, run_dir, "compare")
         storage.write_text(storage.join(run_dir, "compare.md"), readable(table).to_markdown(index=False) + "\n")
         plot_compare(trials, run_dir, title)
         return table
+
+
+def searched_ranges(started: dict[str, Any], run_dir: str) -> dict[str, str]:
+    """Method label (as the seeds ran it) -> the learning rates its search covered, "low-high",
+    from the config the run started with and the one its searches prepared (prepared.json)."""
+    prepared = storage.join(run_dir, "prepared.json")
+    if not storage.exists(prepared):
+        return {}
+    cfg = ExperimentConfig.model_validate(started)
+    ran = ExperimentConfig.model_validate(json.loads(storage.read_text(prepared)))
+    labels = compare_labels(ran.compare.methods, ran.train.lr)
+    ranges = [lr_range(cfg, entry) for entry in cfg.compare.methods]
+    return {label: f"{r.low:.2g}-{r.high:.2g}" for label, r in zip(labels, ranges, strict=True)}
 
 
 def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> ExperimentConfig:
@@ -249,7 +264,8 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
     """The summary for reading: "mean ± sd" (sd left out where the seeds agree), counts as integers."""
-    shown = table[[c for c in ("method", "lr", "tune_trials", "seeds", "completed") if c in table.columns]].copy()
+    heads = ("method", "lr", "lr_searched", "tune_trials", "seeds", "completed")
+    shown = table[[c for c in heads if c in table.columns]].copy()
     for col in [*SCORES, *COSTS]:
         counts = col in ("trainable_params", "checkpoint_bytes", "peak_mem_mb", "steps_to_target")
         shown[col] = [
