@@ -130,6 +130,12 @@ def count_parameters(info: BackboneInfo, trust_remote_code: bool = False) -> int
     return sum(p.numel() for p in _meta_model(info, trust_remote_code).parameters())
 
 
+def module_names(info: BackboneInfo, trust_remote_code: bool = False) -> dict[str, str]:
+    """Every submodule's dotted name -> its class name, from the config alone (meta device): what
+    LoRA's ``target_modules`` are matched against."""
+    return {name: type(m).__name__ for name, m in _meta_model(info, trust_remote_code).named_modules() if name}
+
+
 def _meta_model(info: BackboneInfo, trust_remote_code: bool) -> torch.nn.Module:
     """The backbone's architecture on the meta device: names and shapes, no memory, no weights."""
     auto = AutoModelForCausalLM if info.is_decoder else AutoModel

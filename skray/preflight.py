@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import sys
 
-from skray.backbones import count_parameters, inspect_backbone
-from skray.config import ExperimentConfig
+from skray.backbones import count_parameters, inspect_backbone, module_names
+from skray.config import ExperimentConfig, MethodConfig, method_variant
 from skray.data import load_splits
 from skray.data.collate import check_template_fits
 from skray.errors import ConfigError, ResourceError
@@ -34,9 +34,35 @@ def preflight(cfg: ExperimentConfig) -> int:
     info = inspect_backbone(cfg.backbone)
     if cfg.data.task == "classification":
         check_template_fits(info.tokenizer, cfg.data, add_special_tokens=not info.is_decoder)
-    if cfg.method.head == "verbalizer":
-        verbalizer_token_ids(cfg.method, info.is_decoder, info.tokenizer, splits.label_names)
+    for where, method in method_sections(cfg):
+        try:
+            if method.head == "verbalizer":
+                verbalizer_token_ids(method, info.is_decoder, info.tokenizer, splits.label_names)
+            if method.kind == "lora" and method.lora_target_modules:
+                check_lora_targets(method.lora_target_modules, module_names(info, cfg.backbone.trust_remote_code))
+        except ConfigError as err:
+            raise ConfigError(f"{where}{err}") from None
     return count_parameters(info, cfg.backbone.trust_remote_code)
+
+
+def method_sections(cfg: ExperimentConfig) -> list[tuple[str, MethodConfig]]:
+    """The method sections a run trains, each with where it comes from: the method section, or each
+    compare entry's (a mistake in one entry fails before launch, not once per seed in a worker)."""
+    if not cfg.compare:
+        return [("", cfg.method)]
+    return [(f"compare.methods entry {e!r}: ", method_variant(cfg.method, e)) for e in cfg.compare.methods]
+
+
+def check_lora_targets(targets: list[str], modules: dict[str, str]) -> None:
+    """PEFT's rule: a target names a module whose dotted name is it or ends in ``.<target>``; a list
+    none of whose names matches a module is an error there, found here before any worker loads."""
+    if any(name == t or name.endswith("." + t) for name in modules for t in targets):
+        return
+    linear = sorted({name.rsplit(".", 1)[-1] for name, kind in modules.items() if kind == "Linear"})
+    raise ConfigError(
+        f"method.lora_target_modules {targets}: no module of the backbone is named so; its linear layers "
+        f"end in: {', '.join(linear)}"
+    )
 
 
 def worker_floor_bytes(cfg: ExperimentConfig, params: int, workers: int) -> int:

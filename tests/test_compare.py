@@ -31,7 +31,8 @@ def experiment(tiny_experiment, **sections):
 def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_rest(
     ray_cluster, tiny_experiment, tmp_path, capsys
 ):
-    bad_lora = {"kind": "lora", "lora_target_modules": ["not_a_layer"]}
+    # A layer that exists (so the driver's check passes) but that LoRA cannot wrap: fails in the workers
+    bad_lora = {"kind": "lora", "lora_target_modules": ["norm"]}
     cfg = experiment(
         tiny_experiment,
         compare={
@@ -59,9 +60,9 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
     trials = load_results(str(run_dir))  # results.csv: one row per method and seed
     assert len(trials) == 4
     assert set(trials.seed) == {0, 1}
-    lora = trials[trials.method == "lora(lora_target_modules=['not_a_layer'])"]
+    lora = trials[trials.method == "lora(lora_target_modules=['norm'])"]
     assert set(lora.status) == {"error"}
-    assert lora.error.str.contains("not_a_layer").all()
+    assert lora.error.str.contains("LlamaRMSNorm").all()
     rest = trials[~trials.method.str.startswith("lora")]
     assert set(rest.status) == {"completed"}
     assert (rest.test_acc.between(0, 1)).all()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import get_args
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from skray.cli import main
@@ -173,6 +174,30 @@ def test_lr_warmup_and_untimed_steps_are_separate_keys():
         load_config(QUICKSTART, ["train.warmup_steps=2"])  # the old key meant either; say which is which
     with pytest.raises(ConfigError, match="must not exceed train.max_steps"):
         load_config(QUICKSTART, ["train.lr_warmup_steps=100", "train.max_steps=10"])
+
+
+@pytest.mark.parametrize(
+    ("entry", "words"),
+    [
+        (
+            {"kind": "lora", "lora_target_modules": ["q_prj"]},
+            "method.lora_target_modules ['q_prj']: no module of the backbone is named so; its linear layers "
+            "end in: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
+        ),
+        (
+            {"kind": "sk_prompt", "label_words": {"fresh": " good"}},
+            "method.label_words: no word for label 'rotten' (labels: ['rotten', 'fresh'])",
+        ),
+    ],
+)
+def test_a_bad_compare_entry_is_one_line_before_any_worker_starts(tiny_experiment, tmp_path, capsys, entry, words):
+    raw = {**tiny_experiment().model_dump(), "compare": {"methods": ["sk_prefix", entry], "seeds": [0]}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["compare", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"skray: error: compare.methods entry {entry!r}: {words}"
+    assert not any(p.is_dir() for p in tmp_path.iterdir())  # no run dir: nothing started
 
 
 def test_unwritable_storage_path_is_one_line_before_anything_starts(tmp_path, capsys):
