@@ -131,9 +131,10 @@ def count_parameters(info: BackboneInfo, trust_remote_code: bool = False) -> int
 
 
 def module_names(info: BackboneInfo, trust_remote_code: bool = False) -> dict[str, str]:
-    """Every submodule's dotted name -> its class name, from the config alone (meta device): what
-    LoRA's ``target_modules`` are matched against."""
-    return {name: type(m).__name__ for name, m in _meta_model(info, trust_remote_code).named_modules() if name}
+    """Every submodule's dotted name -> its class name in the model PEFT wraps (the base model: no LM
+    head), from the config alone (meta device): what LoRA's ``target_modules`` are matched against."""
+    base = _meta_model(info, trust_remote_code).base_model
+    return {name: type(m).__name__ for name, m in base.named_modules() if name}
 
 
 def _meta_model(info: BackboneInfo, trust_remote_code: bool) -> torch.nn.Module:

@@ -172,7 +172,7 @@ MethodKind = Literal[
 
 # The learning-rate range compare.tune searches for each kind unless told otherwise: about a decade
 # around the rate docs/RESULTS.md measured for it on SmolLM2 (the README's table of method keys), so
-# that a 3-trial search spends its trials where the kind trains, not four decades away from it.
+# that a short search spends its trials where the kind trains, not four decades away from it.
 LR_RANGES: dict[str, tuple[float, float]] = {
     "sk_prefix": (3e-4, 1e-2),
     "sk_prompt": (3e-4, 1e-2),

@@ -182,7 +182,7 @@ def test_lr_warmup_and_untimed_steps_are_separate_keys():
         (
             {"kind": "lora", "lora_target_modules": ["q_prj"]},
             "method.lora_target_modules ['q_prj']: no module of the backbone is named so; its linear layers "
-            "end in: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
+            "end in: down_proj, gate_proj, k_proj, o_proj, q_proj, up_proj, v_proj",
         ),
         (
             {"kind": "sk_prompt", "label_words": {"fresh": " good"}},
