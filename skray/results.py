@@ -182,5 +182,6 @@ def write_table(table: pd.DataFrame, run_dir: str, stem: str = "results", markdo
 
 def format_table(table: pd.DataFrame) -> str:
     shown = table[[c for c in SHOWN if c in table.columns and table[c].notna().any()]]
-    shown = shown.assign(wording=shown["wording"].astype(str).str.slice(0, 48))
+    if "wording" in shown.columns:  # a search of a kind that reads no wording has none
+        shown = shown.assign(wording=shown["wording"].astype(str).str.slice(0, 48))
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")

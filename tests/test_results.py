@@ -58,6 +58,22 @@ def test_a_search_trial_taken_into_a_compare_run_is_its_row_under_the_compare_la
     assert table.loc["error", "error"] == "ValueError: boom"
 
 
+def test_the_table_of_a_search_over_a_kind_without_a_wording_prints(tmp_path):
+    """`skray report` on compare.tune's LoRA search: no trial has a wording or m."""
+    from skray.results import format_table, load_results
+
+    (tmp_path / "experiment.json").write_text(json.dumps({"command": "tune", "config": {}}))
+    for trial, lr, acc in (("ab12", 0.003, 0.64), ("cd34", 0.001, 0.57)):
+        d = tmp_path / f"run_trial_{trial}_1_lr={lr}"
+        d.mkdir()
+        (d / "params.json").write_text(json.dumps({"method": "lora", "lr": lr}))
+        report = {"trial_id": trial, "step": 8, "best_val_acc": acc, "test_acc": acc, "done": True}
+        (d / "result.json").write_text(json.dumps(report) + "\n")
+    text = format_table(load_results(str(tmp_path)))
+    assert "wording" not in text.splitlines()[0]
+    assert text.splitlines()[1].split()[:2] == ["ab12", "lora"]
+
+
 def trials(test_acc: float, zero_shot: float = 0.6, majority: float = 0.65, f1: float = 0.5, rows: int = 2000):
     import pandas as pd
 
