@@ -34,12 +34,14 @@ def preflight(cfg: ExperimentConfig) -> int:
     info = inspect_backbone(cfg.backbone)
     if cfg.data.task == "classification":
         check_template_fits(info.tokenizer, cfg.data, add_special_tokens=not info.is_decoder)
+    modules: dict[str, str] | None = None  # built once, for the first entry that names LoRA targets
     for where, method in method_sections(cfg):
         try:
             if method.head == "verbalizer":
                 verbalizer_token_ids(method, info.is_decoder, info.tokenizer, splits.label_names)
             if method.kind == "lora" and method.lora_target_modules:
-                check_lora_targets(method.lora_target_modules, module_names(info, cfg.backbone.trust_remote_code))
+                modules = modules or module_names(info, cfg.backbone.trust_remote_code)
+                check_lora_targets(method.lora_target_modules, modules)
         except ConfigError as err:
             raise ConfigError(f"{where}{err}") from None
     return count_parameters(info, cfg.backbone.trust_remote_code)
