@@ -46,14 +46,32 @@ class Progress(tune.Callback):
         self.ended = 0
         self.last_report: dict[str, tuple[float, int]] = {}  # trial -> (time, step) of its previous report
         self.done_before = 0  # steps done before this driver started (a resumed run)
+        self.counted: set[str] = set()  # trials whose end is counted in ``ended``
 
     def __setstate__(self, state: dict) -> None:
         """Unpickled from the run's tuner.pkl when a run is resumed: time and pace count from now, so the
         hours the run stood still are neither elapsed time nor slowness."""
         self.__dict__.update(state)
+        self.counted = state.get("counted", set())  # pickled before skray counted ends by trial
         self.started = time.monotonic()
         self.done_before = sum(self.steps.values())
         self.last_report = {}
+
+    def _catch_up(self, trials: list) -> None:
+        """Count what a resumed run did before this driver: tuner.pkl holds the callback as it was when
+        the run started, so the trials that ended since and the steps the others made come from the
+        trials Tune restored. Those steps are not this driver's pace."""
+        for t in trials:
+            if t.trial_id in self.counted or t.trial_id in self.steps and t.status not in ("TERMINATED", "ERROR"):
+                continue
+            before = self.steps.get(t.trial_id, 0)
+            if t.status in ("TERMINATED", "ERROR"):
+                self.counted.add(t.trial_id)
+                self.ended += 1
+                self.steps[t.trial_id] = self.steps_per_trial
+            else:
+                self.steps[t.trial_id] = int((t.last_result or {}).get("step", 0))
+            self.done_before += self.steps[t.trial_id] - before
 
     def _say(self, line: str) -> None:
         print(line, flush=True)  # sys.stdout looked up each time: Tune pickles its callbacks
@@ -65,12 +83,14 @@ class Progress(tune.Callback):
         return f"  [{self.ended}/{self.trials} trials ended, {done}/{total} steps, {_duration(elapsed)}{eta}]"
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        self._catch_up(trials)
         params = ", ".join(f"{k}={_value(trial.config[k])}" for k in SHOWN_PARAMS if k in trial.config)
         self.steps.setdefault(trial.trial_id, 0)
         self.last_report[trial.trial_id] = (time.monotonic(), self.steps[trial.trial_id])
         self._say(f"trial {trial.trial_id} started: {params}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        self._catch_up(trials)
         step = int(result.get("step", 0))
         then, before = self.last_report.get(trial.trial_id, (self.started, self.steps.get(trial.trial_id, 0)))
         now = time.monotonic()
@@ -93,8 +113,12 @@ class Progress(tune.Callback):
         self._end(trial, "failed (its error is in the table)")
 
     def _end(self, trial, line: str) -> None:
-        self.ended += 1
-        self.steps[trial.trial_id] = self.steps_per_trial  # an ended trial's remaining steps will not run
+        if trial.trial_id not in self.counted:
+            self.counted.add(trial.trial_id)
+            self.ended += 1
+        # An ended trial's remaining steps will not run: done, but not this driver's pace.
+        self.done_before += self.steps_per_trial - self.steps.get(trial.trial_id, 0)
+        self.steps[trial.trial_id] = self.steps_per_trial
         self._say(f"trial {trial.trial_id} {line}{self._where()}")
 
 

@@ -48,6 +48,33 @@ def test_a_resumed_run_counts_time_and_pace_from_its_resume(capsys, monkeypatch)
     assert last.endswith("1.00 steps/s  [0/1 trials ended, 20/40 steps, 10s, about 20s left]"), last
 
 
+def test_a_resumed_run_counts_the_trials_that_ended_before_it_not_as_its_pace(capsys, monkeypatch):
+    """tuner.pkl holds the callback as the run started: a resume learns from the trials Tune restored
+    which ended meanwhile and how far the others got, so neither the count nor the ETA starts from 0."""
+    import pickle
+
+    import skray.console
+
+    now = [0.0]
+    monkeypatch.setattr(skray.console.time, "monotonic", lambda: now[0])
+    started = pickle.dumps(Progress(trials=3, steps_per_trial=40, key="acc"))
+    resumed = pickle.loads(started)
+    ended = SimpleNamespace(trial_id="a", config={}, status="TERMINATED", last_result={"step": 40})
+    halfway = SimpleNamespace(trial_id="b", config={}, status="PENDING", last_result={"step": 20})
+    fresh = SimpleNamespace(trial_id="c", config={}, status="PENDING", last_result={})
+    trials = [ended, halfway, fresh]
+    resumed.on_trial_start(0, trials, halfway)
+    now[0] = 10.0
+    resumed.on_trial_result(0, trials, halfway, {"step": 30, "val_acc": 0.6})
+    fresh.status = "RUNNING"
+    resumed.on_trial_start(0, trials, fresh)
+    halfway.status, halfway.last_result = "TERMINATED", {"step": 30}  # ASHA stopped it
+    resumed.on_trial_complete(0, trials, halfway)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("[1/3 trials ended, 70/120 steps, 10s, about 50s left]"), lines[1]
+    assert lines[-1].endswith("[2/3 trials ended, 80/120 steps, 10s, about 40s left]"), lines[-1]
+
+
 def test_output_to_takes_the_file_descriptors_and_gives_them_back(tmp_path, capfd):
     import os
 
