@@ -135,3 +135,29 @@ def test_class_weights_and_majority():
     plain = task_loss(logits, labels[:4])
     weighted = task_loss(logits, labels[:4], weight=weights)
     assert weighted > plain  # the rare label's misses weigh more
+
+
+def test_the_readable_table_leaves_out_the_sd_where_every_seed_agrees():
+    """0.39 three times has a float std of about 7e-17: "0.39", not "0.39 ± 6.799e-17"."""
+    import pandas as pd
+
+    from skray.commands.compare import COSTS, SCORES, readable, summary_table
+
+    trials = pd.DataFrame(
+        {col: [float("nan")] * 3 for col in [*SCORES, *COSTS]}
+        | {
+            "method": ["sk_prompt"] * 3,
+            "lr": [0.004] * 3,
+            "seed": [0, 1, 2],
+            "status": ["completed"] * 3,
+            "zero_shot_test_acc": [0.39] * 3,
+            "test_acc": [0.483, 0.517, 0.39],
+            "trainable_params": [4790] * 3,
+            "backbone_params": [134515008] * 3,
+            "steps_to_target": [None] * 3,
+        }
+    )
+    shown = readable(summary_table(trials)).iloc[0]
+    assert shown["zero_shot_test_acc"] == "0.39"
+    assert shown["trainable_pct"] == "0.003561"
+    assert shown["test_acc"] == "0.4633 ± 0.06574"

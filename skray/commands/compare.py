@@ -280,6 +280,7 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
 def _mean_sd(mean: float, sd: float, fmt: str) -> str:
     if pd.isna(mean):
         return ""
-    if pd.isna(sd) or sd == 0:  # one seed, or the same on every seed (a count, a fixed lr)
+    # One seed, or the same on every seed (a count, a fixed lr; the std of equal floats can be 1e-17).
+    if pd.isna(sd) or sd <= 1e-9 * abs(mean):
         return fmt.format(mean)
     return f"{fmt.format(mean)} ± {fmt.format(sd)}"
