@@ -90,11 +90,20 @@ def run_trial(
     from skray.console import output_to
     from skray.train.launch import build_trainer
 
-    cfg = COMMANDS[command].trial_config(ExperimentConfig.model_validate(experiment), params)
+    cfg = trial_experiment(command, experiment, params)
     name = f"train_{tune.get_context().get_trial_id()}"
     with output_to(f"{log_dir}/{name}.log" if log_dir else None):
         trainer = build_trainer(cfg, cpus_per_worker, storage_path, name, [TuneReportCallback()], log_dir)
         trainer.fit()
+
+
+def trial_experiment(command: str, experiment: dict, params: dict) -> ExperimentConfig:
+    """The one experiment a trial's workers run. The sections that plan the run (search, compare,
+    scale) stay in the run's experiment.json: a worker validating them against its own trial's
+    settings could refuse them (a compare entry at its own lr beside a plain one of the same kind
+    reads as two entries alike once train.lr is that lr)."""
+    cfg = COMMANDS[command].trial_config(ExperimentConfig.model_validate(experiment), params)
+    return cfg.model_copy(update={"search": None, "compare": None, "scale": None})
 
 
 def progress(cfg: ExperimentConfig, cmd: Command) -> tune.Callback:

@@ -246,12 +246,12 @@ def test_compare_labels_say_what_differs():
 def test_every_compare_trial_config_is_valid_where_the_worker_reads_it():
     """An entry at its own lr beside a plain one: the trial of the entry runs with train.lr set to that
     lr, and the worker must not then see two entries both running it (tweets_diagnosis.yaml failed so)."""
-    from skray.commands import COMMANDS
     from skray.commands.compare import variants
+    from skray.search import trial_experiment
 
     cfg = load_config(QUICKSTART, ["train.lr=0.004", "compare={methods: [sk_prefix, {kind: sk_prefix, lr: 0.001}]}"])
     for label in variants(cfg):
-        trial = COMMANDS["compare"].trial_config(cfg, {"method": label, "seed": 0})
+        trial = trial_experiment("compare", cfg.model_dump(), {"method": label, "seed": 0})
         again = ExperimentConfig.model_validate(trial.model_dump())  # what the worker does
         assert again.method.kind == "sk_prefix"
         assert again.train.lr == (0.001 if "lr=0.001" in label else 0.004)

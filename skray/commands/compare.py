@@ -92,11 +92,9 @@ class Compare(Command):
         return cfg.model_copy(update={"compare": cfg.compare.model_copy(update=update)})
 
     def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
-        # A trial is one experiment: the methods list stays with the run (experiment.json); kept in the
-        # trial, the worker would check it against the trial's own lr and could find two entries alike.
         method, lr = variants(cfg)[params["method"]]
         train = cfg.train.model_copy(update={"seed": params["seed"], "lr": lr})
-        return cfg.model_copy(update={"method": method, "train": train, "compare": None})
+        return cfg.model_copy(update={"method": method, "train": train})
 
     def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
         """compare.csv/.parquet (numbers), compare.md ("mean ± sd", for reading) and two plots:
