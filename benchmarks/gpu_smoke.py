@@ -8,6 +8,7 @@ minutes; without a GPU it runs the same path small (a test runs it so).
 
     python benchmarks/gpu_smoke.py              # 1b in bf16 on a GPU, tiny in fp32 on CPU
     python benchmarks/gpu_smoke.py --size tiny  # force the small one
+    python benchmarks/gpu_smoke.py --precision bf16  # bf16 on the CPU too (slow, but the same numerics)
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from gpu_check import llama  # noqa: E402  (beside this script)
 
 from skray.backbones import Backbone  # noqa: E402
 from skray.config import MethodConfig, TrainConfig  # noqa: E402
+from skray.devices import compute_device, place  # noqa: E402
 from skray.methods import build_model  # noqa: E402
+from skray.partitioned import dtype_of  # noqa: E402
 from skray.train.deepspeed import build_engine, process_group_backend  # noqa: E402
 from skray.train.evaluate import evaluate, task_loss  # noqa: E402
 
@@ -46,16 +49,25 @@ def one_process_group() -> None:
 
 
 def backbone(size: str, dtype: torch.dtype, device: torch.device) -> Backbone:
-    """The gpu_check Llama, frozen, on ``device`` in ``dtype``."""
+    """The gpu_check Llama, frozen, on ``device`` with its weights in ``dtype`` (its buffers as they are)."""
     model, tokenizer = llama(size)
-    return Backbone(model.to(device=device, dtype=dtype).eval().requires_grad_(False), tokenizer, is_decoder=True)
+    model = place(model.eval().requires_grad_(False), device, dtype, frozen=model)
+    return Backbone(model, tokenizer, is_decoder=True)
 
 
-def step0_gap(bb: Backbone, device: torch.device) -> float:
+def sk_prefix(bb: Backbone, prefix_length: int, rank: int, dtype: torch.dtype) -> torch.nn.Module:
+    """SK-Prefix with a linear head over the backbone, where the backbone is, in the run's ``dtype``:
+    the prompt pass runs on the backbone's device, as a Ray Train worker's does."""
+    method = MethodConfig(
+        kind="sk_prefix", wording=WORDING, prefix_length=prefix_length, head="linear", adapter_rank=rank
+    )
+    return place(build_model(bb, method, ["neg", "pos"]), compute_device(bb.model), dtype, frozen=bb.model)
+
+
+def step0_gap(bb: Backbone, device: torch.device, dtype: torch.dtype) -> float:
     """Largest |SK-Prefix logit - logit of the model reading the prompt as text| at m = k."""
     k = len(bb.tokenizer(WORDING)["input_ids"])
-    method = MethodConfig(kind="sk_prefix", wording=WORDING, prefix_length=k, head="linear", adapter_rank=4)
-    model = build_model(bb, method, ["neg", "pos"]).to(device)
+    model = sk_prefix(bb, k, 4, dtype)
     gap = 0.0
     with torch.no_grad():
         for text in TEXTS:
@@ -69,8 +81,7 @@ def step0_gap(bb: Backbone, device: torch.device) -> float:
 
 def train_point(bb: Backbone, stage: int, precision: str, device: torch.device, steps: int, batch: int) -> dict:
     """A DeepSpeed engine at ``stage`` trains ``steps`` steps on random tokens; time, memory, loss."""
-    method = MethodConfig(kind="sk_prefix", wording=WORDING, prefix_length=16, head="linear", adapter_rank=8)
-    model = build_model(bb, method, ["neg", "pos"]).to(device)
+    model = sk_prefix(bb, 16, 8, dtype_of(precision))
     engine = build_engine(
         model, TrainConfig(zero_stage=stage, precision=precision, micro_batch_size=batch, max_steps=steps)
     )
@@ -108,16 +119,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=["auto", "1b", "tiny"], default="auto")
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on a GPU")
     args = p.parse_args()
     size = args.size if args.size != "auto" else ("1b" if GPU else "tiny")
     device = torch.device("cuda", 0) if GPU else torch.device("cpu")
-    precision = "bf16" if GPU else "fp32"
-    dtype = torch.bfloat16 if GPU else torch.float32
+    precision = args.precision if args.precision != "auto" else ("bf16" if GPU else "fp32")
+    dtype = dtype_of(precision)
     name = torch.cuda.get_device_name(0) if GPU else "CPU"
     print(f"device: {name}; torch {torch.__version__}; size {size}; {precision}")
     one_process_group()
     bb = backbone(size, dtype, device)
-    gap = step0_gap(bb, device)
+    gap = step0_gap(bb, device, dtype)
     print(f"step 0 vs prompt read as text (m = k): max |diff| of the last hidden state = {gap:.3g}")
     import pandas as pd
 

@@ -8,6 +8,7 @@ from transformers import PreTrainedTokenizerBase
 
 from skray.backbones import Backbone
 from skray.config import MethodConfig
+from skray.devices import compute_device
 from skray.errors import ConfigError
 from skray.methods.heads import LinearHead, MeanLinearHead, VerbalizerHead, pool
 from skray.partitioned import module_by_module
@@ -130,7 +131,8 @@ class SKModel(TaskModel):
         self.prefix_length = cfg.prefix_length
         self.adapter_kind = cfg.adapter
         prompt = backbone.tokenizer(cfg.wording, add_special_tokens=True, return_tensors="pt")["input_ids"]
-        self.register_buffer("prompt_ids", prompt, persistent=False)
+        # Where the backbone computes (on a GPU already, or partitioned over GPUs by ZeRO 3), not the CPU.
+        self.register_buffer("prompt_ids", prompt.to(compute_device(self.backbone)), persistent=False)
         check_prefix_length(cfg, self.prompt_tokens)
         with torch.no_grad(), module_by_module(self.backbone):  # ZeRO-3 loading: one module whole at a time
             self._cache_prompt()

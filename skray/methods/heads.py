@@ -9,12 +9,15 @@ from skray.partitioned import gathered
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, last_token: bool) -> torch.Tensor:
-    """Last real token (decoders) or mean of real tokens (encoders); padding never counts."""
-    mask = mask.to(hidden.dtype)
+    """Last real token (decoders) or mean of real tokens (encoders), in fp32; padding never counts.
+
+    Positions are counted on the integer mask: bf16 holds every integer only up to 256 (fp16 to
+    2048), so a count in the hidden states' dtype points past a longer row's end or one token early."""
     if last_token:
-        last = mask.sum(1).long().clamp(min=1) - 1
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
-    return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        last = mask.long().sum(1).clamp(min=1) - 1
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last].float()
+    weights = mask.unsqueeze(-1).float()
+    return (hidden.float() * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 class LinearHead(nn.Module):
@@ -27,7 +30,7 @@ class LinearHead(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.proj(pooled)
+        return self.proj(pooled.to(self.proj.weight.dtype))
 
 
 class MeanLinearHead(LinearHead):
@@ -36,7 +39,7 @@ class MeanLinearHead(LinearHead):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(batch, positions, dim) -> (batch, labels); the mean of a linear map is the map of the mean."""
-        return self.proj(hidden.mean(1))
+        return self.proj(hidden.float().mean(1).to(self.proj.weight.dtype))
 
 
 class VerbalizerHead(nn.Module):
@@ -56,4 +59,5 @@ class VerbalizerHead(nn.Module):
             self.register_buffer("bias", bias.detach()[ids].clone() if bias is not None else torch.zeros(len(ids)))
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return pooled.to(self.rows.dtype) @ self.rows.T + self.bias
+        """Label scores in fp32: rounded to bf16, the scores of near labels tie and argmax takes the first."""
+        return pooled.float() @ self.rows.float().T + self.bias.float()
