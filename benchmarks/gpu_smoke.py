@@ -32,6 +32,7 @@ from skray.methods import build_model  # noqa: E402
 from skray.partitioned import dtype_of  # noqa: E402
 from skray.train.deepspeed import build_engine, process_group_backend  # noqa: E402
 from skray.train.evaluate import evaluate, task_loss  # noqa: E402
+from skray.train.recipe import settle_precision  # noqa: E402
 
 WORDING = "Classify the sentiment of the movie review as positive or negative."
 TEXTS = ["a moving, funny and beautifully made film", "dull, long and badly acted from start to end"]
@@ -119,15 +120,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=["auto", "1b", "tiny"], default="auto")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on a GPU")
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default="auto", help="auto: as train.precision auto decides"
+    )
     args = p.parse_args()
     size = args.size if args.size != "auto" else ("1b" if GPU else "tiny")
     device = torch.device("cuda", 0) if GPU else torch.device("cpu")
-    precision = args.precision if args.precision != "auto" else ("bf16" if GPU else "fp32")
+    one_process_group()
+    # auto as a worker decides it: bf16 on GPUs of compute capability 8.0 or more, else fp32
+    precision = settle_precision(TrainConfig(use_gpu=GPU, precision=args.precision), device, log=True).precision
     dtype = dtype_of(precision)
     name = torch.cuda.get_device_name(0) if GPU else "CPU"
     print(f"device: {name}; torch {torch.__version__}; size {size}; {precision}")
-    one_process_group()
     bb = backbone(size, dtype, device)
     gap = step0_gap(bb, device, dtype)
     print(f"step 0 vs prompt read as text (m = k): max |diff| of the last hidden state = {gap:.3g}")

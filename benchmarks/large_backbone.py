@@ -30,7 +30,7 @@ from gpu_check import llama  # noqa: E402
 
 from skray.config import parse_config  # noqa: E402
 from skray.errors import SkrayError  # noqa: E402
-from skray.search import run_experiment  # noqa: E402
+from skray.run import run_experiment  # noqa: E402
 
 # (zero stage, workers, memory budget per worker or None): the ratio points, then the budget.
 POINTS = [(3, 1, None), (3, 2, None), (2, 2, None), (3, 1, "budget"), (3, 2, "budget")]

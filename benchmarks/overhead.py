@@ -101,7 +101,7 @@ def in_process(cfg, engine: bool) -> float:
 
 def through_skray(cfg) -> float:
     """``skray train``'s own steady samples/s (one Ray Train worker, all CPUs)."""
-    from skray.search import run_experiment
+    from skray.run import run_experiment
 
     _, table = run_experiment(cfg, "train")
     row = table.iloc[0]

@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from skray.assets import package_dir
 from skray.backbones import Backbone
 from skray.config import MethodConfig
-from skray.data.embedded import package_dir
 from skray.methods import build_model
 from skray.partitioned import largest_module_params
 from skray.train.memory import CANDIDATES, GIB, estimate, measure_activation_bytes

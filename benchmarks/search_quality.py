@@ -60,7 +60,7 @@ def main() -> None:
     args = p.parse_args()
 
     from skray.pareto import hypervolume, pareto_front
-    from skray.search import run_experiment
+    from skray.run import run_experiment
 
     rows, tables = [], {}
     with tempfile.TemporaryDirectory(prefix="skray-search-quality-") as storage:

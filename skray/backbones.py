@@ -21,8 +21,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from skray.assets import package_dir
 from skray.config import BackboneConfig
-from skray.data.embedded import package_dir
 from skray.errors import BackboneError
 from skray.partitioned import checkpoint_index, full_numel, load_into_partitions
 
@@ -135,6 +135,12 @@ def module_names(info: BackboneInfo, trust_remote_code: bool = False) -> dict[st
     head), from the config alone (meta device): what LoRA's ``target_modules`` are matched against."""
     base = _meta_model(info, trust_remote_code).base_model
     return {name: type(m).__name__ for name, m in base.named_modules() if name}
+
+
+def largest_parameter(info: BackboneInfo, trust_remote_code: bool = False) -> int:
+    """Elements of the backbone's largest single weight (a Llama-3 embedding: 525M), from its config
+    alone: what DeepSpeed's NVMe swap buffers must hold a partition of from the first weight loaded."""
+    return max(p.numel() for p in _meta_model(info, trust_remote_code).parameters())
 
 
 def _meta_model(info: BackboneInfo, trust_remote_code: bool) -> torch.nn.Module:

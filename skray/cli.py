@@ -1,5 +1,6 @@
 """Command line: `skray train|tune|compare|scale CONFIG [--set k=v]`, `skray report RUN_DIR`,
-`skray predict SOURCE INPUT`, `skray export SOURCE --out DIR`. Parsing only."""
+`skray predict SOURCE INPUT`, `skray export SOURCE --out DIR`. Parsing only; each command's modules
+are imported when it runs (``--help`` must not load torch and Ray)."""
 
 from __future__ import annotations
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         from skray import storage
         from skray.config import load_config
         from skray.results import load_results
-        from skray.search import run_experiment
+        from skray.run import run_experiment
 
         cfg = load_config(args.config, args.overrides)
         run_dir, table = run_experiment(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -32,6 +33,7 @@ class Capacity:
     grows: bool = False
     max_gpus: float | None = 0.0
     node_memory: tuple[float, ...] = ()  # Ray's ``memory`` resource of each live node (bytes for tasks)
+    nodes: tuple[tuple[float, float], ...] = ()  # (CPUs, GPUs) of each live node
 
     @property
     def gpus(self) -> float | None:
@@ -40,6 +42,13 @@ class Capacity:
         if not self.grows:
             return now
         return None if self.max_gpus is None else max(now, self.max_gpus)
+
+    @property
+    def cpus_per_gpu(self) -> float:
+        """Whole CPUs beside each GPU on every live GPU node (the smallest node's CPUs / GPUs; 0 without
+        one). A GPU worker's bundle (its GPU and CPUs) must fit one node: the cluster's totals would
+        count CPU-only nodes, and ask for more CPUs beside a GPU than any GPU node has."""
+        return float(min((math.floor(cpus / gpus) for cpus, gpus in self.nodes if gpus > 0), default=0))
 
 
 def connect(address: str | None, quiet: bool = False) -> bool:
@@ -67,21 +76,25 @@ def capacity(joined: bool) -> Capacity:
     in a v1 autoscaler's report. A `ray start` head without ``--autoscaling-config`` runs Ray's
     read-only autoscaler, one type per node it already has: fixed."""
     resources = ray.cluster_resources()
-    memory = tuple(n["Resources"].get("memory", 0.0) for n in ray.nodes() if n.get("Alive"))
+    live = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    per_node = {
+        "node_memory": tuple(n.get("memory", 0.0) for n in live),
+        "nodes": tuple((n.get("CPU", 0.0), n.get("GPU", 0.0)) for n in live),
+    }
     if not joined:
-        return Capacity(resources, node_memory=memory)
+        return Capacity(resources, **per_node)
     from ray._private.state import state
     from ray.autoscaler._private.util import format_readonly_node_type
     from ray.experimental.internal_kv import _internal_kv_get
 
     node_types = state.get_max_resources_from_cluster_config()
     if node_types is not None:
-        return Capacity(resources, grows=True, max_gpus=float(node_types.get("GPU", 0)), node_memory=memory)
+        return Capacity(resources, grows=True, max_gpus=float(node_types.get("GPU", 0)), **per_node)
     status = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
     mapping = (json.loads(status).get("autoscaler_report") or {}).get("node_type_mapping") if status else None
     if not mapping or all(t == format_readonly_node_type(node) for node, t in mapping.items()):
-        return Capacity(resources, node_memory=memory)
-    return Capacity(resources, grows=True, max_gpus=launcher_gpus(LAUNCHER_CONFIG.expanduser()), node_memory=memory)
+        return Capacity(resources, **per_node)
+    return Capacity(resources, grows=True, max_gpus=launcher_gpus(LAUNCHER_CONFIG.expanduser()), **per_node)
 
 
 def launcher_gpus(path: Path) -> float | None:

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from skray.config import BackboneConfig, DataConfig
-from skray.errors import BackboneError, ConfigError, DataError, SkrayError
+from skray.errors import BackboneError, ConfigError, DataError, ResourceError, SkrayError
 from skray.train.checkpoint import META, WEIGHTS
 
 WRITERS = {
@@ -51,13 +51,16 @@ def find_checkpoint(source: str | Path) -> Path:
     raise ConfigError(f"{source}: no trial of this run has written a checkpoint yet")
 
 
-def load_model(checkpoint: Path) -> tuple[Any, dict]:
+def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Any, dict]:
     """``load_trained`` with its failures as one line: a backbone that is gone, or not the one trained."""
     from skray.train.checkpoint import load_trained
 
     meta = json.loads((checkpoint / META).read_text())
     try:
-        return load_trained(checkpoint)
+        return load_trained(checkpoint, device)
+    except torch.OutOfMemoryError:
+        precision = meta.get("precision", "fp32")
+        raise ResourceError(f"{checkpoint}: the {precision} model does not fit on {device}; use --device cpu") from None
     except BackboneError as err:
         raise BackboneError(f"{checkpoint}: {err}") from None
     except (OSError, ValueError, RuntimeError) as err:
@@ -221,9 +224,9 @@ def predict(source: str, input_path: str, out: str | None = None, device: str = 
     if target.suffix.lower() not in WRITERS:
         raise ConfigError(f"--out {target}: unsupported file type {target.suffix!r} (use .csv, .jsonl or .parquet)")
     df = read_rows(path, cfg)
-    model, meta = load_model(checkpoint)
+    model, meta = load_model(checkpoint, run_on)
     print(f"skray: predicting with {checkpoint} (step {meta.get('step', '?')})", file=sys.stderr)
-    table = predict_frame(model.to(run_on), meta, cfg, df, tokenizer_of(meta), batch_size=batch_size, device=run_on)
+    table = predict_frame(model, meta, cfg, df, tokenizer_of(meta), batch_size=batch_size, device=run_on)
     target.parent.mkdir(parents=True, exist_ok=True)
     WRITERS[target.suffix.lower()](table, target)
     return target

@@ -70,7 +70,8 @@ def check_lora_targets(targets: list[str], modules: dict[str, str]) -> None:
 def worker_floor_bytes(cfg: ExperimentConfig, params: int, workers: int) -> int:
     """The least host memory one worker needs: the runtime, plus the backbone weights it holds in
     host memory as it loads (whole in the run's precision; at ZeRO 3 only its 1/workers partition,
-    and on GPUs that partition goes to the device)."""
+    and on GPUs that partition goes to the device). ``precision: auto`` on GPUs, which the workers
+    settle by their GPUs (bf16 or fp32), counts as bf16: the least it can need."""
     each = 4 if cfg.train.precision == "fp32" else 2
     if cfg.train.zero_stage == 3:
         weights = 0 if cfg.train.use_gpu else math.ceil(params / workers) * each

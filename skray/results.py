@@ -54,6 +54,7 @@ COLUMNS = [
     "world_size",
     "zero_stage",
     "offload",
+    "precision",
     "resumed_from",
     "checkpoint_bytes",
     "status",

@@ -1,32 +1,33 @@
-"""Ray Tune over Ray Train: every trial is a TorchTrainer; the command (``skray.commands``) says
-what the trials are: one fixed trial (train), Optuna + ASHA (tune), methods x seeds (compare),
-workers x ZeRO settings one point at a time (scale). Here: resources, the run directory, resuming.
-All write one results format that ``skray.results`` reads. Running the same command on the same
-config again resumes a run that did not reach its end (finished trials stay as they are).
+"""A Tune trial as Ray Train's TorchTrainer, and what the driver keeps of it: the resources a trial's
+workers get, its reports in ``result.json`` (kept straight in the run's storage, a re-sent one once),
+the trackers, the progress lines, and which run directory an unfinished run left. The command
+(``skray.commands``) says what the trials are; ``skray.run`` runs them. All write one results format
+that ``skray.results`` reads.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
-import time
+import posixpath
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
-import pandas as pd
 from ray import tune
 from ray.tune.experiment import Trial
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import JsonLoggerCallback
+from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from skray import storage
-from skray.cluster import capacity, connect
+from skray.cluster import Capacity
 from skray.commands import COMMANDS, Command
-from skray.config import ExperimentConfig, resolve_device, selection_metric
+from skray.config import ExperimentConfig, selection_metric
 from skray.errors import ResourceError
-from skray.report import rebuild
 from skray.results import experiment
+from skray.train.checkpoint import REPLAYED
 
 
 @dataclass
@@ -35,9 +36,7 @@ class Plan:
     max_concurrent: int
 
 
-def plan_resources(
-    cfg: ExperimentConfig, cluster: dict[str, float], can_grow: bool = False, command: Command = COMMANDS["train"]
-) -> Plan:
+def plan_resources(cfg: ExperimentConfig, room: Capacity, command: Command = COMMANDS["train"]) -> Plan:
     """Per-worker CPUs and trial concurrency that fit the cluster, or a clear error at once.
 
     Ray's default (1 CPU per worker plus 1 per trial) deadlocks a 2-CPU machine: trials take the
@@ -48,8 +47,9 @@ def plan_resources(
     """
     t = cfg.train
     workers, key = command.workers(cfg)
-    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    cpus, gpus = room.resources.get("CPU", 0.0), room.resources.get("GPU", 0.0)
     on_gpus = t.use_gpu is True
+    can_grow = room.grows
     if can_grow:
         per_worker = t.cpus_per_worker or 1.0
     else:
@@ -58,11 +58,11 @@ def plan_resources(
                 f"{key}={workers} GPU workers, but the Ray cluster has {gpus:g} GPUs; "
                 f"lower {key} or set train.use_gpu false"
             )
-        # A GPU worker gets its GPU's share of the cores (offloaded optimizer steps run on them); a
-        # lone trial (train, or a scaling grid's one point at a time) gets every core, which torch's
-        # threads then use; trials that run side by side get one core per worker.
+        # A GPU worker gets its GPU's share of its node's cores (offloaded optimizer steps run on
+        # them); a lone trial (train, or a scaling grid's one point at a time) gets every core, which
+        # torch's threads then use; trials that run side by side get one core per worker.
         lone = command.sequential or command.trials(cfg) == 1
-        share = max(1.0, math.floor(cpus / gpus)) if on_gpus else (cpus / workers if lone else 1.0)
+        share = max(1.0, room.cpus_per_gpu) if on_gpus else (cpus / workers if lone else 1.0)
         per_worker = t.cpus_per_worker or min(share, cpus / workers)
         if per_worker <= 0 or workers * per_worker > cpus + 1e-9:
             raise ResourceError(
@@ -83,18 +83,46 @@ def plan_resources(
 def run_trial(
     params: dict, experiment: dict, command: str, cpus_per_worker: float, storage_path: str, log_dir: str | None
 ) -> None:
-    """A Tune trial: build a TorchTrainer for the trial's config; workers report through Tune.
-    With a ``log_dir``, this process's output and each worker's go to files there."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+    """A Tune trial: build a TorchTrainer for the trial's config; workers report through Tune, less
+    the re-sent reports the driver logged already (``ReplayFilter``). With a ``log_dir``, this
+    process's output and each worker's go to files there.
 
+    A trial whose last logged report ends it (Tune marks ``done`` the one it finished or ASHA stopped
+    it at) ended before a driver that died could save so: it does not train on; that report goes to
+    Tune again instead, so that Tune ends it as it was."""
     from skray.console import output_to
     from skray.train.launch import build_trainer
 
+    context = tune.get_context()
+    logged = storage.join(storage_path, posixpath.basename(context.get_trial_dir().rstrip("/")), "result.json")
+    ended = _ended_at(logged)
+    if ended is not None:
+        tune.report({k: v for k, v in ended.items() if k not in AUTO_RESULT_KEYS} | {REPLAYED: True})
+        return
     cfg = trial_experiment(command, experiment, params)
-    name = f"train_{tune.get_context().get_trial_id()}"
+    name = f"train_{context.get_trial_id()}"
     with output_to(f"{log_dir}/{name}.log" if log_dir else None):
-        trainer = build_trainer(cfg, cpus_per_worker, storage_path, name, [TuneReportCallback()], log_dir)
+        trainer = build_trainer(cfg, cpus_per_worker, storage_path, name, [ReplayFilter(logged)], log_dir)
         trainer.fit()
+
+
+class ReplayFilter(TuneReportCallback):
+    """Tune's report callback (it runs in Ray Train's controller) that drops a re-sent report
+    (``REPLAYED``: a restored trial sends again what its checkpoint kept) whose step the trial's
+    ``result.json`` holds: the driver logged it, and Tune's scheduler and searcher, restored from an
+    older save than the log, would judge it again (ASHA could stop the trial at a rung it had passed,
+    before the steps logged after it). Reports the driver never logged go on, as they would have had
+    it lived. (A trial whose final report was logged does not get here: ``run_trial``.)"""
+
+    def __init__(self, logged: str) -> None:
+        super().__init__()
+        self.logged = logged
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        report = metrics[0]
+        if report.get(REPLAYED) and report["step"] in _logged_steps(self.logged):
+            return
+        super().after_report(run_context, metrics, checkpoint)
 
 
 def trial_experiment(command: str, experiment: dict, params: dict) -> ExperimentConfig:
@@ -137,7 +165,9 @@ class TrialReports(JsonLoggerCallback):
     trial that has no Tune checkpoint, as skray's trials never do (they resume from Ray Train's): the
     sync then overwrote every report made before the resume (learning curves, the step-0 scores,
     steps_to_target). A report for a step at or before the last one kept (a trial restarted from an
-    earlier checkpoint or from scratch) replaces the reports from that step on."""
+    earlier checkpoint or from scratch) replaces the reports from that step on; a re-sent one
+    (``REPLAYED``: the same report again, from a restored trial, see ``ReplayFilter``) whose step is
+    here already is dropped, so the line stays as first written."""
 
     def __init__(self, run_dir: str) -> None:
         super().__init__()
@@ -153,6 +183,8 @@ class TrialReports(JsonLoggerCallback):
         path = storage.join(self.run_dir, trial.storage.trial_dir_name, "result.json")
         lines = storage.read_text(path).splitlines() if storage.exists(path) else []
         step = result.get("step")
+        if result.get(REPLAYED) and step in {_step(line) for line in lines}:
+            return
         if step is not None:
             lines = [line for line in lines if _step(line) < step]
         lines.append(json.dumps(result, cls=SafeFallbackEncoder))
@@ -160,6 +192,21 @@ class TrialReports(JsonLoggerCallback):
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         self._trial_configs.pop(trial, None)
+
+
+def _ended_at(path: str) -> dict | None:
+    """A trial's last logged report if it ended the trial (``done``), else None."""
+    lines = storage.read_text(path).splitlines() if storage.exists(path) else []
+    try:
+        last = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:  # cut by a crash: not an end
+        return None
+    return last if last.get("done") else None
+
+
+def _logged_steps(path: str) -> set[float]:
+    """The steps of the reports in a trial's ``result.json`` (none before its first)."""
+    return {_step(line) for line in storage.read_text(path).splitlines()} if storage.exists(path) else set()
 
 
 def _step(line: str) -> float:
@@ -212,103 +259,3 @@ def ran_to_end(results: Iterable[tune.Result], planned: int) -> bool:
     it marks the trials it was running TERMINATED, as if they had ended."""
     ended = [r for r in results if r.error is not None or (r.metrics or {}).get("done")]
     return len(ended) == planned
-
-
-def run_experiment(
-    cfg: ExperimentConfig,
-    command: str = "train",
-    address: str | None = None,
-    retry_errored: bool = False,
-    verbose: bool = True,
-) -> tuple[str, pd.DataFrame]:
-    """Run one fixed trial (train), an Optuna/ASHA search (tune), a methods x seeds grid
-    (compare) or a scaling grid (scale); return the run dir and the table to show.
-
-    A run of the same name, command and config that did not finish is resumed instead: its
-    finished trials are kept, the interrupted ones go on from their last checkpoint. Trials that
-    failed stay failed unless ``retry_errored``, which runs them again from their last checkpoint
-    (also in a run that finished). Not ``verbose``: a line per trial start, evaluation and end
-    instead of Ray's output, and every Ray process's output in ``RUN_DIR/logs/`` (a local run dir).
-    """
-    cmd = COMMANDS[command]
-    cmd.check(cfg)
-    from skray.preflight import check_memory, preflight
-
-    root = storage.location(cfg.storage_path)
-    storage.ensure_writable(root)
-    params = preflight(cfg)
-    room = capacity(connect(address, quiet=not verbose))
-    workers, key = cmd.workers(cfg)
-    gpus = room.gpus
-    if cfg.train.use_gpu == "auto" and gpus is not None and 0 < gpus < workers:
-        print(
-            f"skray: train.use_gpu auto: the cluster has {gpus:g} GPUs for {workers} workers, so this run trains "
-            f"on CPUs; set {key} to {int(gpus)} (or fewer) to use the GPUs",
-            file=sys.stderr,
-        )
-    cfg = cfg.model_copy(update={"train": resolve_device(cfg.train, gpus, workers)})
-    plan = plan_resources(cfg, room.resources, room.grows, cmd)
-    fits = check_memory(cfg, params, workers, key, list(room.node_memory), room.grows)
-    if not room.grows:
-        plan = Plan(plan.cpus_per_worker, min(plan.max_concurrent, fits))
-    resumed = unfinished_run(root, cfg, command, retry_errored)
-    run_dir = resumed or storage.join(root, f"{cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
-    prepared = storage.join(run_dir, "prepared.json")  # what the trials run, after the command's preparation
-    restore = resumed is not None and tune.Tuner.can_restore(run_dir)
-    if resumed and not restore:
-        print(f"skray: resuming {run_dir} (same command and config), cut before its trials started", file=sys.stderr)
-    if resumed and storage.exists(prepared):
-        cfg = ExperimentConfig.model_validate(json.loads(storage.read_text(prepared)))
-    elif not restore:  # a new run, or one cut while preparing (compare.tune's searches go on where they were)
-        if not resumed:
-            storage.write_text(
-                storage.join(run_dir, "experiment.json"),
-                json.dumps({"command": command, "config": cfg.model_dump()}, indent=2),
-            )
-        ready = cmd.prepare(cfg, run_dir, plan.cpus_per_worker * workers)
-        if ready != cfg:
-            storage.write_text(prepared, json.dumps(ready.model_dump(), indent=2))
-        cfg = ready
-
-    log_dir = None if verbose or storage.is_uri(run_dir) else storage.join(storage.location(run_dir), "logs")
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial,
-            experiment=cfg.model_dump(),
-            command=command,
-            cpus_per_worker=plan.cpus_per_worker,
-            storage_path=run_dir,
-            log_dir=log_dir,
-        ),
-        {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
-    )
-    if restore:
-        again = "; failed trials run again from their last checkpoint" if retry_errored else ""
-        print(
-            f"skray: resuming {run_dir} (same command and config); finished trials are kept{again}",
-            file=sys.stderr,
-        )
-        storage.remove(storage.join(run_dir, "finished"))  # until this run reaches its end again
-        tuner = tune.Tuner.restore(
-            run_dir, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
-        )
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=cmd.param_space(cfg),
-            tune_config=cmd.tune_config(cfg, plan.max_concurrent, run_dir),
-            run_config=tune.RunConfig(
-                name=run_dir.rsplit("/", 1)[-1],
-                storage_path=root,
-                verbose=1 if verbose else 0,
-                callbacks=[TrialReports(run_dir), *trackers(cfg, run_dir)] + ([] if verbose else [progress(cfg, cmd)]),
-            ),
-        )
-    from skray.console import tune_output
-
-    with tune_output(verbose):
-        results = tuner.fit()
-    if ran_to_end(results, cmd.trials(cfg)):
-        # Only a sweep that ran to its end is marked so; after Ctrl-C unfinished trials read "interrupted".
-        storage.write_text(storage.join(run_dir, "finished"), time.strftime("%Y-%m-%dT%H:%M:%S"))
-    return run_dir, rebuild(run_dir)

@@ -24,15 +24,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-if TYPE_CHECKING:
-    from skray.config import ExperimentConfig
+from skray import storage
+from skray.config import ExperimentConfig
 
 SAMPLERS = ("tpe", "gp", "random", "nsga2", "grid")
 # The trial states each model-based sampler learns from: its start-up ends when this many reach startup.
@@ -170,7 +170,6 @@ def study_path(run_dir: str) -> str:
     """Where a run's study lives: ``optuna.journal`` in the run dir, or, for a run dir behind a URI
     (s3://, gs://), the same name under ~/.cache/skray/optuna/<run>/ on the driver, since a journal
     is a local file with a lock; the searcher's checkpoint in the run dir carries it elsewhere."""
-    from skray import storage
 
     if storage.is_uri(run_dir):
         return str(
@@ -189,9 +188,10 @@ def finished(result: dict[str, Any]) -> bool:
 class OptunaSearcher(Searcher):
     """Ray Tune asks for a trial (``suggest``), and reports its results; this asks Optuna and tells
     it: COMPLETE with the objectives' final values, PRUNED when ASHA stopped the trial, FAIL on an
-    error. With one objective every evaluation is an intermediate value (what TPE ranks pruned
-    trials by); several objectives take none, so a pruned trial keeps its last values as user
-    attributes (``last_<metric>``, ``last_step``), for the dashboard.
+    error (a failed trial run again, ``--retry-errored``, goes on as a copy: ``_rerun``). With one
+    objective every evaluation is an intermediate value (what TPE ranks pruned trials by); several
+    objectives take none, so a pruned trial keeps its last values as user attributes
+    (``last_<metric>``, ``last_step``), for the dashboard.
 
     ``storage``: a journal file (created with its folder; reopened if it exists), or None for a
     study in memory that cannot be restored. Ray's ``metric``/``mode`` are ``objectives``' own.
@@ -293,7 +293,8 @@ class OptunaSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
         self._announce_model()
-        asked = len(self.study.get_trials(deepcopy=False))
+        # A rerun's copy (``_rerun``) took no start-up point of its own.
+        asked = sum("retry_of" not in t.user_attrs for t in self.study.get_trials(deepcopy=False))
         if self._spread and asked < self._startup:  # fixed values the trial's suggest_* calls return
             self.study.enqueue_trial(self._space.spread(asked, self._startup, self._seed))
         trial = self.study.ask()
@@ -331,9 +332,9 @@ class OptunaSearcher(Searcher):
         self._reported[trial_id] = int(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        trial = self._trial(trial_id)
+        trial = self._trial(trial_id, rerun=bool(result) and not error)
         if trial is None:
-            return  # not asked here, or told already (a failed trial run again stays FAIL)
+            return  # not asked here, or told already
         values = None
         if error or not result:
             state = TrialState.FAIL
@@ -358,18 +359,47 @@ class OptunaSearcher(Searcher):
         self._live.pop(trial_id, None)
         self._reported.pop(trial_id, None)
 
-    def _trial(self, trial_id: str) -> optuna.trial.Trial | None:
+    def _trial(self, trial_id: str, rerun: bool = True) -> optuna.trial.Trial | None:
         """The Optuna trial of a Ray trial that is still running; rebuilt from the storage after a
-        restore, None once it was told (or if it was never asked here)."""
+        restore, None once it was told (or if it was never asked here). A trial told FAIL that runs
+        again (``--retry-errored``; ``rerun``: this notice is a result, not another failure) gets
+        a new running trial, see ``_rerun``."""
         if trial_id in self._live:
             return self._live[trial_id]
         number = self._numbers.get(trial_id)
-        if number is None or self.study.get_trials(deepcopy=False)[number].state != TrialState.RUNNING:
+        if number is None:
+            return None
+        told = self.study.get_trials(deepcopy=False)[number]
+        if told.state == TrialState.FAIL and rerun:
+            number = self._rerun(trial_id, told)
+        elif told.state != TrialState.RUNNING:
             return None
         study_id = self._storage.get_study_id_from_name(self._study_name)
         own_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, number)
         self._live[trial_id] = optuna.trial.Trial(self.study, own_id)
         return self._live[trial_id]
+
+    def _rerun(self, trial_id: str, failed: optuna.trial.FrozenTrial) -> int:
+        """The number of a new running trial for a Ray trial Optuna holds as FAIL but that runs again.
+
+        Optuna cannot reopen a finished trial, so the rerun is a copy with the same parameters and the
+        intermediate values it had (``retry_of``: the failed one's number); this Ray trial maps to it
+        from here on, so its final values reach the study (and TPE) and the journal agrees with the
+        results table. Steps reported before the failure are not reported again."""
+        copy = optuna.trial.create_trial(
+            state=TrialState.RUNNING,
+            params=failed.params,
+            distributions=failed.distributions,
+            user_attrs=failed.user_attrs | {"retry_of": failed.number},
+            system_attrs=failed.system_attrs,
+            intermediate_values=failed.intermediate_values,
+        )
+        study_id = self._storage.get_study_id_from_name(self._study_name)
+        number = self._storage.get_trial_number_from_id(self._storage.create_new_trial(study_id, copy))
+        self._numbers[trial_id] = number
+        if failed.intermediate_values:
+            self._reported[trial_id] = max(failed.intermediate_values)
+        return number
 
     def _settings(self) -> dict[str, Any]:
         return {

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
+from skray.assets import package_dir
 from skray.backbones import Backbone
 from skray.config import ExperimentConfig, parse_config
-from skray.data.embedded import package_dir
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

@@ -12,7 +12,7 @@ from skray.cli import main
 from skray.config import parse_config
 from skray.report import rebuild
 from skray.results import format_table, load_results
-from skray.search import run_experiment
+from skray.run import run_experiment
 
 pytestmark = pytest.mark.slow
 THINGS = ("cat", "dog", "car", "cup", "hat", "box", "pen", "bag", "key", "map")

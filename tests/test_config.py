@@ -87,7 +87,8 @@ def test_auto_settings_parse_and_resolve():
     cfg = load_config(QUICKSTART, ["train.zero_stage=auto", "train.use_gpu=auto", "train.precision=auto"])
     assert cfg.train.zero_stage == "auto"
     assert (resolve_device(cfg.train, 0, 2).use_gpu, resolve_device(cfg.train, 0, 2).precision) == (False, "fp32")
-    assert (resolve_device(cfg.train, 2, 2).use_gpu, resolve_device(cfg.train, 2, 2).precision) == (True, "bf16")
+    # On GPUs the workers settle it by their compute capability (the driver may see no GPU).
+    assert (resolve_device(cfg.train, 2, 2).use_gpu, resolve_device(cfg.train, 2, 2).precision) == (True, "auto")
     # One GPU cannot hold two workers: auto trains on CPUs rather than failing to place them.
     assert (resolve_device(cfg.train, 1, 2).use_gpu, resolve_device(cfg.train, 1, 2).precision) == (False, "fp32")
     pinned = load_config(QUICKSTART, ["train.use_gpu=false", "train.precision=fp16"]).train
@@ -106,6 +107,23 @@ def test_nvme_offload_is_refused_on_cpu_workers_before_launch():
     assert resolve_device(auto, 2, 2).use_gpu is True
     with pytest.raises(ConfigError, match="GPU workers only .* found no GPU for every worker"):
         resolve_device(auto, 0, 2)
+
+
+def test_nvme_offload_needs_zero_3(capsys):
+    """DeepSpeed's ZeRO 1 and 2 optimizer offloads to CPU memory whatever the device (no NVMe path):
+    stage 1 or 2 with nvme would quietly fill the RAM nvme was chosen to spare, so it is refused."""
+    nvme = ["train.offload=optimizer", "train.offload_device=nvme", "train.nvme_path=/local_nvme"]
+    for stage in (1, 2):
+        with pytest.raises(ConfigError, match=r"nvme needs train.zero_stage 3 \(or auto\)"):
+            load_config(QUICKSTART, [*nvme, f"train.zero_stage={stage}"])
+    assert load_config(QUICKSTART, [*nvme, "train.zero_stage=3"]).train.offload_device == "nvme"
+    auto = ["train.zero_stage=auto", "train.offload_device=nvme", "train.nvme_path=/local_nvme"]
+    assert load_config(QUICKSTART, auto).train.zero_stage == "auto"  # auto offloads to nvme at stage 3 only
+    sets = [part for override in [*nvme, "train.zero_stage=2"] for part in ("--set", override)]
+    assert main(["train", str(QUICKSTART), *sets]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("skray: error: train: train.offload_device nvme needs train.zero_stage 3"), err
 
 
 def test_param_offload_is_in_deepspeeds_config():
@@ -323,7 +341,7 @@ def _type_args(annotation: object) -> list[object]:
 
 
 def test_every_config_key_is_described():
-    """The README sends users to skray/config.py for every key: each says what it means."""
+    """The README sends users to skray/config/ for every key: each says what it means."""
     models = _section_models(ExperimentConfig, [])
     assert {IntRange, LogRange, SearchConfig, CompareConfig, ScaleConfig, TrainConfig} <= set(models)
     missing = [

@@ -1,10 +1,13 @@
 """Data by name: the embedded Rotten Tomatoes and CrowdFlower tweet splits, local files and folders,
 and label/column/value errors."""
 
+from pathlib import Path
+
 import datasets
 import pandas as pd
 import pytest
 
+from skray.cli import main
 from skray.config import DataConfig
 from skray.data import load_splits
 from skray.data.collate import encode, format_rows
@@ -149,7 +152,7 @@ def test_drop_missing_drops_the_rows_and_counts_them(tmp_path, capsys):
     assert len(s.train) + len(s.validation) == 18
     assert len(s.test) == 5
     assert (
-        "dropped rows with a missing text or label (data.drop_missing): train 2, validation 0, test 1"
+        "dropped rows with a missing text, label or group (data.drop_missing): 2 in train, 1 in test"
         in capsys.readouterr().err
     )
     df["label"] = [0, 1] * 13
@@ -216,3 +219,64 @@ def test_hub_rows_without_a_gold_label_are_dropped_and_an_unlabelled_test_split_
     err = capsys.readouterr().err
     assert "dropped rows with label -1 (no gold label): train 20, validation 2, test 10 (all)" in err
     assert "carving test from train" in err
+
+
+def with_an_empty_last_text(path: Path, rows: int = 20) -> Path:
+    """The issue's file: no split column, and the last row's text empty (pandas reads it as NaN)."""
+    lines = [f"review number {i},{'pos' if i % 2 else 'neg'}" for i in range(rows - 1)]
+    path.write_text("\n".join(["text,label", *lines, ",pos"]) + "\n")
+    return path
+
+
+def test_an_empty_text_in_a_file_without_splits_is_reported_before_any_split_is_carved(tmp_path, capsys):
+    path = with_an_empty_last_text(tmp_path / "d.csv")
+    with pytest.raises(
+        DataError,
+        match=r"the file has 1 row\(s\) with no 'text' \(first: 20; 1-based data rows of the file, header not "
+        r"counted\); fill them in or set data.drop_missing: true$",
+    ):
+        load_splits(DataConfig(name=str(path)))
+    s = load_splits(DataConfig(name=str(path), drop_missing=True, validation_fraction=0.2, test_fraction=0.2))
+    assert sum(len(s[x]) for x in ("train", "validation", "test")) == 19
+    assert "(data.drop_missing): 1 in the file" in capsys.readouterr().err
+
+
+def test_an_empty_text_in_a_train_split_to_carve_from_is_reported(tmp_path):
+    train = reviews(20)
+    train.loc[7, "text"] = None
+    train.to_parquet(tmp_path / "train.parquet")  # a folder of split files: read as a hub data set is
+    with pytest.raises(DataError, match=r"train has 1 row\(s\) with no 'text' \(first: 8; 1-based rows of the data"):
+        load_splits(DataConfig(name=str(tmp_path)))
+    path = tmp_path / "d.csv"
+    pd.concat([train.assign(split="train"), reviews(4, "test")]).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"train has 1 row\(s\) with no 'text' \(first: 8; 1-based data rows"):
+        load_splits(DataConfig(name=str(path)))
+
+
+def test_a_missing_group_is_an_error_or_dropped_and_a_missing_group_column_is_named(tmp_path, capsys):
+    df = reviews(40).assign(movie=[f"movie {i // 2}" for i in range(40)])
+    df.loc[[3, 11], "movie"] = None
+    path = tmp_path / "d.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"the file has 2 row\(s\) with no 'movie' \(first: 4, 12;"):
+        load_splits(DataConfig(name=str(path), group_column="movie"))
+    cfg = DataConfig(name=str(path), group_column="movie", drop_missing=True, validation_fraction=0.3)
+    s = load_splits(cfg)
+    assert sum(len(s[x]) for x in ("train", "validation", "test")) == 38
+    movies = {x: set(df.set_index("text").loc[s[x]["text"], "movie"]) for x in ("train", "validation", "test")}
+    assert not movies["train"] & (movies["validation"] | movies["test"])
+    assert "(data.drop_missing): 2 in the file" in capsys.readouterr().err
+    with pytest.raises(DataError, match="group column 'film' not found; fix data.group_column"):
+        load_splits(DataConfig(name=str(path), group_column="film"))
+
+
+def test_skray_train_on_an_empty_text_is_one_line_and_exit_2(tmp_path, capsys):
+    path = with_an_empty_last_text(tmp_path / "d.csv")
+    quickstart = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
+    argv = ["train", str(quickstart), "--set", f"data.name={path}", "--set", f"storage_path={tmp_path}/runs"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"skray: error: {path}: the file has 1 row(s) with no 'text' (first: 20; 1-based data rows of the file, "
+        f"header not counted); fill them in or set data.drop_missing: true"
+    )

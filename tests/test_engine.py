@@ -102,6 +102,26 @@ def test_communication_buckets_fit_what_trains():
     assert full["reduce_bucket_size"] == 5 * 10**8
 
 
+@pytest.mark.parametrize("workers", [1, 2, 4, 8])
+def test_nvme_param_swap_buffers_hold_the_largest_partition(workers):
+    """DeepSpeed's param swapper stages each partition (ceil(numel / world) elements) in one buffer of
+    ``offload_param.buffer_size`` elements and asserts it fits; its default 1e8 is short of a Llama-3
+    embedding's partition (128256 x 4096) on fewer than 6 ranks."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from deepspeed.runtime.zero.offload_config import DeepSpeedZeroOffloadParamConfig
+
+    from skray.train.deepspeed import deepspeed_config
+
+    embedding = 128256 * 4096
+    train = TrainConfig(zero_stage=3, offload="params", offload_device="nvme", nvme_path="/nvme", num_workers=workers)
+    zero = deepspeed_config(train, 10, largest_module_params=embedding, largest_param=embedding)["zero_optimization"]
+    partition = (embedding + (-embedding) % workers) // workers  # DeepSpeed's _aligned_size // world
+    assert partition <= DeepSpeedZeroConfig(**zero).offload_param.buffer_size  # get_buffer's assertion
+    assert (partition <= DeepSpeedZeroOffloadParamConfig().buffer_size) == (workers >= 6)  # the default
+    cpu = deepspeed_config(train.model_copy(update={"offload_device": "cpu"}), 10, largest_param=embedding)
+    assert cpu["zero_optimization"]["offload_param"] == {"device": "cpu"}  # no swap buffers off NVMe
+
+
 @pytest.mark.parametrize("stage", [0, 2, 3])
 def test_best_state_keeps_fp32_masters_of_a_bf16_run(one_rank, decoder, stage):
     """A bf16 run's module weights are the bf16 rounding of the optimizer's fp32 masters; the best state

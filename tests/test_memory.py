@@ -1,5 +1,6 @@
 """zero_stage auto: measured activations, per-stage estimates, the choice, and DeepSpeed's own figures."""
 
+import math
 import os
 
 import pytest
@@ -11,9 +12,12 @@ from skray.methods import build_model
 from skray.train.memory import (
     CANDIDATES,
     GIB,
+    GPU_RESERVE_BYTES,
+    GPU_RESERVE_FRACTION,
     ZeroEstimate,
     choose,
     estimate,
+    gpu_reserve_bytes,
     measure_activation_bytes,
     measure_step_peak_bytes,
     worker_budget_bytes,
@@ -24,6 +28,11 @@ from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs 
 from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs  # noqa: E402
 
 N = 10_000_000  # an all-trainable model, divisible by the world sizes used
+
+
+def gpu_budget(need: int) -> int:
+    """The smallest GPU worker budget (within a byte) that still holds ``need`` once the reserve is kept back."""
+    return math.ceil((need + GPU_RESERVE_BYTES) / (1 - GPU_RESERVE_FRACTION)) + 1
 
 
 def sk_model(decoder):
@@ -114,7 +123,7 @@ def test_a_frozen_backbone_fits_by_offloading_its_params_not_the_optimizer():
     args = {"total_params": 1000 * N, "trainable_params": N, "param_bytes_each": 2, "world_size": 2}
     by = {o: estimate(**args, stage=3, offload=o, activation_bytes=0).total_bytes for o in ("optimizer", "params")}
     assert by["params"] < by["optimizer"] / 10
-    chosen = choose(**args, activation_bytes=0, budget_bytes=by["params"], use_gpu=True)
+    chosen = choose(**args, activation_bytes=0, budget_bytes=gpu_budget(by["params"]), use_gpu=True)
     assert (chosen.stage, chosen.offload) == (3, "params")
 
 
@@ -162,9 +171,9 @@ def test_choose_stage_0_with_room_and_more_partitioning_when_tight():
     args = {"total_params": N, "trainable_params": N, "param_bytes_each": 4, "world_size": 4, "activation_bytes": 10**6}
     assert choose(**args, budget_bytes=100 * GIB, use_gpu=True).stage == 0
     by_setting = {(s, o): estimate(**args, stage=s, offload=o).total_bytes for s, o in CANDIDATES}
-    tight = choose(**args, budget_bytes=by_setting[(3, "none")], use_gpu=True)
+    tight = choose(**args, budget_bytes=gpu_budget(by_setting[(3, "none")]), use_gpu=True)
     assert (tight.stage, tight.offload) == (3, "none")
-    offloaded = choose(**args, budget_bytes=by_setting[(3, "optimizer")], use_gpu=True)
+    offloaded = choose(**args, budget_bytes=gpu_budget(by_setting[(3, "optimizer")]), use_gpu=True)
     assert (offloaded.stage, offloaded.offload) == (3, "optimizer")
     assert offloaded.line(by_setting[(3, "optimizer")]).startswith("zero_stage auto: stage 3, offload optimizer: ~")
 
@@ -172,7 +181,7 @@ def test_choose_stage_0_with_room_and_more_partitioning_when_tight():
 def test_choose_on_cpu_never_offloads():
     args = {"total_params": N, "trainable_params": N, "param_bytes_each": 4, "world_size": 4, "activation_bytes": 10**6}
     fits_only_offloaded = estimate(**args, stage=3, offload="optimizer").total_bytes
-    assert choose(**args, budget_bytes=fits_only_offloaded, use_gpu=True).offload == "optimizer"
+    assert choose(**args, budget_bytes=gpu_budget(fits_only_offloaded), use_gpu=True).offload == "optimizer"
     with pytest.raises(ResourceError, match="stage 3, offload none"):
         choose(**args, budget_bytes=fits_only_offloaded, use_gpu=False)
 
@@ -183,7 +192,7 @@ def test_choose_raises_one_line_when_nothing_fits():
     msg = str(err.value)
     assert "\n" not in msg
     assert "stage 3, offload all" in msg
-    assert "1.00 GiB" in msg
+    assert "a worker has 0.00 GiB (1.00 less a 1.05 GiB reserve for NCCL, the allocator and buffers)" in msg
     assert "num_workers" in msg
     assert "micro_batch_size" in msg
     assert "smaller backbone" in msg
@@ -193,8 +202,43 @@ def test_line_reads_like_the_log():
     est = ZeroEstimate(2, "none", GIB // 2, GIB // 100, int(0.72 * GIB), 0, GIB // 2 + GIB // 100 + int(0.72 * GIB), 0)
     assert est.line(20 * GIB) == (
         "zero_stage auto: stage 2, offload none: ~1.23 GiB per worker "
-        "(params 0.50, optimizer 0.01, activations 0.72) of 20.0 GiB"
+        "(params 0.50, optimizer 0.01, activations 0.72) of 20.00 GiB"
     )
+
+
+def test_a_gpu_fit_keeps_a_reserve_back():
+    """NCCL, the allocator's fragmentation and engine buffers are not in the estimate: on a GPU a
+    setting that fits the raw budget but not the budget less the reserve goes to the next candidate
+    (on a CPU worker, without a reserve, it is taken), and the log line states the reserve."""
+    # A 10B frozen backbone in bf16 (18.6 GiB) on 4 GPUs: stages 0-2 hold it whole, stage 3 a quarter.
+    args = {"total_params": 1000 * N, "trainable_params": N, "param_bytes_each": 2, "world_size": 4}
+    args["activation_bytes"] = GIB
+    need = estimate(**args, stage=0, offload="none").total_bytes
+    assert gpu_reserve_bytes(20 * GIB) == GIB + GIB  # 5% of 20 GiB, and 1 GiB
+    assert choose(**args, budget_bytes=need, use_gpu=False).stage == 0
+    assert choose(**args, budget_bytes=need, use_gpu=True).stage == 3
+    assert choose(**args, budget_bytes=gpu_budget(need) - 2**20, use_gpu=True).stage == 1  # a MiB short
+    at_edge = choose(**args, budget_bytes=gpu_budget(need), use_gpu=True)
+    assert at_edge.stage == 0
+    assert at_edge.reserve_bytes == gpu_reserve_bytes(gpu_budget(need))
+    budget, reserve = gpu_budget(need) / GIB, at_edge.reserve_bytes / GIB
+    assert at_edge.line(gpu_budget(need)).endswith(
+        f"of {budget - reserve:.2f} GiB ({budget:.2f} less a {reserve:.2f} GiB reserve for NCCL, the allocator "
+        "and buffers)"
+    )
+
+
+def test_auto_offloads_to_nvme_at_zero_3_only():
+    """DeepSpeed's ZeRO 1 and 2 keep offloaded states in CPU RAM whatever the device: with nvme, auto
+    skips stage 2 with the optimizer offloaded and offloads at stage 3."""
+    args = {"total_params": N, "trainable_params": N, "param_bytes_each": 4, "world_size": 4, "activation_bytes": 10**6}
+    budget = gpu_budget(estimate(**args, stage=2, offload="optimizer").total_bytes)
+    cpu = choose(**args, budget_bytes=budget, use_gpu=True)
+    assert (cpu.stage, cpu.offload) == (2, "optimizer")
+    nvme = choose(**args, budget_bytes=budget, use_gpu=True, offload_device="nvme")
+    assert (nvme.stage, nvme.offload) == (3, "optimizer")
+    roomy = choose(**args, budget_bytes=100 * GIB, use_gpu=True, offload_device="nvme")
+    assert (roomy.stage, roomy.offload) == (0, "none")  # nothing offloaded: the device does not matter
 
 
 def test_cpu_budget_is_a_share_of_available_ram():
@@ -208,7 +252,7 @@ def test_cpu_budget_is_a_share_of_available_ram():
 
 def test_line_names_what_offload_keeps_in_cpu_ram():
     est = estimate(N, N, 2, 2, 3, "optimizer", 0)
-    assert est.line(GIB).endswith(f"of 1.0 GiB, +{16 * N // 2 / GIB:.2f} GiB in CPU RAM")
+    assert est.line(GIB).endswith(f"of 1.00 GiB, +{16 * N // 2 / GIB:.2f} GiB in CPU RAM")
 
 
 def test_gpu_budget_reads_the_workers_own_device(monkeypatch):

@@ -54,8 +54,10 @@ def trained(
     return model.eval(), cfg, labels
 
 
-def save(directory: Path, backbone_dir: str, model, cfg: MethodConfig, labels, task="classification") -> Path:
-    """The files recipe._checkpoint_and_report writes."""
+def save(
+    directory: Path, backbone_dir: str, model, cfg: MethodConfig, labels, task="classification", precision="fp32"
+) -> Path:
+    """The files recipe._checkpoint_and_report writes (the fp32 masters of what trained, whatever the precision)."""
     state = {n: p.detach().float() for n, p in model.named_parameters() if p.requires_grad}
     meta = {
         "backbone": backbone_dir,
@@ -65,6 +67,7 @@ def save(directory: Path, backbone_dir: str, model, cfg: MethodConfig, labels, t
         "label_names": labels,
         "template": "{text}" if task == "token_classification" else TEMPLATE,
         "max_length": 32,
+        "precision": precision,
         "step": 4,
         "val_acc": 0.5,
     }
@@ -272,3 +275,69 @@ def test_export_sk_prefix_on_real_smollm2(tmp_path):
         want = model(batch["input_ids"], batch["attention_mask"])
     got = peft_label_scores(tmp_path / "peft", folder, batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+
+
+def without_precision(checkpoint: Path) -> Path:
+    """A checkpoint as written before skray.json recorded the run's precision."""
+    meta = json.loads((checkpoint / "skray.json").read_text())
+    del meta["precision"]
+    (checkpoint / "skray.json").write_text(json.dumps(meta))
+    return checkpoint
+
+
+@pytest.mark.parametrize(("kind", "cache"), [("sk_prefix", "prompt_keys"), ("sk_prompt", "prompt_states")])
+def test_a_checkpoint_loads_in_its_runs_precision_with_the_prompt_cache_the_run_read(
+    tmp_path, tiny_llama_dir, kind, cache
+):
+    model, cfg, labels = trained(tiny_llama_dir, kind)
+    loaded, meta = load_trained(save(tmp_path / "bf16", tiny_llama_dir, model, cfg, labels, precision="bf16"))
+    assert meta["precision"] == "bf16"
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}  # backbone, adapter and head
+    assert loaded.backbone.base_model.rotary_emb.inv_freq.dtype == torch.float32  # buffers kept, as DeepSpeed does
+    run = build_model(load_backbone(BackboneConfig(name=tiny_llama_dir), torch.bfloat16), cfg, labels)
+    assert torch.equal(getattr(loaded, cache), getattr(run, cache).bfloat16())  # the prompt pass ran in bf16
+    for name, p in loaded.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p, dict(model.named_parameters())[name].bfloat16(), atol=0, rtol=0)
+
+    old = without_precision(save(tmp_path / "old", tiny_llama_dir, model, cfg, labels, precision="bf16"))
+    assert {p.dtype for p in load_trained(old)[0].parameters()} == {torch.float32}
+
+
+def test_predict_with_a_bf16_checkpoint_scores_in_bf16(tmp_path, tiny_llama_dir):
+    model, cfg, labels = trained(tiny_llama_dir, "sk_prefix")
+    bf16 = save(tmp_path / "bf16", tiny_llama_dir, model, cfg, labels, precision="bf16")
+    fp32 = save(tmp_path / "fp32", tiny_llama_dir, model, cfg, labels)
+    source = tmp_path / "reviews.csv"
+    pd.DataFrame({"text": TEXTS}).to_csv(source, index=False)
+    probs = {}
+    for checkpoint in (bf16, fp32):
+        target = tmp_path / f"{checkpoint.name}.csv"
+        assert main(["predict", str(checkpoint), str(source), "--out", str(target), "--device", "cpu"]) == 0
+        probs[checkpoint.name] = torch.tensor(pd.read_csv(target)[["prob_rotten", "prob_fresh"]].to_numpy()).float()
+    torch.testing.assert_close(probs["bf16"], scores_of(bf16, TEXTS), atol=1e-6, rtol=1e-5)
+    assert (probs["bf16"] - probs["fp32"]).abs().max() > 1e-4  # bf16's rounding shows: not the fp32 model
+
+
+@pytest.mark.parametrize(("kind", "head", "m"), [("sk_prefix", "verbalizer", 3), ("sk_prompt", "linear", 5)])
+def test_export_of_a_bf16_checkpoint_holds_the_adapter_the_bf16_model_scores_with(
+    tmp_path, tiny_llama_dir, kind, head, m
+):
+    model, cfg, labels = trained(tiny_llama_dir, kind, head, m)
+    checkpoint = save(tmp_path / "ckpt", tiny_llama_dir, model, cfg, labels, precision="bf16")
+    export_peft(str(checkpoint), str(tmp_path / "peft"))
+    weights = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    (embedding,) = weights.values()
+    assert torch.equal(embedding, embedding.bfloat16().float())  # computed by the bf16 model: bf16 values
+    if head == "linear":
+        assert {t.dtype for t in load_file(tmp_path / "peft" / "head.safetensors").values()} == {torch.float32}
+
+    loaded, _ = load_trained(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    enc = tokenizer(
+        [TEMPLATE.format(text=t) for t in TEXTS], add_special_tokens=False, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        want = loaded(enc["input_ids"], enc["attention_mask"]).float()
+    got = peft_label_scores(tmp_path / "peft", tiny_llama_dir, enc["input_ids"], enc["attention_mask"])
+    torch.testing.assert_close(got, want, atol=0.02 * max(1.0, float(want.abs().max())), rtol=0)

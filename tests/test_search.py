@@ -13,23 +13,30 @@ from skray.cluster import Capacity, capacity, launcher_gpus
 from skray.commands import COMMANDS
 from skray.config import parse_config, resolve_device
 from skray.errors import ConfigError, ResourceError
-from skray.search import plan_resources, run_experiment
+from skray.run import run_experiment
+from skray.search import plan_resources
+
+
+def cluster(*nodes: tuple[float, float], grows: bool = False) -> Capacity:
+    """A Ray cluster of these (CPUs, GPUs) nodes, as ``capacity`` describes it."""
+    cpus, gpus = (sum(node[i] for node in nodes) for i in (0, 1))
+    return Capacity({"CPU": float(cpus), "GPU": float(gpus)}, grows=grows, nodes=nodes)
 
 
 def test_resource_plan_fits_the_cluster():
     cfg = parse_config({"train": {"num_workers": 2}})
-    two_cpus = plan_resources(cfg, {"CPU": 2.0})
+    two_cpus = plan_resources(cfg, cluster((2, 0)))
     assert (two_cpus.cpus_per_worker, two_cpus.max_concurrent) == (1.0, 1)
     grid = parse_config({"train": {"num_workers": 2}, "compare": {"methods": ["sk_prefix", "lora"]}})
-    assert plan_resources(grid, {"CPU": 8.0}, command=COMMANDS["compare"]).max_concurrent == 4
+    assert plan_resources(grid, cluster((8, 0)), command=COMMANDS["compare"]).max_concurrent == 4
     # A lone trial gets every core (torch's threads follow), not one per worker.
-    assert plan_resources(parse_config({"train": {"num_workers": 1}}), {"CPU": 2.0}).cpus_per_worker == 2.0
-    assert plan_resources(cfg, {"CPU": 8.0}).cpus_per_worker == 4.0
-    assert plan_resources(parse_config({"train": {"num_workers": 4}}), {"CPU": 2.0}).cpus_per_worker == 0.5
+    assert plan_resources(parse_config({"train": {"num_workers": 1}}), cluster((2, 0))).cpus_per_worker == 2.0
+    assert plan_resources(cfg, cluster((8, 0))).cpus_per_worker == 4.0
+    assert plan_resources(parse_config({"train": {"num_workers": 4}}), cluster((2, 0))).cpus_per_worker == 0.5
     with pytest.raises(ResourceError, match="GPUs"):
-        plan_resources(parse_config({"train": {"use_gpu": True}}), {"CPU": 2.0})
+        plan_resources(parse_config({"train": {"use_gpu": True}}), cluster((2, 0)))
     # A joined cluster may autoscale GPU nodes from zero (cluster.yaml): not held to what it has now.
-    grows = plan_resources(parse_config({"train": {"use_gpu": True, "num_workers": 4}}), {"CPU": 0.0}, can_grow=True)
+    grows = plan_resources(parse_config({"train": {"use_gpu": True, "num_workers": 4}}), cluster(grows=True))
     assert (grows.cpus_per_worker, grows.max_concurrent) == (1.0, 1)
 
 
@@ -72,7 +79,7 @@ def test_auto_on_an_autoscaling_cluster_decides_from_its_node_types(monkeypatch,
     room = capacity(joined=True)
     assert (room.grows, room.gpus) == (True, 32.0)
     assert resolve_device(auto, room.gpus, 2).use_gpu is True
-    assert resolve_device(auto, room.gpus, 2).precision == "bf16"
+    assert resolve_device(auto, room.gpus, 2).precision == "auto"  # the GPU workers settle it
 
     _fake_cluster(monkeypatch, node_types={"CPU": 200, "GPU": 8})  # autoscaler v2 / KubeRay node groups
     assert capacity(joined=True).gpus == 8.0
@@ -103,20 +110,34 @@ def test_a_ray_start_head_without_autoscaler_is_a_fixed_cluster(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cluster", "workers", "cpus_per_worker", "concurrent"),
+    ("nodes", "workers", "cpus_per_worker", "concurrent"),
     [
-        ({"CPU": 96.0, "GPU": 8.0}, 2, 12.0, 4),  # 4 GPU slots of 2 workers, not 48 CPU-sized trials
-        ({"CPU": 16.0, "GPU": 1.0}, 1, 16.0, 1),  # one GPU box: one trial, with every core for its worker
-        ({"CPU": 8.0, "GPU": 4.0}, 1, 2.0, 4),
+        ([(96, 8)], 2, 12.0, 4),  # 4 GPU slots of 2 workers, not 48 CPU-sized trials
+        ([(16, 1)], 1, 16.0, 1),  # one GPU box: one trial, with every core for its worker
+        ([(8, 4)], 1, 2.0, 4),
+        # A CPU-only head beside a GPU node: the GPU node's 8 cores, not the cluster's 24 (no node holds them)
+        ([(16, 0), (8, 1)], 1, 8.0, 1),
+        ([(16, 0), (96, 8), (16, 4)], 2, 4.0, 6),  # every GPU node holds its GPUs' bundles: the smallest share
     ],
 )
-def test_gpu_workers_get_their_gpus_share_of_cores_and_trials_fit_the_gpus(
-    cluster, workers, cpus_per_worker, concurrent
-):
+def test_gpu_workers_get_their_gpus_share_of_cores_and_trials_fit_the_gpus(nodes, workers, cpus_per_worker, concurrent):
     cfg = parse_config({"train": {"use_gpu": True, "num_workers": workers}})
-    plan = plan_resources(cfg, cluster)
+    plan = plan_resources(cfg, cluster(*nodes))
     assert plan.cpus_per_worker == cpus_per_worker
     assert plan.max_concurrent == concurrent
+
+
+def test_capacity_lists_each_live_nodes_cpus_and_gpus(monkeypatch):
+    import ray
+
+    head = {"Alive": True, "Resources": {"CPU": 16.0, "memory": 2.0**34}}
+    gpu_node = {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0, "memory": 2.0**35}}
+    gone = {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 24.0, "GPU": 1.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [head, gpu_node, gone])
+    room = capacity(joined=False)
+    assert (room.nodes, room.node_memory, room.cpus_per_gpu) == (((16.0, 0.0), (8.0, 1.0)), (2.0**34, 2.0**35), 8.0)
+    assert plan_resources(parse_config({"train": {"use_gpu": True, "num_workers": 1}}), room).cpus_per_worker == 8.0
 
 
 def test_report_on_a_missing_dir_is_a_clear_error(tmp_path, capsys):
@@ -214,7 +235,7 @@ def test_every_command_sets_its_concurrency_without_a_search_section():
 
     compare = parse_config({"max_concurrent_trials": 2, "compare": {"methods": ["sk_prefix", "lora"]}})
     assert compare.search is None
-    assert plan_resources(compare, {"CPU": 16.0}, command=COMMANDS["compare"]).max_concurrent == 2
+    assert plan_resources(compare, cluster((16, 0)), command=COMMANDS["compare"]).max_concurrent == 2
     with pytest.raises(ConfigError, match=r"search.max_concurrent_trials moved to the top level"):
         parse_config(
             {
@@ -325,7 +346,7 @@ def test_a_resumed_tuned_compare_reuses_a_finished_search_and_stops_on_an_interr
 ):
     """compare.tune runs one `skray tune` per method inside RUN_DIR/tuning: one that finished (same config)
     is read back, not run again; one that Ctrl-C cut makes compare stop (exit 130), not go on with it."""
-    import skray.search
+    import skray.run
     from skray.commands.compare import method_search, tuned_entry
     from skray.errors import Interrupted
 
@@ -333,18 +354,18 @@ def test_a_resumed_tuned_compare_reuses_a_finished_search_and_stops_on_an_interr
     cfg = parse_config({**tiny_experiment().model_dump(), "compare": compare})
     run_dir = str(tmp_path / "tiny-compare-20261130-000000")
     search = method_search(cfg, "sk_prefix", "sk_prefix", run_dir)
-    monkeypatch.setattr(skray.search, "run_experiment", lambda *a, **k: pytest.fail("a finished search ran again"))
+    monkeypatch.setattr(skray.run, "run_experiment", lambda *a, **k: pytest.fail("a finished search ran again"))
     done = _finished_search(Path(run_dir) / "tuning", search, lr=0.005, m=cfg.method.prefix_length)
-    assert tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir) == (
+    assert tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir, skray.run.search_or_reuse) == (
         {"kind": "sk_prefix", "lr": 0.005},
         str(done / "run_trial_abc12345_1_lr=x"),  # the best trial, which becomes the first seed's row
     )
 
     (Path(run_dir) / "tuning" / "tiny-sk_prefix-tune-20261130-000000" / "finished").unlink()  # as after Ctrl-C
     cut = (str(Path(run_dir) / "tuning" / "tiny-sk_prefix-tune-20261130-000000"), pd.DataFrame())
-    monkeypatch.setattr(skray.search, "run_experiment", lambda *a, **k: cut)  # Tune returned early
+    monkeypatch.setattr(skray.run, "run_experiment", lambda *a, **k: cut)  # Tune returned early
     with pytest.raises(Interrupted, match="run the same command again"):
-        tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir)
+        tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir, skray.run.search_or_reuse)
 
 
 def test_a_run_has_ended_only_when_every_trial_made_its_last_report_or_failed():

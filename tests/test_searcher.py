@@ -178,6 +178,46 @@ def test_save_and_restore_go_on_where_the_run_stopped(tmp_path):
         other.restore(state)
 
 
+def test_a_failed_trial_run_again_reaches_the_study(tmp_path):
+    """--retry-errored: a trial told FAIL runs again from its checkpoint and finishes. Optuna cannot
+    reopen it, so its rerun is a new trial with the same parameters that ends COMPLETE (what TPE
+    learns from), and the Ray trial maps to it, as the results table does."""
+    path, state = tmp_path / "optuna.journal", str(tmp_path / "searcher-state.pkl")
+    first = OptunaSearcher(SPACE, ONE, storage=path)
+    done, flaky, stuck = (first.suggest(t) for t in ("done", "flaky", "stuck"))
+    first.on_trial_complete("done", final(done))
+    first.on_trial_result("flaky", {"step": 12, "best_val_acc": 0.3})
+    first.on_trial_complete("flaky", error=True)
+    first.on_trial_complete("stuck", error=True)
+    first.save(state)
+
+    resumed = OptunaSearcher(SPACE, ONE, storage=path)
+    resumed.restore(state)
+    resumed.on_trial_complete("stuck", error=True)  # failed again: stays one FAIL
+    resumed.on_trial_complete("stuck")  # a rerun stopped before it ran: nothing to tell
+    resumed.on_trial_result("flaky", {"step": 12, "best_val_acc": 0.9})  # reported before the failure: skipped
+    resumed.on_trial_result("flaky", {"step": 24, "best_val_acc": 0.5})
+    resumed.on_trial_complete("flaky", final(flaky))
+    resumed.on_trial_complete("flaky", final(flaky))  # told once
+    trials = journal(path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    rerun = trials[3]
+    assert (rerun.params, rerun.value) == (trials[1].params, pytest.approx(score(flaky)))
+    assert rerun.user_attrs == {"trial": "flaky", "retry_of": 1}
+    assert rerun.intermediate_values == {12: 0.3, 24: 0.5}
+    assert resumed._numbers["flaky"] == 3
+    assert len(resumed.study.get_trials(states=(TrialState.COMPLETE,))) == 2
+
+
+def test_a_rerun_takes_no_spread_startup_point():
+    """The copy a rerun adds is not a new start-up trial: the next one gets the next spread point."""
+    searcher = OptunaSearcher(SPACE, ONE, startup_trials=4, spread=True)
+    flaky = searcher.suggest("flaky")
+    searcher.on_trial_complete("flaky", error=True)
+    searcher.on_trial_complete("flaky", final(flaky))  # run again (--retry-errored) to its end
+    assert searcher.suggest("next")["lr"] == pytest.approx(10 ** (-4 + 2 * 3 / 8))  # point 2 of 4, not 3
+
+
 def test_the_same_seed_suggests_the_same_trials():
     one, two, three = (OptunaSearcher(SPACE, ONE, seed=s, startup_trials=2) for s in (7, 7, 8))
     first = run(one, 6)

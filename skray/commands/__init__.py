@@ -1,4 +1,7 @@
-"""Command registry: one module per command; add a command by writing it and naming it here."""
+"""Command registry: one module per command; add a command by writing it and naming it here.
+
+The CLI imports this registry for ``--help``; what only a running command needs (torch, Optuna, the
+plots) is imported inside the commands' methods, for start-up time."""
 
 from __future__ import annotations
 

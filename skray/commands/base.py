@@ -4,6 +4,7 @@ same way, and adding one means writing one module and naming it in ``skray.comma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -13,6 +14,9 @@ from skray.errors import ConfigError
 
 if TYPE_CHECKING:
     from ray import tune
+
+# Runs a `skray tune` of the experiment given (or reads back one that finished): (run dir, table).
+SubSearch = Callable[[ExperimentConfig], tuple[str, pd.DataFrame]]
 
 
 class Command:
@@ -42,9 +46,10 @@ class Command:
         """Tune's parameter space; what it holds is also each trial's ``params.json`` (table columns)."""
         raise NotImplementedError
 
-    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float) -> ExperimentConfig:
+    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float, search: SubSearch) -> ExperimentConfig:
         """Work before the first trial of a new run, on the connected Ray (``cpus`` for it); returns
-        the experiment the trials then run (a tune screen narrows the wordings)."""
+        the experiment the trials then run (a tune screen narrows the wordings; compare.tune runs a
+        search per method with ``search``, given by the driver, which sits above the commands)."""
         return cfg
 
     def tune_config(self, cfg: ExperimentConfig, max_concurrent: int, run_dir: str) -> tune.TuneConfig:

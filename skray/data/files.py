@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from skray.config import DataConfig
-from skray.data.splits import SPLITS, Splits, build_splits, carve_missing, group_keys, split_by_group
+from skray.data.splits import SPLITS, Splits, build_splits, carve_missing, checked, split_table
 from skray.errors import DataError
 
 READERS = {
@@ -30,9 +30,10 @@ def local_file(path: Path, cfg: DataConfig) -> Splits:
         df = reader(path)
     except Exception as err:  # the parsers raise many types; the user needs the file and the reason
         raise DataError(f"{path}: could not read ({type(err).__name__}: {err})") from None
+    source = str(path)
     if "split" in df.columns:
-        return build_splits(carve_missing(_given_splits(df, str(path)), cfg, str(path)), cfg, str(path))
-    return build_splits(split_by_group(df, group_keys(df, cfg, str(path)), cfg), cfg, str(path))
+        return build_splits(carve_missing(checked(_given_splits(df, source), cfg, source), cfg, source), cfg, source)
+    return build_splits(split_table(df, cfg, source), cfg, source)
 
 
 def _given_splits(df: pd.DataFrame, source: str) -> dict[str, pd.DataFrame]:
@@ -65,7 +66,7 @@ def hub_dataset(name: str, cfg: DataConfig) -> Splits:
     parts = {s: ds[s].to_pandas() for s in SPLITS if s in ds}
     if isinstance(ds["train"].features.get(cfg.label_column), datasets.ClassLabel):
         parts = _drop_unlabelled(parts, cfg.label_column, name)
-    return build_splits(carve_missing(parts, cfg, name), cfg, name, rows=DATASET_ROWS)
+    return build_splits(carve_missing(checked(parts, cfg, name, DATASET_ROWS), cfg, name), cfg, name)
 
 
 def _drop_unlabelled(parts: dict[str, pd.DataFrame], column: str, source: str) -> dict[str, pd.DataFrame]:

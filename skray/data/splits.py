@@ -13,6 +13,7 @@ from skray.errors import DataError
 
 SPLITS = ("train", "validation", "test")
 FILE_ROWS = "1-based data rows of the file, header not counted"  # what a frame's index + 1 means
+WHOLE = "the file"  # the name ``checked`` gives a table that has no split column
 
 
 @dataclass
@@ -40,9 +41,11 @@ def _assign(groups: pd.Series, cfg: DataConfig) -> pd.Series:
     return where
 
 
-def split_by_group(df: pd.DataFrame, groups: pd.Series, cfg: DataConfig) -> dict[str, pd.DataFrame]:
-    """Deterministic split where every group (e.g. a movie) lands in exactly one split."""
-    where = _assign(groups, cfg)
+def split_table(df: pd.DataFrame, cfg: DataConfig, source: str, by: str | None = None) -> dict[str, pd.DataFrame]:
+    """A table without splits, ``checked``, then split deterministically so that every group lands in
+    exactly one split: column ``by`` (an embedded set's own, e.g. its movie), else ``group_keys``."""
+    df = checked({WHOLE: df}, cfg, source)[WHOLE]
+    where = _assign(df[by] if by else group_keys(df, cfg, source), cfg)
     return {s: df[where == s] for s in SPLITS}
 
 
@@ -52,8 +55,6 @@ def group_keys(df: pd.DataFrame, cfg: DataConfig, source: str) -> pd.Series:
         raise DataError(f"{source}: group column {cfg.group_column!r} not found; fix data.group_column")
     if cfg.group_column:
         return df[cfg.group_column]
-    if cfg.text_column not in df.columns:
-        return pd.Series(df.index, index=df.index)  # build_splits names the missing column
     keys = df[cfg.text_column].astype(str)
     if cfg.text_pair_column in df.columns:
         keys = keys + "\x1f" + df[cfg.text_pair_column].astype(str)
@@ -61,8 +62,8 @@ def group_keys(df: pd.DataFrame, cfg: DataConfig, source: str) -> pd.Series:
 
 
 def carve_missing(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str) -> dict[str, pd.DataFrame]:
-    """A source that gives train but no (or an empty) validation or test split: carve those from train,
-    grouped as an unsplit table is, and keep every split it did give as it is."""
+    """A source that gives train but no (or an empty) validation or test split: carve those from its
+    ``checked`` train, grouped as an unsplit table is, and keep every split it did give as it is."""
     lacking = [s for s in ("validation", "test") if len(parts.get(s, ())) == 0]
     if not lacking or len(parts.get("train", ())) == 0:
         return parts
@@ -101,33 +102,43 @@ def _is_blank(value) -> bool:
 
 
 def _missing(df: pd.DataFrame, cfg: DataConfig) -> dict[str, pd.Series]:
-    """Per column, the rows with nothing in it: None/NaN anywhere, or a blank text."""
+    """Per column, the rows with nothing in it: None/NaN anywhere, or a blank text. data.group_column
+    counts where the part has it (``group_keys`` names it where a split is carved from a part without it)."""
     texts = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     masks = {c: df[c].isna() | df[c].map(_is_blank).astype(bool) for c in texts}
     masks[cfg.label_column] = df[cfg.label_column].isna()
+    if cfg.group_column in df.columns:
+        masks[cfg.group_column] = df[cfg.group_column].isna() | df[cfg.group_column].map(_is_blank).astype(bool)
     return masks
 
 
-def _without_missing(
-    parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str, rows: str
+def checked(
+    parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str, rows: str = FILE_ROWS
 ) -> dict[str, pd.DataFrame]:
-    """Rows with a missing text or label are an error naming them, or dropped with data.drop_missing."""
+    """A source's own parts (its splits, or WHOLE for a table without them) with their columns there and no
+    missing text, label or group: checked before any split is carved, since carving hashes each row's
+    group (its data.group_column, or its text), which a missing value does not have.
+
+    Rows with a missing value are an error naming them, or dropped with data.drop_missing. ``rows`` says
+    what a row number in an error means (the frames keep their source's index)."""
+    _check_columns(parts, _columns(cfg), source)
     out, dropped = {}, {}
-    for split, df in parts.items():
+    for part, df in parts.items():
         masks = _missing(df, cfg)
         for column, mask in masks.items():
             if mask.any() and not cfg.drop_missing:
                 first = ", ".join(str(i + 1) for i in df.index[mask.to_numpy()][:5])
                 raise DataError(
-                    f"{source}: {split} has {int(mask.sum())} row(s) with no {column!r} (first: {first}; {rows}); "
+                    f"{source}: {part} has {int(mask.sum())} row(s) with no {column!r} (first: {first}; {rows}); "
                     f"fill them in or set data.drop_missing: true"
                 )
         keep = ~pd.concat(masks.values(), axis=1).any(axis=1)
-        out[split], dropped[split] = _integral_labels(df[keep], cfg.label_column), int((~keep).sum())
+        out[part], dropped[part] = _integral_labels(df[keep], cfg.label_column), int((~keep).sum())
     if any(dropped.values()):
-        counts = ", ".join(f"{s} {n}" for s, n in dropped.items())
+        counts = ", ".join(f"{n} in {part}" for part, n in dropped.items() if n)
         print(
-            f"skray: {source}: dropped rows with a missing text or label (data.drop_missing): {counts}", file=sys.stderr
+            f"skray: {source}: dropped rows with a missing text, label or group (data.drop_missing): {counts}",
+            file=sys.stderr,
         )
     return out
 
@@ -140,6 +151,10 @@ def _integral_labels(df: pd.DataFrame, column: str) -> pd.DataFrame:
     return df
 
 
+def _columns(cfg: DataConfig) -> list[str]:
+    return [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
+
+
 def _check_columns(parts: dict[str, pd.DataFrame], columns: list[str], source: str) -> None:
     for df in parts.values():
         missing = [c for c in columns if c not in df.columns]
@@ -150,12 +165,8 @@ def _check_columns(parts: dict[str, pd.DataFrame], columns: list[str], source: s
             )
 
 
-def build_splits(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str, rows: str = FILE_ROWS) -> Splits:
-    """Check columns, missing values and labels, map labels to ids, cap sizes; errors name the fix.
-    ``rows`` says what a row number in an error means (the frames keep their source's index)."""
-    columns = [cfg.text_column, cfg.label_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
-    _check_columns(parts, columns, source)
-    parts = _without_missing(parts, cfg, source, rows)
+def build_splits(parts: dict[str, pd.DataFrame], cfg: DataConfig, source: str) -> Splits:
+    """Splits made of ``checked`` parts: check labels, map them to ids, cap sizes; errors name the fix."""
     for split in SPLITS:
         if len(parts.get(split, ())) == 0:
             raise DataError(f"{source}: the {split} split is empty (add rows or change data.*_fraction)")

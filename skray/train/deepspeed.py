@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from skray.config import TrainConfig, offloads_optimizer, offloads_params
-from skray.partitioned import largest_module_params
+from skray.partitioned import full_numel, largest_module_params
 
 if TYPE_CHECKING:  # deepspeed itself is imported only after DS_ACCELERATOR is set
     from deepspeed import DeepSpeedEngine
@@ -24,7 +24,9 @@ def process_group_backend(use_gpu: bool) -> str:
     return "cpu:gloo,cuda:nccl" if use_gpu else "gloo"
 
 
-def deepspeed_config(cfg: TrainConfig, trainable_params: int, largest_module_params: int = 0) -> dict[str, Any]:
+def deepspeed_config(
+    cfg: TrainConfig, trainable_params: int, largest_module_params: int = 0, largest_param: int = 0
+) -> dict[str, Any]:
     """DeepSpeed's config. Its communication buckets are sized for what trains: the defaults (5e8
     elements, about 1 GB of bf16 buffers per bucket) are meant for full models, not a few thousand
     adapter parameters.
@@ -32,7 +34,9 @@ def deepspeed_config(cfg: TrainConfig, trainable_params: int, largest_module_par
     At ZeRO 3, given the largest module's parameter count, a rank keeps about one module's weights
     gathered beyond its partition (live parameters, prefetch and reuse all capped at that module):
     DeepSpeed's defaults keep up to 1e9 parameters live, i.e. any backbone below 1B whole on every
-    rank while it runs, which is what ZeRO 3 is chosen to avoid."""
+    rank while it runs, which is what ZeRO 3 is chosen to avoid. Given the largest single
+    parameter's element count, parameters offloaded to NVMe get swap buffers that hold its
+    partition (``nvme_param_buffer``)."""
     bucket = int(min(5e8, max(trainable_params, 2**20)))
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "reduce_bucket_size": bucket, "allgather_bucket_size": bucket}
     if cfg.zero_stage == 3 and largest_module_params:
@@ -44,6 +48,8 @@ def deepspeed_config(cfg: TrainConfig, trainable_params: int, largest_module_par
         zero["offload_optimizer"] = dict(where)
     if offloads_params(cfg.offload):  # ZeRO-Infinity: the partitions live off the GPU, gathered per module
         zero["offload_param"] = dict(where)
+        if cfg.offload_device == "nvme" and largest_param:
+            zero["offload_param"]["buffer_size"] = nvme_param_buffer(largest_param, cfg.num_workers)
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accum,
@@ -58,6 +64,16 @@ def deepspeed_config(cfg: TrainConfig, trainable_params: int, largest_module_par
     elif cfg.precision == "fp16":
         ds["fp16"] = {"enabled": True, "initial_scale_power": 12}
     return ds
+
+
+def nvme_param_buffer(largest_param: int, world: int) -> int:
+    """Elements of each of DeepSpeed's pinned swap buffers for parameters on NVMe: the largest
+    parameter's partition, ceil(numel / world). DeepSpeed stages every partition in one buffer and
+    asserts that it fits (``AsyncPartitionedParameterSwapper.get_buffer``); its default, 1e8
+    elements, is less than one partition of a Llama-3 embedding (128256 x 4096 = 525M) on fewer
+    than 6 ranks. Sized to fit exactly, the buffers (5 by default) also pin no more host memory
+    than that."""
+    return -(-largest_param // world)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -79,7 +95,12 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig) -> DeepSpeedEngine:
         optimizer=optimizer,
         lr_scheduler=schedule,
         model_parameters=params,
-        config=deepspeed_config(cfg, sum(p.numel() for p in params), largest_module_params(model)),
+        config=deepspeed_config(
+            cfg,
+            sum(p.numel() for p in params),
+            largest_module_params(model),
+            max(full_numel(p) for p in model.parameters()),
+        ),
     )
     return engine
 

@@ -12,6 +12,7 @@ assumes every parameter trains.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import resource
@@ -40,6 +41,17 @@ _DS_BYTES = 2  # DeepSpeed's estimators assume 16-bit params and 16-bit grads
 _FP32_STATES = (
     16  # per trainable param: fp32 grad + fp32 master weight + Adam m + Adam v (DeepSpeed's 18 less its 16-bit grad)
 )
+GPU_RESERVE_FRACTION = 0.05
+"""Share of a GPU worker's budget that ``zero_stage: auto`` leaves unplanned, for what grows with the
+device's use: the caching allocator's rounding and split blocks (its reserved memory runs a few
+percent above what is allocated, more on a full device) and the estimate's own error (DeepSpeed's
+estimators, activations of one measured micro batch)."""
+GPU_RESERVE_BYTES = GIB
+"""Fixed part of that reserve, for what does not scale with the device and is not in the budget when
+it is read: NCCL's communicators (buffers per peer and channel, its kernels: a few hundred MiB per
+process, created at the first collective), cuBLAS workspaces and DeepSpeed's buckets (small here:
+sized to the trainable parameters). Without it a tight fit runs out of memory at step 1, and the
+restart chooses the same again."""
 
 
 @dataclass
@@ -54,6 +66,7 @@ class ZeroEstimate:
     runtime_bytes: int  # the process beside the model (CPU workers: measured before loading; GPU: 0)
     total_bytes: int
     offloaded_bytes: int  # held in CPU RAM by offload
+    reserve_bytes: int = 0  # of the budget it was chosen against, left unplanned (GPU workers)
 
     def worker_bytes(self, use_gpu: bool) -> int:
         """What the worker's own memory holds: the device's share, and on a CPU worker also what
@@ -61,15 +74,32 @@ class ZeroEstimate:
         return self.total_bytes + (0 if use_gpu else self.offloaded_bytes)
 
     def line(self, budget_bytes: int) -> str:
-        """One line for the log: the choice, its estimate and the budget it was held against."""
+        """One line for the log: the choice, its estimate and the budget it was held against (less
+        the reserve it left)."""
         cpu = f", +{self.offloaded_bytes / GIB:.2f} GiB in CPU RAM" if self.offloaded_bytes else ""
         runtime = f", runtime {self.runtime_bytes / GIB:.2f}" if self.runtime_bytes else ""
+        budget = _budget_text(budget_bytes, self.reserve_bytes)
         return (
             f"zero_stage auto: stage {self.stage}, offload {self.offload}: "
             f"~{self.total_bytes / GIB:.2f} GiB per worker "
             f"(params {self.param_bytes / GIB:.2f}, optimizer {self.optimizer_bytes / GIB:.2f}, "
-            f"activations {self.activation_bytes / GIB:.2f}{runtime}) of {budget_bytes / GIB:.1f} GiB{cpu}"
+            f"activations {self.activation_bytes / GIB:.2f}{runtime}) of {budget}{cpu}"
         )
+
+
+def gpu_reserve_bytes(budget_bytes: int) -> int:
+    """What a GPU worker's ``budget_bytes`` keeps back from the estimate (see ``GPU_RESERVE_FRACTION``
+    and ``GPU_RESERVE_BYTES``)."""
+    return int(GPU_RESERVE_FRACTION * budget_bytes) + GPU_RESERVE_BYTES
+
+
+def _budget_text(budget_bytes: int, reserve_bytes: int) -> str:
+    """``17.52 GiB (19.50 less a 1.98 GiB reserve for NCCL, the allocator and buffers)``, or the budget."""
+    usable = f"{max(0, budget_bytes - reserve_bytes) / GIB:.2f} GiB"
+    if not reserve_bytes:
+        return usable
+    reserve = f"{reserve_bytes / GIB:.2f} GiB reserve for NCCL, the allocator and buffers"
+    return f"{usable} ({budget_bytes / GIB:.2f} less a {reserve})"
 
 
 def _ds_estimators():
@@ -192,9 +222,22 @@ def measure_activation_bytes(model: nn.Module, input_ids: torch.Tensor, attentio
     return sum(s.nbytes() for s in saved.values())
 
 
+# device -> this process's peak before a reset wiped it (loading, the prompt pass): ``peak_memory_mb`` counts it
+_wiped_peaks: dict[str, int] = {}
+
+
+def _peak_bytes(device: torch.device) -> int:
+    """This process's peak memory on ``device`` since it started or its peak was last reset."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
 def _high_water_bytes(device: torch.device) -> int | None:
     """Reset this process's peak memory on ``device`` and return the current level (None where the
-    peak cannot be reset: CPU RSS peaks reset through Linux's /proc/self/clear_refs only)."""
+    peak cannot be reset: CPU RSS peaks reset through Linux's /proc/self/clear_refs only). The peak
+    it wipes is kept for ``peak_memory_mb`` (resetting VmHWM resets ``ru_maxrss`` too)."""
+    _wiped_peaks[str(device)] = max(_wiped_peaks.get(str(device), 0), _peak_bytes(device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return torch.cuda.memory_allocated(device)
@@ -244,12 +287,17 @@ def choose(
     runtime_bytes: int = 0,
     *,
     use_gpu: bool,
+    offload_device: str = "cpu",
 ) -> ZeroEstimate:
-    """The first of ``CANDIDATES`` whose estimate fits ``budget_bytes``; ResourceError if none does.
+    """The first of ``CANDIDATES`` whose estimate fits ``budget_bytes`` (on a GPU, less
+    ``gpu_reserve_bytes``); ResourceError if none does.
 
     On CPU workers offload would move states from RAM to the same RAM, so only the stages
-    without offload are tried there.
+    without offload are tried there. Offload to NVMe exists at ZeRO 3 only (DeepSpeed's ZeRO 1
+    and 2 keep offloaded states in CPU RAM whatever the device), so with ``offload_device`` nvme
+    the offloading candidates are stage 3's.
     """
+    reserve = gpu_reserve_bytes(budget_bytes) if use_gpu else 0
     tried = [
         estimate(
             total_params,
@@ -263,18 +311,18 @@ def choose(
             runtime_bytes,
         )
         for stage, offload in CANDIDATES
-        if use_gpu or offload == "none"
+        if offload == "none" or (use_gpu and (stage == 3 or offload_device == "cpu"))
     ]
     for est in tried:
-        if est.total_bytes <= budget_bytes:
-            return est
+        if est.total_bytes <= budget_bytes - reserve:
+            return dataclasses.replace(est, reserve_bytes=reserve)
     best = min(tried, key=lambda e: e.total_bytes)
     raise ResourceError(
         f"zero_stage auto: nothing fits; the smallest estimate is stage {best.stage}, offload {best.offload} at "
         f"~{best.total_bytes / GIB:.2f} GiB per worker (params {best.param_bytes / GIB:.2f}, optimizer "
         f"{best.optimizer_bytes / GIB:.2f}, activations {best.activation_bytes / GIB:.2f}) but a worker has "
-        f"{budget_bytes / GIB:.2f} GiB; use more workers (train.num_workers), a smaller train.micro_batch_size "
-        f"or a smaller backbone"
+        f"{_budget_text(budget_bytes, reserve)}; use more workers (train.num_workers), a smaller "
+        f"train.micro_batch_size or a smaller backbone"
     )
 
 
@@ -282,7 +330,8 @@ def worker_budget_bytes(use_gpu: bool, workers_per_node: int, device: torch.devi
     """Memory one worker may use in all, what it already holds included (the estimate counts the
     model it has loaded, so free memory alone would count that twice): its own GPU ``device``'s free
     memory plus what this process has allocated there (a worker has a GPU to itself; Ray Train may
-    show it every GPU of its node), or its share of the node's available RAM plus its resident set."""
+    show it every GPU of its node), or its share of the node's available RAM plus its resident set.
+    On a GPU ``choose`` keeps a reserve of it back (``gpu_reserve_bytes``)."""
     if workers_per_node < 1:
         raise ValueError(f"workers_per_node must be at least 1 (got {workers_per_node})")
     if use_gpu:
@@ -323,9 +372,10 @@ def settle_zero(
     log: bool,
 ) -> tuple[TrainConfig, ZeroEstimate]:
     """The ZeRO setting this run uses and its memory estimate (DeepSpeed's estimators plus the
-    activations of one measured micro batch and the process's ``runtime_bytes``). ``zero_stage:
-    auto`` takes the first setting that fits the smallest budget of any rank, and says so in one
-    line (where ``log``)."""
+    activations of one measured micro batch and the process's ``runtime_bytes``, the most any rank
+    measured). ``zero_stage: auto`` takes the first setting that fits the smallest budget of any
+    rank, and says so in one line (where ``log``): every rank decides from the same numbers, since
+    ranks that chose differently would build different engines and hang in their first collective."""
     import torch.distributed as dist
 
     from skray.train.evaluate import all_reduce
@@ -337,6 +387,7 @@ def settle_zero(
         activations = measure_step_peak_bytes(model, batch["input_ids"], batch["attention_mask"])
         if activations is None:
             activations = measure_activation_bytes(model, batch["input_ids"], batch["attention_mask"])
+    activations, runtime_bytes = (int(v) for v in all_reduce([activations, runtime_bytes], op=dist.ReduceOp.MAX))
     if train.zero_stage != "auto":
         est = estimate(
             **counts,
@@ -356,6 +407,7 @@ def settle_zero(
         budget_bytes=int(budget),
         runtime_bytes=runtime_bytes,
         use_gpu=train.use_gpu,
+        offload_device=train.offload_device,
     )
     if log:
         print(est.line(int(budget)), flush=True)
@@ -374,8 +426,7 @@ def runtime_bytes(device: torch.device) -> int:
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory of this worker since its process started, loading included: CUDA's peak allocated
-    on its device, or the process's peak resident set (Ray Train starts a process per worker)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak memory of this worker since its process started, loading included (also where the ZeRO
+    probe reset the peak since): CUDA's peak allocated on its device, or the process's peak resident
+    set (Ray Train starts a process per worker)."""
+    return max(_peak_bytes(device), _wiped_peaks.get(str(device), 0)) / 2**20

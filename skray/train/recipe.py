@@ -1,10 +1,11 @@
 """The SK-Tuning recipe every Ray Train worker runs: the only place a training step happens.
 
-``setup`` loads the data and the frozen backbone, builds the method's model (for SK methods the
-semantic prompt runs through the backbone once), settles the ZeRO stage (``auto``: the first that
-fits, from a memory estimate) and wraps the model in a DeepSpeed engine. ``train`` runs the steps;
-``evaluate_and_report`` scores, keeps the best state, checkpoints and reports. Every rank joins
-each evaluation and each report, so ZeRO-3's collectives stay in step.
+``setup`` loads the data, settles the precision (``auto``: by the GPUs' compute capability), loads
+the frozen backbone, builds the method's model (for SK methods the semantic prompt runs through the
+backbone once), settles the ZeRO stage (``auto``: the first that fits, from a memory estimate) and
+wraps the model in a DeepSpeed engine (a restart: with the settings its checkpoint records). ``train``
+runs the steps; ``evaluate_and_report`` scores, keeps the best state, checkpoints and reports. Every
+rank joins each evaluation and each report, so ZeRO-3's collectives stay in step.
 
 Each report carries a checkpoint that every rank writes its part of (Ray Train gathers them in
 one directory): DeepSpeed's state of what trains (frozen weights excluded), optimizer and schedule
@@ -12,6 +13,10 @@ included, the ``RunState``, and the best trainable state so far as safetensors. 
 Ray Train restarts after a failure resumes from it: same step, optimizer and data position.
 
 Metric names are the results table's (``skray.results.COLUMNS``): written once, here.
+
+Most imports sit inside the methods: Ray unpickles this module in a fresh worker before ``setup``
+names the worker's DeepSpeed accelerator (``setup_env``), and DeepSpeed fixes its accelerator when
+first imported.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Iterator
 
 import torch
 
-from skray.config import ExperimentConfig, selection_metric
+from skray.config import ExperimentConfig, TrainConfig, offloads_params, selection_metric
 from skray.train.checkpoint import RunState
 
 
@@ -50,6 +55,64 @@ def setup_env(use_gpu: bool) -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
 
 
+SETTLED = ("zero_stage", "offload", "precision")  # what a run settles before building its engine (RunState keeps it)
+
+
+def worker_device(use_gpu: bool) -> torch.device:
+    """This worker's device: the GPU Ray Train assigned it, as Ray names it (the local rank is the wrong
+    index where Ray does not share CUDA_VISIBLE_DEVICES among a node's workers, or where a node has more
+    than 10 GPUs: Ray sorts their ids as strings)."""
+    if not use_gpu:
+        return torch.device("cpu")
+    import ray.train.torch
+
+    return ray.train.torch.get_device()
+
+
+def restored_train(train: TrainConfig, prior: RunState | None) -> TrainConfig:
+    """A restart builds the engine its checkpoint was written with: the ZeRO stage, offload and
+    precision the run settled (``auto`` decided again could choose otherwise), where its state has them."""
+    kept = {k: getattr(prior, k) for k in SETTLED if prior is not None and getattr(prior, k) is not None}
+    return train.model_copy(update=kept)
+
+
+def settle_precision(train: TrainConfig, device: torch.device, log: bool) -> TrainConfig:
+    """``precision: auto`` decided where the GPUs are seen: bf16 when every worker's GPU has compute
+    capability 8.0 or more, else fp32 (older GPUs report bf16 support too, and emulate it slowly); fp32
+    on CPUs. Rank 0 (``log``) says which in one line. A collective on GPUs: every rank decides alike."""
+    if train.precision != "auto":
+        return train
+    precision = "fp32"
+    if train.use_gpu:
+        import torch.distributed as dist
+
+        from skray.train.evaluate import all_reduce
+
+        major, minor = torch.cuda.get_device_capability(device)
+        (lowest,) = all_reduce([float(major * 10 + minor)], op=dist.ReduceOp.MIN)
+        precision = "bf16" if lowest >= 80 else "fp32"
+        if log:
+            seen = f"the workers' GPUs have compute capability {int(lowest) // 10}.{int(lowest) % 10}"
+            why = "" if precision == "bf16" else " (bf16 needs 8.0; train.precision fp16 trains in half precision)"
+            print(f"precision auto: {precision}: {seen}{why}", flush=True)
+    return train.model_copy(update={"precision": precision})
+
+
+def zero3_loading_config(cfg: ExperimentConfig) -> dict | None:
+    """DeepSpeed's config for building the backbone partitioned (ZeRO 3; None below it). With parameters
+    offloaded to NVMe, every weight passes through the swapper's buffers as it loads, so they are sized
+    for the largest weight's partition there already (DeepSpeed's default holds 1e8 elements)."""
+    from skray.backbones import inspect_backbone, largest_parameter
+    from skray.train.deepspeed import deepspeed_config
+
+    t = cfg.train
+    if t.zero_stage != 3:
+        return None
+    nvme = t.offload_device == "nvme" and offloads_params(t.offload)
+    largest = largest_parameter(inspect_backbone(cfg.backbone), cfg.backbone.trust_remote_code) if nvme else 0
+    return deepspeed_config(t, trainable_params=0, largest_param=largest)
+
+
 class SKTuningRecipe:
     """One worker's run: ``setup()``, then ``train()``, which calls ``evaluate_and_report`` every
     ``train.eval_every`` steps. ``state`` is what a resume restores."""
@@ -64,8 +127,8 @@ class SKTuningRecipe:
         self.losses: list[float] = []
 
     def setup(self) -> None:
-        """Data, frozen backbone, method, ZeRO setting and DeepSpeed engine; a restarted group restores
-        its last checkpoint."""
+        """Data, precision, frozen backbone, method, ZeRO setting and DeepSpeed engine; a restarted group
+        builds with the precision and ZeRO setting its last checkpoint was written with, then restores it."""
         cfg = self.cfg
         setup_env(cfg.train.use_gpu)
         import deepspeed
@@ -75,11 +138,12 @@ class SKTuningRecipe:
         from skray.data import load_splits
         from skray.data.collate import encode, take
         from skray.data.splits import SPLITS
+        from skray.devices import place
         from skray.errors import DataError
         from skray.methods import build_model
         from skray.partitioned import ParamPeak, dtype_of
-        from skray.train.checkpoint import read_resume_state
-        from skray.train.deepspeed import build_engine, deepspeed_config, held_param_bytes, process_group_backend
+        from skray.train.checkpoint import read_resume_state, read_run_state
+        from skray.train.deepspeed import build_engine, held_param_bytes, process_group_backend
         from skray.train.evaluate import balanced_weights, majority_scores
         from skray.train.memory import runtime_bytes, settle_zero
 
@@ -87,7 +151,7 @@ class SKTuningRecipe:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(max(1, int(self.cpus_per_worker)))
         torch.manual_seed(cfg.train.seed)
-        self.device = torch.device(f"cuda:{ctx.get_local_rank()}") if cfg.train.use_gpu else torch.device("cpu")
+        self.device = worker_device(cfg.train.use_gpu)
         self.key = selection_metric(cfg.data.task)
 
         splits = load_splits(cfg.data)
@@ -105,14 +169,16 @@ class SKTuningRecipe:
         deepspeed.init_distributed(dist_backend=process_group_backend(cfg.train.use_gpu))  # Ray Train's group
         if cfg.train.use_gpu:
             torch.cuda.set_device(self.device)
-        zero3 = deepspeed_config(cfg.train, trainable_params=0) if cfg.train.zero_stage == 3 else None
-        backbone = load_backbone(cfg.backbone, dtype_of(cfg.train.precision), zero3)
+        checkpoint = ray.train.get_checkpoint()
+        train = restored_train(cfg.train, read_run_state(checkpoint) if checkpoint else None)
+        cfg = self.cfg = cfg.model_copy(update={"train": settle_precision(train, self.device, log=self.rank == 0)})
+        backbone = load_backbone(cfg.backbone, dtype_of(cfg.train.precision), zero3_loading_config(cfg))
         self.param_peak = ParamPeak(backbone.model)  # parameter bytes held from load time on
         self.facts = {"backbone_params": backbone.num_parameters, "backbone_bytes": backbone.byte_size}
         token_level = cfg.data.task == "token_classification"
         model = build_model(backbone, cfg.method, self.label_names, token_level)
         # Adapter, head and prompt cache in the backbone's dtype: DeepSpeed keeps fp32 masters of what trains.
-        self.model = model.to(self.device, dtype_of(cfg.train.precision))
+        self.model = place(model, self.device, dtype_of(cfg.train.precision), frozen=backbone.model)
         special = not backbone.is_decoder
         self.data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=special) for s in SPLITS}
         train_labels = self.data["train"]["labels"]
@@ -145,14 +211,15 @@ class SKTuningRecipe:
             world_size=self.world,
             zero_stage=self.t.zero_stage,
             offload=self.t.offload,
+            precision=self.t.precision,
             micro_batch_size=self.t.micro_batch_size,
             lr=self.t.lr,
             est_mem_mb=est.worker_bytes(self.t.use_gpu) / 2**20,
         )
+        self.state.zero_stage, self.state.offload, self.state.precision = (getattr(self.t, k) for k in SETTLED)
         self.engine = build_engine(self.model, self.t)
         self.facts["param_bytes_per_worker"] = held_param_bytes(self.engine)
 
-        checkpoint = ray.train.get_checkpoint()
         if checkpoint:
             with checkpoint.as_directory() as directory:
                 self.state, self.best = read_resume_state(self.engine, directory)
@@ -161,11 +228,14 @@ class SKTuningRecipe:
 
     def train(self) -> None:
         """Steps from where the state says to ``train.max_steps``. Step 0 (zero-shot) is evaluated by a
-        fresh run only: a restored run already reported it, and reports are made once per step."""
+        fresh run only; a restored run sends again the reports its checkpoint kept (``_replay``), then
+        goes on, if any steps are left."""
         from skray.train.batches import train_batches
 
         t, state = self.t, self.state
-        if not self.restored:
+        if self.restored:
+            self._replay()
+        else:
             self.evaluate_and_report(0)
         rows = len(self.data["train"]["labels"])
         batches = train_batches(rows, t.micro_batch_size, self.rank, self.world, t.seed, skip=state.step * t.grad_accum)
@@ -184,6 +254,23 @@ class SKTuningRecipe:
                 self.param_peak.detach()  # load, prompt pass, engine, step 0 and a step seen: stop sampling
             if step % t.eval_every == 0 or step == t.max_steps:
                 self.evaluate_and_report(step, final=step == t.max_steps)
+
+    def _replay(self) -> None:
+        """Send again, in order, every report the restored checkpoint kept, marked ``REPLAYED``.
+
+        Ray Train's controller registers a checkpoint before Tune's callback queues its report, and the
+        driver logs the report later still: a driver killed in between loses reports that the trial
+        then resumes past, its final one too (a finished trial came back with nothing left to report
+        and Tune ended it on a stale result). What the driver did log is dropped on the way
+        (``skray.search.ReplayFilter``) and by the receivers. No checkpoint: the restored one is
+        registered already; its weights' size is the ``checkpoint_bytes`` each kept report lacks."""
+        import ray.train
+
+        from skray.train.checkpoint import REPLAYED, weights_bytes
+
+        size = weights_bytes(ray.train.get_checkpoint())
+        for report in self.state.reports:
+            ray.train.report(report | {"checkpoint_bytes": size, REPLAYED: True})
 
     def _step(self, batches: Iterator[torch.Tensor]) -> int:
         """One optimizer step (``grad_accum`` micro-batches); returns the tokens it read."""
@@ -294,10 +381,12 @@ class SKTuningRecipe:
             "label_names": self.label_names,
             "template": cfg.data.template,
             "max_length": cfg.data.max_length,
+            "precision": self.t.precision,
             "step": state.best_step,
             f"val_{self.key}": state.best_score,
         }
         with tempfile.TemporaryDirectory(prefix="skray-ckpt-") as directory:
+            state.reports.append(dict(metrics))  # the checkpoint keeps its own report too (``_replay``)
             size = write_resume_state(self.engine, directory, state, self.best if self.rank == 0 else None, meta)
             if self.rank == 0:
                 state.checkpoint_bytes = size

@@ -1,0 +1,192 @@
+"""A run from start to end, as the steps a reader can follow: plan it on the cluster it gets, find its
+directory (new, or one of the same name, command and config that did not finish), prepare what its
+trials run, build the Tuner, run it, and mark it finished. What differs per command is the command
+object's (``skray.commands``); how a Tune trial runs a TorchTrainer is ``skray.search``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+from ray import tune
+
+from skray import storage
+from skray.cluster import capacity, connect
+from skray.commands import COMMANDS, Command
+from skray.config import ExperimentConfig, TrainConfig, resolve_device
+from skray.console import tune_output
+from skray.preflight import check_memory, preflight
+from skray.report import rebuild
+from skray.search import (
+    TrialReports,
+    finished_run,
+    plan_resources,
+    progress,
+    ran_to_end,
+    run_trial,
+    trackers,
+    unfinished_run,
+)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run was planned with: its config (devices resolved), where runs go, and resources."""
+
+    cfg: ExperimentConfig
+    root: str
+    cpus_per_worker: float
+    max_concurrent: int
+    workers: int
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The run's directory; ``resumed``: a run of the same name, command and config that did not reach
+    its end; ``restore``: its trials had started, so Tune restores it."""
+
+    path: str
+    resumed: bool
+    restore: bool
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    command: str = "train",
+    address: str | None = None,
+    retry_errored: bool = False,
+    verbose: bool = True,
+) -> tuple[str, pd.DataFrame]:
+    """Run one fixed trial (train), an Optuna/ASHA search (tune), a methods x seeds grid
+    (compare) or a scaling grid (scale); return the run dir and the table to show.
+
+    A run of the same name, command and config that did not finish is resumed instead: its
+    finished trials are kept, the interrupted ones go on from their last checkpoint. Trials that
+    failed stay failed unless ``retry_errored``, which runs them again from their last checkpoint
+    (also in a run that finished). Not ``verbose``: a line per trial start, evaluation and end
+    instead of Ray's output, and every Ray process's output in ``RUN_DIR/logs/`` (a local run dir).
+    """
+    cmd = COMMANDS[command]
+    plan = plan_run(cfg, cmd, address, verbose)
+    run = find_run_dir(plan, command, retry_errored)
+    cfg = prepare_trials(run, plan, cmd, command)
+    tuner = build_tuner(run, cfg, plan, command, retry_errored, verbose)
+    with tune_output(verbose):
+        results = tuner.fit()
+    mark_finished(run.path, ran_to_end(results, cmd.trials(cfg)))
+    return run.path, rebuild(run.path)
+
+
+def plan_run(cfg: ExperimentConfig, cmd: Command, address: str | None, verbose: bool) -> RunPlan:
+    """Everything checked before anything starts (the command's section, the data and backbone, the
+    storage), then the connected cluster decides devices, worker CPUs and how many trials fit at once
+    (by CPUs, GPUs and memory)."""
+    cmd.check(cfg)
+    root = storage.location(cfg.storage_path)
+    storage.ensure_writable(root)
+    params = preflight(cfg)
+    room = capacity(connect(address, quiet=not verbose))
+    workers, key = cmd.workers(cfg)
+    cfg = cfg.model_copy(update={"train": _devices(cfg.train, room.gpus, workers, key)})
+    resources = plan_resources(cfg, room, cmd)
+    fits = check_memory(cfg, params, workers, key, list(room.node_memory), room.grows)
+    concurrent = resources.max_concurrent if room.grows else min(resources.max_concurrent, fits)
+    return RunPlan(cfg, root, resources.cpus_per_worker, concurrent, workers)
+
+
+def _devices(train: TrainConfig, gpus: float | None, workers: int, key: str) -> TrainConfig:
+    """``use_gpu`` and ``precision`` as the cluster allows; said where ``auto`` falls back to CPUs."""
+    if train.use_gpu == "auto" and gpus is not None and 0 < gpus < workers:
+        print(
+            f"skray: train.use_gpu auto: the cluster has {gpus:g} GPUs for {workers} workers, so this run trains "
+            f"on CPUs; set {key} to {int(gpus)} (or fewer) to use the GPUs",
+            file=sys.stderr,
+        )
+    return resolve_device(train, gpus, workers)
+
+
+def find_run_dir(plan: RunPlan, command: str, retry_errored: bool) -> RunDir:
+    """The newest run of this name, command and config if it did not reach its end (or has failed
+    trials that ``retry_errored`` runs again), else a new directory named after the start time."""
+    resumed = unfinished_run(plan.root, plan.cfg, command, retry_errored)
+    path = resumed or storage.join(plan.root, f"{plan.cfg.name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    restore = resumed is not None and tune.Tuner.can_restore(path)
+    if resumed and not restore:
+        print(f"skray: resuming {path} (same command and config), cut before its trials started", file=sys.stderr)
+    return RunDir(path, resumed is not None, restore)
+
+
+def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command, command: str) -> ExperimentConfig:
+    """The experiment the trials run. A new run records what it was started with (experiment.json) and
+    lets the command prepare (a screen of wordings, compare.tune's searches), keeping the result in
+    prepared.json; a resumed run reads that back, and one cut while preparing prepares again (what
+    finished then, e.g. a method's search, is reused)."""
+    prepared = storage.join(run.path, "prepared.json")
+    if run.resumed and storage.exists(prepared):
+        return ExperimentConfig.model_validate(json.loads(storage.read_text(prepared)))
+    if run.restore:
+        return plan.cfg
+    if not run.resumed:
+        started = {"command": command, "config": plan.cfg.model_dump()}
+        storage.write_text(storage.join(run.path, "experiment.json"), json.dumps(started, indent=2))
+    ready = cmd.prepare(plan.cfg, run.path, plan.cpus_per_worker * plan.workers, search=search_or_reuse)
+    if ready != plan.cfg:
+        storage.write_text(prepared, json.dumps(ready.model_dump(), indent=2))
+    return ready
+
+
+def build_tuner(
+    run: RunDir, cfg: ExperimentConfig, plan: RunPlan, command: str, retry_errored: bool, verbose: bool
+) -> tune.Tuner:
+    """Tune's Tuner over ``run_trial``: restored from the run's directory, or new with the command's
+    parameter space and Tune config and skray's callbacks (result.json, trackers, progress lines)."""
+    cmd = COMMANDS[command]
+    log_dir = None if verbose or storage.is_uri(run.path) else storage.join(storage.location(run.path), "logs")
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            experiment=cfg.model_dump(),
+            command=command,
+            cpus_per_worker=plan.cpus_per_worker,
+            storage_path=run.path,
+            log_dir=log_dir,
+        ),
+        {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
+    )
+    if run.restore:
+        again = "; failed trials run again from their last checkpoint" if retry_errored else ""
+        print(f"skray: resuming {run.path} (same command and config); finished trials are kept{again}", file=sys.stderr)
+        mark_finished(run.path, False)  # until this run reaches its end again
+        return tune.Tuner.restore(
+            run.path, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
+        )
+    callbacks = [TrialReports(run.path), *trackers(cfg, run.path)] + ([] if verbose else [progress(cfg, cmd)])
+    return tune.Tuner(
+        trainable,
+        param_space=cmd.param_space(cfg),
+        tune_config=cmd.tune_config(cfg, plan.max_concurrent, run.path),
+        run_config=tune.RunConfig(
+            name=run.path.rsplit("/", 1)[-1], storage_path=plan.root, verbose=1 if verbose else 0, callbacks=callbacks
+        ),
+    )
+
+
+def mark_finished(run_dir: str, finished: bool) -> None:
+    """RUN_DIR/finished holds when a run reached its end (every planned trial ended); a resumed run
+    loses it until it does again. After Ctrl-C the unfinished trials read "interrupted"."""
+    path = storage.join(run_dir, "finished")
+    if finished:
+        storage.write_text(path, time.strftime("%Y-%m-%dT%H:%M:%S"))
+    elif storage.exists(path):
+        storage.remove(path)
+
+
+def search_or_reuse(cfg: ExperimentConfig) -> tuple[str, pd.DataFrame]:
+    """A `skray tune` of ``cfg`` for a command to prepare with (compare.tune's per-method searches),
+    quiet; one that finished before, with this config and no failed trial, is read back instead."""
+    done = finished_run(storage.location(cfg.storage_path), cfg, "tune")
+    return (done, rebuild(done)) if done else run_experiment(cfg, "tune", verbose=False)
