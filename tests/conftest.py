@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 import torch
@@ -13,6 +14,10 @@ from skray.backbones import Backbone
 from skray.config import ExperimentConfig, parse_config
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+# Ray Train's controller polls its workers every 2 s by default: each trial then waits up to that long
+# to hand on a report and to see its workers end. The tests' trials are seconds long; set before any
+# Ray starts, so every Ray process of the tests inherits it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def minilm_tokenizer():
@@ -83,6 +88,20 @@ def tiny_llama_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def wide_llama_dir(tmp_path_factory) -> str:
     return _saved(wide_llama(), tmp_path_factory.mktemp("wide-llama"))
+
+
+@pytest.fixture(scope="session")
+def one_rank():
+    """A process group of this process alone (gloo), as a DeepSpeed engine outside Ray needs."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+        deepspeed.init_distributed(dist_backend="gloo")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """The recipe's training pieces in this process, on a real DeepSpeed engine (world size 1, gloo, CPU)."""
 
 import os
-import socket
 
 import pandas as pd
 import pytest
@@ -15,19 +14,6 @@ from skray.train.deepspeed import build_engine, lr_factor
 from skray.train.evaluate import evaluate, task_loss
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-
-
-@pytest.fixture(scope="module")
-def one_rank():
-    import deepspeed
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-        deepspeed.init_distributed(dist_backend="gloo")
 
 
 def test_frozen_backbone_never_trains_in_dropout_mode(one_rank, encoder):

@@ -4,7 +4,6 @@ the Optuna searcher, ASHA's rungs. No Ray cluster: the pieces as Ray drives them
 
 import json
 import os
-import socket
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,19 +39,6 @@ class Trial:  # what TrialReports reads of Tune's Trial (hashable, like Tune's)
 
     def init_local_path(self) -> None:
         Path(self.local_path).mkdir(exist_ok=True)
-
-
-@pytest.fixture
-def one_rank():
-    import deepspeed
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-        deepspeed.init_distributed(dist_backend="gloo")
 
 
 def test_the_checkpoint_keeps_every_report_its_run_made(one_rank, decoder, tmp_path):
