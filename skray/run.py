@@ -73,8 +73,8 @@ def run_experiment(
     cmd = COMMANDS[command]
     plan = plan_run(cfg, cmd, address, verbose)
     run = find_run_dir(plan, command, retry_errored)
-    cfg = prepare_trials(run, plan, cmd, command)
-    tuner = build_tuner(run, cfg, plan, command, retry_errored, verbose)
+    cfg = prepare_trials(run, plan, cmd)
+    tuner = build_tuner(run, cfg, plan, cmd, retry_errored, verbose)
     with tune_output(verbose):
         results = tuner.fit()
     mark_finished(run.path, ran_to_end(results, cmd.trials(cfg)))
@@ -120,7 +120,7 @@ def find_run_dir(plan: RunPlan, command: str, retry_errored: bool) -> RunDir:
     return RunDir(path, resumed is not None, restore)
 
 
-def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command, command: str) -> ExperimentConfig:
+def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command) -> ExperimentConfig:
     """The experiment the trials run. A new run records what it was started with (experiment.json) and
     lets the command prepare (a screen of wordings, compare.tune's searches), keeping the result in
     prepared.json; a resumed run reads that back, and one cut while preparing prepares again (what
@@ -131,7 +131,7 @@ def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command, command: str) -> Ex
     if run.restore:
         return plan.cfg
     if not run.resumed:
-        started = {"command": command, "config": plan.cfg.model_dump()}
+        started = {"command": cmd.name, "config": plan.cfg.model_dump()}
         storage.write_text(storage.join(run.path, "experiment.json"), json.dumps(started, indent=2))
     ready = cmd.prepare(plan.cfg, run.path, plan.cpus_per_worker * plan.workers, search=search_or_reuse)
     if ready != plan.cfg:
@@ -140,17 +140,16 @@ def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command, command: str) -> Ex
 
 
 def build_tuner(
-    run: RunDir, cfg: ExperimentConfig, plan: RunPlan, command: str, retry_errored: bool, verbose: bool
+    run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command, retry_errored: bool, verbose: bool
 ) -> tune.Tuner:
     """Tune's Tuner over ``run_trial``: restored from the run's directory, or new with the command's
     parameter space and Tune config and skray's callbacks (result.json, trackers, progress lines)."""
-    cmd = COMMANDS[command]
     log_dir = None if verbose or storage.is_uri(run.path) else storage.join(storage.location(run.path), "logs")
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
             experiment=cfg.model_dump(),
-            command=command,
+            command=cmd.name,
             cpus_per_worker=plan.cpus_per_worker,
             storage_path=run.path,
             log_dir=log_dir,

@@ -170,7 +170,6 @@ def study_path(run_dir: str) -> str:
     """Where a run's study lives: ``optuna.journal`` in the run dir, or, for a run dir behind a URI
     (s3://, gs://), the same name under ~/.cache/skray/optuna/<run>/ on the driver, since a journal
     is a local file with a lock; the searcher's checkpoint in the run dir carries it elsewhere."""
-
     if storage.is_uri(run_dir):
         return str(
             Path("~/.cache/skray/optuna").expanduser() / run_dir.rstrip("/").rsplit("/", 1)[-1] / "optuna.journal"

@@ -29,7 +29,7 @@ def test_a_new_run_records_its_config_and_what_preparing_made_of_it(tiny_experim
     run = find_run_dir(_plan(cfg, tmp_path), "train", retry_errored=False)
     assert run == RunDir(run.path, resumed=False, restore=False)
     assert Path(run.path).name.startswith("tiny-train-")
-    ready = prepare_trials(run, _plan(cfg, tmp_path), Preparing(), "train")
+    ready = prepare_trials(run, _plan(cfg, tmp_path), Preparing())
     assert ready.train.lr == 0.005
     started = json.loads((Path(run.path) / "experiment.json").read_text())
     assert started == {"command": "train", "config": json.loads(json.dumps(cfg.model_dump()))}
@@ -40,11 +40,11 @@ def test_a_run_cut_before_its_trials_is_found_again_and_not_prepared_twice(tiny_
     """The same command on the same config finds the unfinished run; what it prepared is read back."""
     cfg = tiny_experiment()
     first = find_run_dir(_plan(cfg, tmp_path), "train", retry_errored=False)
-    prepare_trials(first, _plan(cfg, tmp_path), Preparing(), "train")
+    prepare_trials(first, _plan(cfg, tmp_path), Preparing())
     again = find_run_dir(_plan(cfg, tmp_path), "train", retry_errored=False)
     assert again == RunDir(first.path, resumed=True, restore=False)  # no trial had started: nothing to restore
     calls = Preparing.calls
-    assert prepare_trials(again, _plan(cfg, tmp_path), Preparing(), "train").train.lr == 0.005
+    assert prepare_trials(again, _plan(cfg, tmp_path), Preparing()).train.lr == 0.005
     assert Preparing.calls == calls
     other = find_run_dir(_plan(tiny_experiment(train__lr=0.002), tmp_path), "train", retry_errored=False)
     assert not other.resumed  # another config: a new run
@@ -53,7 +53,7 @@ def test_a_run_cut_before_its_trials_is_found_again_and_not_prepared_twice(tiny_
 def test_a_run_is_marked_finished_only_when_it_reached_its_end(tiny_experiment, tmp_path):
     cfg = tiny_experiment()
     run = find_run_dir(_plan(cfg, tmp_path), "train", retry_errored=False)
-    prepare_trials(run, _plan(cfg, tmp_path), COMMANDS["train"], "train")
+    prepare_trials(run, _plan(cfg, tmp_path), COMMANDS["train"])
     mark_finished(run.path, False)
     assert not (Path(run.path) / "finished").exists()
     mark_finished(run.path, True)

@@ -100,7 +100,6 @@ class Compare(Command):
     def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
         """compare.csv/.parquet (numbers), compare.md ("mean ± sd", for reading) and two plots:
         accuracy against trainable parameters and against time."""
-
         table = summary_table(trials)
         started = experiment(run_dir).get("config") or {}
         tuned = (started.get("compare") or {}).get("tune")

@@ -105,11 +105,15 @@ def _missing(df: pd.DataFrame, cfg: DataConfig) -> dict[str, pd.Series]:
     """Per column, the rows with nothing in it: None/NaN anywhere, or a blank text. data.group_column
     counts where the part has it (``group_keys`` names it where a split is carved from a part without it)."""
     texts = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
-    masks = {c: df[c].isna() | df[c].map(_is_blank).astype(bool) for c in texts}
+    masks = {c: _absent(df[c]) for c in texts}
     masks[cfg.label_column] = df[cfg.label_column].isna()
     if cfg.group_column in df.columns:
-        masks[cfg.group_column] = df[cfg.group_column].isna() | df[cfg.group_column].map(_is_blank).astype(bool)
+        masks[cfg.group_column] = _absent(df[cfg.group_column])
     return masks
+
+
+def _absent(values: pd.Series) -> pd.Series:
+    return values.isna() | values.map(_is_blank).astype(bool)
 
 
 def checked(

@@ -23,7 +23,7 @@ from torch import nn
 
 from skray.config import TrainConfig, offloads_optimizer, offloads_params
 from skray.errors import ResourceError
-from skray.partitioned import full_numel, is_partitioned, largest_module_params, module_by_module
+from skray.partitioned import dtype_of, full_numel, is_partitioned, largest_module_params, module_by_module
 
 GIB = 2**30
 # In that order: no offload before offload, then the stage that partitions more.
@@ -381,7 +381,7 @@ def settle_zero(
     from skray.train.evaluate import all_reduce
 
     counts = model_counts(model, train.precision)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[train.precision]
+    dtype = dtype_of(train.precision)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         # First, before any other allocation: what the step raises the peak by, where measurable.
         activations = measure_step_peak_bytes(model, batch["input_ids"], batch["attention_mask"])
