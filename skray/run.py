@@ -10,11 +10,14 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from ray import tune
 
 from skray import storage
+from skray.backbones import inspect_backbone
+from skray.broker import Broker, pack_size, slot_count
 from skray.cluster import capacity, connect
 from skray.commands import COMMANDS, Command
 from skray.config import ExperimentConfig, TrainConfig, resolve_device
@@ -74,10 +77,11 @@ def run_experiment(
     plan = plan_run(cfg, cmd, address, verbose)
     run = find_run_dir(plan, command, retry_errored)
     cfg = prepare_trials(run, plan, cmd)
-    tuner = build_tuner(run, cfg, plan, cmd, retry_errored, verbose)
+    packing = plan_packing(run, cfg, plan, cmd)
+    tuner = build_tuner(run, cfg, plan, cmd, retry_errored, verbose, packing)
     with tune_output(verbose):
         results = tuner.fit()
-    mark_finished(run.path, ran_to_end(results, cmd.trials(cfg)))
+    mark_finished(run.path, ran_to_end(results, packing.slots if packing else cmd.trials(cfg)))
     return run.path, rebuild(run.path)
 
 
@@ -139,11 +143,44 @@ def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command) -> ExperimentConfig
     return ready
 
 
+@dataclass(frozen=True)
+class Packing:
+    """A packed search: ``slots`` Tune trials of ``pack`` seats each, fed by the ``broker`` actor."""
+
+    broker: Any
+    pack: int
+    slots: int
+
+
+def plan_packing(run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command) -> Packing | None:
+    """For `skray tune` with ``search.pack`` above 1 (or ``auto`` where every kind searched can share a
+    frozen backbone): the members per slot, the slots, and the run's broker; None: trials run solo."""
+    if cmd.name != "tune":
+        return None
+    pack = pack_size(cfg, plan.max_concurrent, inspect_backbone(cfg.backbone).is_decoder)
+    if pack == 1:
+        return None
+    slots = slot_count(cfg, pack, plan.max_concurrent)
+    print(
+        f"skray: search.pack: {cfg.search.num_trials} trials as members of {slots} slot(s) of {pack}, "
+        "each slot loading the backbone once",
+        file=sys.stderr,
+    )
+    return Packing(Broker.remote(cfg.model_dump(), run.path), pack, slots)
+
+
 def build_tuner(
-    run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command, retry_errored: bool, verbose: bool
+    run: RunDir,
+    cfg: ExperimentConfig,
+    plan: RunPlan,
+    cmd: Command,
+    retry_errored: bool,
+    verbose: bool,
+    packing: Packing | None = None,
 ) -> tune.Tuner:
     """Tune's Tuner over ``run_trial``: restored from the run's directory, or new with the command's
-    parameter space and Tune config and skray's callbacks (result.json, trackers, progress lines)."""
+    parameter space and Tune config and skray's callbacks (result.json, trackers, progress lines).
+    Packed, the trials are the slots, and the broker searches and stops members (``skray.broker``)."""
     log_dir = None if verbose or storage.is_uri(run.path) else storage.join(storage.location(run.path), "logs")
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -153,6 +190,8 @@ def build_tuner(
             cpus_per_worker=plan.cpus_per_worker,
             storage_path=run.path,
             log_dir=log_dir,
+            broker=packing.broker if packing else None,
+            pack=packing.pack if packing else 1,
         ),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )
@@ -163,11 +202,18 @@ def build_tuner(
         return tune.Tuner.restore(
             run.path, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
-    callbacks = [TrialReports(run.path), *trackers(cfg, run.path)] + ([] if verbose else [progress(cfg, cmd)])
+    callbacks = [TrialReports(run.path), *trackers(cfg, run.path)] + (
+        [] if verbose or packing else [progress(cfg, cmd)]
+    )
+    if packing:
+        space = {"slot": tune.grid_search(list(range(packing.slots)))}
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=packing.slots)
+    else:
+        space, tune_config = cmd.param_space(cfg), cmd.tune_config(cfg, plan.max_concurrent, run.path)
     return tune.Tuner(
         trainable,
-        param_space=cmd.param_space(cfg),
-        tune_config=cmd.tune_config(cfg, plan.max_concurrent, run.path),
+        param_space=space,
+        tune_config=tune_config,
         run_config=tune.RunConfig(
             name=run.path.rsplit("/", 1)[-1], storage_path=plan.root, verbose=1 if verbose else 0, callbacks=callbacks
         ),

@@ -81,7 +81,14 @@ def plan_resources(cfg: ExperimentConfig, room: Capacity, command: Command = COM
 
 
 def run_trial(
-    params: dict, experiment: dict, command: str, cpus_per_worker: float, storage_path: str, log_dir: str | None
+    params: dict,
+    experiment: dict,
+    command: str,
+    cpus_per_worker: float,
+    storage_path: str,
+    log_dir: str | None,
+    broker: Any = None,
+    pack: int = 1,
 ) -> None:
     """A Tune trial: build a TorchTrainer for the trial's config; workers report through Tune, less
     the re-sent reports the driver logged already (``ReplayFilter``). With a ``log_dir``, this
@@ -89,7 +96,10 @@ def run_trial(
 
     A trial whose last logged report ends it (Tune marks ``done`` the one it finished or ASHA stopped
     it at) ended before a driver that died could save so: it does not train on; that report goes to
-    Tune again instead, so that Tune ends it as it was."""
+    Tune again instead, so that Tune ends it as it was.
+
+    A packed run's trials are slots (``params``: {"slot": n}): the workers train ``pack`` members at a
+    time that the run's ``broker`` hands out (``skray.broker``, ``skray.train.packed``)."""
     from skray.console import output_to
     from skray.train.launch import build_trainer
 
@@ -99,10 +109,15 @@ def run_trial(
     if ended is not None:
         tune.report({k: v for k, v in ended.items() if k not in AUTO_RESULT_KEYS} | {REPLAYED: True})
         return
-    cfg = trial_experiment(command, experiment, params)
-    name = f"train_{context.get_trial_id()}"
+    slot = None
+    if "slot" in params:
+        cfg = trial_experiment("train", experiment, {})
+        slot = {"broker": broker, "slot": params["slot"], "pack": pack, "run_dir": storage_path}
+    else:
+        cfg = trial_experiment(command, experiment, params)
+    name = f"{'slot' if slot else 'train'}_{context.get_trial_id()}"
     with output_to(f"{log_dir}/{name}.log" if log_dir else None):
-        trainer = build_trainer(cfg, cpus_per_worker, storage_path, name, [ReplayFilter(logged)], log_dir)
+        trainer = build_trainer(cfg, cpus_per_worker, storage_path, name, [ReplayFilter(logged)], log_dir, slot)
         trainer.fit()
 
 

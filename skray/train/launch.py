@@ -9,6 +9,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from skray.config import ExperimentConfig
 from skray.train.deepspeed import process_group_backend
+from skray.train.packed import packed_loop_per_worker
 from skray.train.recipe import train_loop_per_worker
 
 # glibc raises its mmap threshold each time a large block is freed, so the weights ZeRO 3 gathers and
@@ -27,20 +28,23 @@ def build_trainer(
     name: str,
     callbacks: list | None = None,
     log_dir: str | None = None,
+    slot: dict | None = None,
 ) -> TorchTrainer:
     """Ray Train's trainer for one run; with a ``log_dir`` each worker writes its output to
-    ``<log_dir>/<name>-rank<r>.log``."""
+    ``<log_dir>/<name>-rank<r>.log``. With ``slot`` (the broker's handle, the slot's number, its
+    seats and the run dir) the workers run a packed slot (``skray.train.packed``) instead."""
     t = cfg.train
     allocator_env = {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}
     resources = {"CPU": cpus_per_worker}
     if t.memory_per_worker_gb is not None:
         resources["memory"] = int(t.memory_per_worker_gb * 2**30)
     return TorchTrainer(
-        train_loop_per_worker,
+        packed_loop_per_worker if slot else train_loop_per_worker,
         train_loop_config={
             "experiment": cfg.model_dump(),
             "cpus_per_worker": cpus_per_worker,
             "log": f"{log_dir}/{name}" if log_dir else None,
+            **(slot or {}),
         },
         torch_config=TorchConfig(backend=process_group_backend(t.use_gpu)),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),

@@ -1,0 +1,139 @@
+"""Packed trials on the driver's side: how many members share a slot, and the broker that feeds them.
+
+``skray tune`` with ``search.pack`` above 1 runs its configurations as *members* of a few *slots*
+(Tune trials, each one worker group holding the frozen backbone once: ``skray.train.packed``). The
+broker is one Ray actor, made by the driver for the run, that does for members what Tune's searcher
+and scheduler do for trials: Optuna's ask and tell (``skray.searcher.OptunaSearcher``, the same study
+and journal) and ASHA's rungs in training steps (``skray.commands.tune.asha``), both applied per
+member, with the same calls Tune makes, in the same order. A slot asks it for the next configuration
+whenever a seat is free; it answers None once ``search.num_trials`` have been handed out.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from skray.config import ExperimentConfig, selection_metric
+from skray.errors import ConfigError
+
+PACK_LIMIT = 8  # search.pack auto's most members per slot
+
+
+@dataclass(frozen=True)
+class _Member:
+    """What Ray's ASHA reads of a trial: its id."""
+
+    trial_id: str
+
+
+def packing_refusal(cfg: ExperimentConfig, is_decoder: bool) -> str | None:
+    """Why this search cannot be packed (None: it can)."""
+    from skray.methods.packed import PACKABLE
+
+    s, t = cfg.search, cfg.train
+    kinds = s.kinds or [cfg.method.kind]
+    solo = [k for k in kinds if k not in PACKABLE]
+    if solo:
+        return f"method kind {solo[0]} does not share a frozen backbone (packable: {', '.join(sorted(PACKABLE))})"
+    if not is_decoder:
+        return "packed members need a decoder backbone"
+    if cfg.data.task != "classification":
+        return f"data.task {cfg.data.task} is not packed yet (classification is)"
+    if t.zero_stage == 3 or t.offload != "none":
+        return "ZeRO 3 and offload partition or move the backbone per trial; a packed slot holds it whole"
+    return None
+
+
+def pack_size(cfg: ExperimentConfig, slots: int, is_decoder: bool) -> int:
+    """Members per slot: ``search.pack`` as set, or for ``auto`` the configurations spread over the
+    slots that fit at once, at most ``PACK_LIMIT``; 1 (solo, one line saying why) where a search
+    cannot be packed, and a ConfigError where it was asked to be."""
+    s = cfg.search
+    refusal = packing_refusal(cfg, is_decoder)
+    if refusal:
+        if s.pack != "auto" and s.pack > 1:
+            raise ConfigError(f"search.pack {s.pack}: {refusal}; set search.pack: 1 (or auto)")
+        if s.pack == "auto":
+            print(f"skray: search.pack auto: trials run solo: {refusal}", file=sys.stderr)
+        return 1
+    if s.pack != "auto":
+        return s.pack
+    return max(1, min(PACK_LIMIT, math.ceil(s.num_trials / max(1, slots))))
+
+
+def slot_count(cfg: ExperimentConfig, pack: int, max_concurrent: int) -> int:
+    """Slots the members are spread over: as many as run at once, no more than have members to fill."""
+    return max(1, min(max_concurrent, math.ceil(cfg.search.num_trials / pack)))
+
+
+@ray.remote(num_cpus=0)
+class Broker:
+    """Hands out the run's configurations to slots, and judges each member's reports."""
+
+    def __init__(self, experiment: dict, run_dir: str) -> None:
+        from skray.commands.tune import asha
+        from skray.searcher import OptunaSearcher
+
+        self.experiment = experiment
+        cfg = ExperimentConfig.model_validate(experiment)
+        metric = f"best_val_{selection_metric(cfg.data.task)}"
+        self.searcher = OptunaSearcher.from_config(cfg, run_dir)
+        self.searcher.set_search_properties(metric, "max", {})
+        self.asha = asha(cfg)
+        self.asha.set_search_properties(metric, "max")
+        self.num_trials = cfg.search.num_trials
+        self.asked = 0
+        self.key = metric
+
+    def ask(self, slot: int) -> tuple[str, dict[str, Any], dict] | None:
+        """The next member for ``slot``: its id, what Optuna sampled (its params.json) and the experiment
+        it runs; None once ``search.num_trials`` members were handed out."""
+        from skray.search import trial_experiment
+
+        if self.asked >= self.num_trials:
+            return None
+        self.asked += 1
+        member = f"m{self.asked:04d}"
+        params = self.searcher.suggest(member)
+        self.asha.on_trial_add(None, _Member(member))
+        cfg = trial_experiment("tune", self.experiment, params)
+        print(f"skray: slot {slot}: member {member} starts: {_brief(params)}", file=sys.stderr, flush=True)
+        return member, params, cfg.model_dump()
+
+    def tell(self, member: str, report: dict[str, Any]) -> str:
+        """An evaluation of a running member: "continue", or "stop" where ASHA stops it (Optuna is then
+        told it was pruned, as Tune tells it of a trial ASHA stopped)."""
+        self.searcher.on_trial_result(member, report)
+        decision = self.asha.on_trial_result(None, _Member(member), report)
+        print(
+            f"skray: member {member} step {report['step']}: {self.key} {report.get(self.key, float('nan')):.4f}"
+            + ("; ASHA stops it" if decision == "STOP" else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        if decision == "STOP":
+            self.asha.on_trial_complete(None, _Member(member), report)
+            self.searcher.on_trial_complete(member, report)
+            return "stop"
+        return "continue"
+
+    def end(self, member: str, report: dict[str, Any] | None, error: str | None) -> None:
+        """A member that reached its last step (``report``: its final one) or failed (``error``)."""
+        if error is None and report is not None:
+            self.asha.on_trial_complete(None, _Member(member), report)
+            test = report.get("test_acc", float("nan"))
+            print(f"skray: member {member} done: test_acc {test:.4f}", file=sys.stderr, flush=True)
+        else:
+            self.asha._trial_info.pop(member, None)
+            print(f"skray: member {member} failed: {error}", file=sys.stderr, flush=True)
+        self.searcher.on_trial_complete(member, report, error=error is not None)
+
+
+def _brief(params: dict[str, Any]) -> str:
+    shown = {k: (f"{v:.3g}" if isinstance(v, float) else str(v)[:40]) for k, v in params.items()}
+    return ", ".join(f"{k}={v}" for k, v in shown.items())

@@ -1,0 +1,494 @@
+"""A packed slot: one Ray Train worker group, one frozen backbone, several search members trained at once.
+
+A slot is one Tune trial. Its rank 0 asks the run's broker (``skray.broker``, an actor the driver
+holds: Optuna's ask/tell and ASHA per member) for configurations and tells it each member's reports;
+every rank hears the answers (``_agree``), so all build, step and drop the same members. When a
+member finishes, ASHA stops it, or it fails, the next configuration takes its seat, without a
+restart, until the broker has no more: the backbone loads once per slot, not once per configuration.
+
+A member trains as it would alone (``skray.train.recipe``): its own rows (``micro_batch_size`` per
+worker), data order and seed; its own AdamW, learning-rate schedule counted in its own steps, and
+gradient clipping at norm 1 (DeepSpeed's ``gradient_clipping``); its loss a mean over its own rows;
+its gradients averaged over the workers as DeepSpeed averages them. Only the backbone pass is shared
+(``skray.methods.packed``). The backbone is frozen, so ZeRO 1-2 would partition nothing but the
+members' optimizer state (kilobytes to megabytes): a slot holds the backbone whole on each worker,
+as ZeRO 0-2 do; ZeRO 3 and offload run solo (``skray.broker.pack_size``).
+
+Each member writes what a solo trial writes, in ``RUN_DIR/train_<member>/``: ``params.json``,
+``result.json`` (its reports, the table's columns) and ``checkpoint_000000/`` (its best weights and
+their meta), so ``skray report``, ``predict`` and ``export`` read it as they read a solo trial.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from skray import storage
+from skray.config import ExperimentConfig, selection_metric
+from skray.train.checkpoint import RunState
+
+MEMBER_DIR = "train_{member}"  # what skray.predict.find_checkpoint looks for: a solo trial's Train folder
+CHECKPOINT = "checkpoint_000000"
+
+
+def packed_loop_per_worker(config: dict) -> None:
+    """Ray Train's entry point for a slot: ``{"experiment": the run's ExperimentConfig dump,
+    "cpus_per_worker", "log", "broker": the broker's handle, "slot": this slot's number, "pack": seats,
+    "run_dir": where members write}``."""
+    import ray.train
+
+    from skray.console import output_to
+
+    log = config.get("log")
+    with output_to(f"{log}-rank{ray.train.get_context().get_world_rank()}.log" if log else None):
+        slot = PackedSlot(
+            ExperimentConfig.model_validate(config["experiment"]),
+            config["cpus_per_worker"],
+            config["broker"],
+            config["slot"],
+            config["pack"],
+            config["run_dir"],
+        )
+        slot.setup()
+        slot.run()
+
+
+@dataclass
+class Member:
+    """One configuration in a seat: its model, optimizer, schedule, rows and run state."""
+
+    id: str
+    cfg: ExperimentConfig
+    model: Any
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    batches: Any
+    directory: str
+    started: float
+    state: RunState = field(default_factory=RunState)
+    best: dict[str, torch.Tensor] | None = None
+    losses: list[float] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    step_s: float = 0.0  # this member's share of the slot's step time so far
+
+    @property
+    def key(self) -> str:
+        return selection_metric(self.cfg.data.task)
+
+
+class PackedSlot:
+    """One worker's part of a slot: ``setup()`` (data, backbone), then ``run()`` (members until none is left)."""
+
+    def __init__(self, cfg: ExperimentConfig, cpus_per_worker: float, broker: Any, slot: int, pack: int, run_dir: str):
+        self.cfg = cfg
+        self.cpus_per_worker = cpus_per_worker
+        self.broker = broker
+        self.slot = slot
+        self.pack = pack
+        self.run_dir = run_dir
+        self.started = time.perf_counter()
+        self.seats: list[Member] = []
+        self.members = 0  # members this slot took
+        self.timing = {"setup_s": 0.0, "steps_s": 0.0, "eval_s": 0.0, "write_s": 0.0}
+
+    def setup(self) -> None:
+        """The data and the frozen backbone, once for every member this slot will train."""
+        import ray.train
+        import torch.distributed as dist
+
+        from skray.backbones import load_backbone
+        from skray.data import load_splits
+        from skray.data.collate import encode
+        from skray.data.splits import SPLITS
+        from skray.partitioned import dtype_of
+        from skray.train.evaluate import balanced_weights, majority_scores
+        from skray.train.recipe import settle_precision, setup_env, worker_device
+
+        cfg = self.cfg
+        setup_env(cfg.train.use_gpu)
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.set_num_threads(max(1, int(self.cpus_per_worker)))
+        self.device = worker_device(cfg.train.use_gpu)
+        if cfg.train.use_gpu:
+            torch.cuda.set_device(self.device)
+        assert dist.is_initialized(), "Ray Train sets up the process group"
+        self.cfg = cfg = cfg.model_copy(update={"train": settle_precision(cfg.train, self.device, self.rank == 0)})
+        self.dtype = dtype_of(cfg.train.precision)
+        splits = load_splits(cfg.data)
+        self.label_names = splits.label_names
+        self.backbone = load_backbone(cfg.backbone, self.dtype)
+        self.backbone.model.to(self.device)
+        self.data = {
+            s: encode(splits[s], self.backbone.tokenizer, cfg.data, add_special_tokens=not self.backbone.is_decoder)
+            for s in SPLITS
+        }
+        train_labels = self.data["train"]["labels"]
+        self.class_weight = (
+            balanced_weights(train_labels, len(self.label_names)) if cfg.train.class_weights == "balanced" else None
+        )
+        majority = majority_scores(self.data["test"]["labels"], len(self.label_names))
+        self.facts = {
+            "backbone_params": self.backbone.num_parameters,
+            "backbone_bytes": self.backbone.byte_size,
+            "majority_test_acc": majority["acc"],
+            "majority_test_f1": majority["f1"],
+            "test_rows": len(self.data["test"]["labels"]),
+            "world_size": self.world,
+            "zero_stage": 0,
+            "offload": "none",
+            "precision": cfg.train.precision,
+            "param_bytes_per_worker": sum(p.numel() * p.element_size() for p in self.backbone.model.parameters()),
+            "slot": self.slot,
+        }
+        self.timing["setup_s"] = time.perf_counter() - self.started
+
+    # -- the slot's loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Fill the seats, step every member, evaluate those due, replace those that ended; until the
+        broker has no configuration left and every seat is empty."""
+        self._fill()
+        while self.seats:
+            start = time.perf_counter()
+            self._step()
+            took = time.perf_counter() - start
+            self.timing["steps_s"] += took
+            due = []
+            for member in self.seats:
+                member.state.step += 1
+                member.step_s += took / len(self.seats)
+                member.state.train_s += took / len(self.seats)
+                t = member.cfg.train
+                if member.state.step % t.eval_every == 0 or member.state.step == t.max_steps:
+                    due.append(member)
+            if due:
+                self._evaluate_and_report(due)
+                self._fill()
+        import ray.train
+
+        timing = {k: round(v, 2) for k, v in self.timing.items()}
+        if self.rank == 0:
+            print(f"skray: slot {self.slot} timing: {json.dumps(timing)}", flush=True)
+        ray.train.report({"done": True, "members": self.members, **timing})
+
+    def _agree(self, value: Any) -> Any:
+        """Rank 0's value on every rank (the broker's answers: all ranks must act alike)."""
+        import torch.distributed as dist
+
+        box = [value if self.rank == 0 else None]
+        if self.world > 1:
+            dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _fill(self) -> None:
+        """Ask the broker for configurations until the seats are full or it has none left; the new
+        members' step-0 evaluation (validation and test) runs packed."""
+        import ray
+
+        joined = []
+        while len(self.seats) + len(joined) < self.pack:
+            offer = self._agree(ray.get(self.broker.ask.remote(self.slot)) if self.rank == 0 else None)
+            if offer is None:
+                break
+            member_id, params, experiment = offer
+            try:
+                joined.append(self._member(member_id, params, ExperimentConfig.model_validate(experiment)))
+            except Exception as err:  # a configuration the method refuses (e.g. m != k for adapter linear)
+                self._end(member_id, None, f"{type(err).__name__}: {err}")
+        self.members += len(joined)
+        if joined:
+            self._zero_shot(joined)
+            self.seats.extend(joined)
+
+    def _member(self, member_id: str, params: dict[str, Any], cfg: ExperimentConfig) -> Member:
+        """A member built as a solo trial builds its model (seeded alike) on this slot's backbone."""
+        from skray.devices import place
+        from skray.methods import build_model
+        from skray.train.batches import train_batches
+        from skray.train.deepspeed import lr_factor
+
+        t = cfg.train
+        torch.manual_seed(t.seed)
+        model = build_model(self.backbone, cfg.method, self.label_names, cfg.data.task == "token_classification")
+        place(model, self.device, torch.float32, frozen=self.backbone.model)  # fp32 masters, as DeepSpeed keeps
+        trains = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trains, lr=t.lr, weight_decay=t.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup, t.max_steps))
+        rows = len(self.data["train"]["labels"])
+        directory = storage.join(self.run_dir, MEMBER_DIR.format(member=member_id))
+        member = Member(
+            id=member_id,
+            cfg=cfg,
+            model=model,
+            params=trains,
+            optimizer=optimizer,
+            schedule=schedule,
+            batches=train_batches(rows, t.micro_batch_size, self.rank, self.world, t.seed),
+            directory=directory,
+            started=time.perf_counter(),
+        )
+        member.facts = self.facts | {
+            "trainable_params": sum(p.numel() for p in trains),
+            "prompt_tokens": model.prompt_tokens,
+            "micro_batch_size": t.micro_batch_size,
+            "lr": t.lr,
+        }
+        if self.rank == 0:
+            storage.write_text(storage.join(directory, "params.json"), json.dumps(params | {"slot": self.slot}))
+            storage.write_text(storage.join(directory, "result.json"), "")
+        return member
+
+    def _step(self) -> None:
+        """One optimizer step of every member: ``grad_accum`` packed micro-batches, then each member's
+        gradients averaged over the workers, clipped and applied by its own optimizer."""
+        from skray.data.collate import take
+        from skray.methods.packed import packed_forward
+        from skray.train.evaluate import task_loss
+
+        accum = self.seats[0].cfg.train.grad_accum
+        for _ in range(accum):
+            batches = [
+                {k: v.to(self.device) for k, v in take(self.data["train"], next(m.batches)).items()} for m in self.seats
+            ]
+            logits = packed_forward(
+                self.backbone.model,
+                [m.model for m in self.seats],
+                [(b["input_ids"], b["attention_mask"]) for b in batches],
+            )
+            losses = [
+                task_loss(out, b["labels"], weight=self.class_weight) for out, b in zip(logits, batches, strict=True)
+            ]
+            (torch.stack(losses).sum() / accum).backward()
+            for member, loss, b in zip(self.seats, losses, batches, strict=True):
+                member.losses.append(loss.item())
+                member.state.train_tokens += int(b["attention_mask"].sum())
+        self._average_gradients()
+        for member in self.seats:
+            torch.nn.utils.clip_grad_norm_(member.params, 1.0)
+            member.optimizer.step()
+            member.schedule.step()
+            member.optimizer.zero_grad(set_to_none=True)
+
+    def _average_gradients(self) -> None:
+        """Every member's gradients summed over the workers in one collective, then divided by them."""
+        import torch.distributed as dist
+
+        params = [p for m in self.seats for p in m.params]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if self.world == 1:
+            return
+        flat = torch.cat([p.grad.flatten() for p in params])
+        dist.all_reduce(flat)
+        flat /= self.world
+        torch.nn.utils.vector_to_parameters(flat, [p.grad for p in params])
+
+    # -- evaluation and reports --------------------------------------------------------------------
+
+    def _scores(self, members: list[Member], split: str) -> list[dict[str, float]]:
+        """Each member's scores on ``split``, every batch one packed pass for all of them."""
+        start = time.perf_counter()
+        scores = evaluate_packed(
+            self.backbone.model,
+            [m.model for m in members],
+            self.data[split],
+            batch_size=members[0].cfg.train.eval_batch_size,
+            rank=self.rank,
+            world=self.world,
+            device=self.device,
+            label_names=self.label_names,
+        )
+        took = time.perf_counter() - start
+        self.timing["eval_s"] += took
+        for m in members:
+            m.state.eval_s += took / len(members)
+        return scores
+
+    def _zero_shot(self, joined: list[Member]) -> None:
+        """The step-0 model of each new member on validation and test, and its step-0 report."""
+        val, test = self._scores(joined, "validation"), self._scores(joined, "test")
+        for member, v, t in zip(joined, val, test, strict=True):
+            member.state.zero_shot, member.state.zero_shot_test = v, t
+            member.state.best_score, member.state.best_val, member.state.best_step = v[member.key], v, 0
+            member.best = trainable_state(member)
+        self._reports(joined, val, final=[False] * len(joined))
+
+    def _evaluate_and_report(self, due: list[Member]) -> None:
+        val = self._scores(due, "validation")
+        final = []
+        for member, v in zip(due, val, strict=True):
+            if v[member.key] > member.state.best_score:
+                member.state.best_score, member.state.best_val, member.state.best_step = (
+                    v[member.key],
+                    v,
+                    member.state.step,
+                )
+                member.best = trainable_state(member)
+            final.append(member.state.step >= member.cfg.train.max_steps)
+        self._reports(due, val, final)
+
+    def _reports(self, members: list[Member], val: list[dict[str, float]], final: list[bool]) -> None:
+        """Reports to the broker (which may stop a member: ASHA), final test scores of the best state
+        of members that reached their last step, members' files; ended members leave their seats."""
+        import ray
+
+        reports = [self._metrics(m, v) for m, v in zip(members, val, strict=True)]
+        ending = [m for m, f in zip(members, final, strict=True) if f]
+        if ending:
+            for member in ending:
+                load_trainable(member, member.best)
+            for member, test in zip(ending, self._scores(ending, "test"), strict=True):
+                i = members.index(member)
+                reports[i] |= {f"test_{k}": v for k, v in test.items() if k != "loss"} | {"done": True}
+        decisions = None
+        if self.rank == 0:
+            start = time.perf_counter()
+            decisions = []
+            for member, report, done in zip(members, reports, final, strict=True):
+                self._write(member, report)
+                if done:
+                    ray.get(self.broker.end.remote(member.id, report, None))
+                    decisions.append("end")
+                else:
+                    decisions.append(ray.get(self.broker.tell.remote(member.id, report)))
+            self.timing["write_s"] += time.perf_counter() - start
+        decisions = self._agree(decisions)
+        for member, decision in zip(members, decisions, strict=True):
+            if decision != "continue":
+                self.seats = [m for m in self.seats if m is not member]
+
+    def _end(self, member_id: str, report: dict | None, error: str | None) -> None:
+        """A member that failed: its error where a solo trial's goes, and the broker told."""
+        import ray
+
+        if self.rank == 0:
+            directory = storage.join(self.run_dir, MEMBER_DIR.format(member=member_id))
+            storage.write_text(storage.join(directory, "error.txt"), error or "failed")
+            ray.get(self.broker.end.remote(member_id, report, error))
+
+    def _metrics(self, member: Member, val: dict[str, float]) -> dict[str, Any]:
+        """A member's report in the table's vocabulary (``skray.results.COLUMNS``)."""
+        from skray.train.evaluate import all_reduce
+        from skray.train.memory import peak_memory_mb
+
+        state, t = member.state, member.cfg.train
+        step = state.step
+        mean_loss = sum(member.losses) / max(1, len(member.losses))
+        loss, tokens = all_reduce([mean_loss, float(state.train_tokens)])
+        member.losses.clear()
+        per_step = t.micro_batch_size * t.grad_accum * self.world
+        seconds = state.train_s
+        if state.time_to_first_step_s is None and step:
+            state.time_to_first_step_s = time.perf_counter() - member.started - state.eval_s
+        report = {
+            **member.facts,
+            "trial_id": member.id,
+            "step": step,
+            **{f"val_{k}": v for k, v in val.items()},
+            "train_loss": loss / self.world if step else float("nan"),
+            **{f"best_val_{k}": v for k, v in state.best_val.items() if k != "loss"},
+            "best_step": state.best_step,
+            **{f"zero_shot_{k}": v for k, v in state.zero_shot.items() if k != "loss"},
+            **{f"zero_shot_test_{k}": v for k, v in state.zero_shot_test.items() if k != "loss"},
+            "train_s": seconds,
+            "samples_per_s": step * per_step / seconds if seconds else 0.0,
+            "tokens_per_s": tokens / seconds if seconds else 0.0,
+            "time_to_first_step_s": state.time_to_first_step_s,
+            "peak_mem_mb": peak_memory_mb(self.device),
+            "prompt_passes": member.model.prompt_passes,
+            "resumed_from": 0,
+        }
+        return {k: v for k, v in report.items() if not (isinstance(v, float) and math.isnan(v) and k != "train_loss")}
+
+    def _write(self, member: Member, report: dict) -> None:
+        """Rank 0: the report appended to the member's result.json, its best weights and meta beside."""
+        from skray.train.checkpoint import save_checkpoint
+
+        cfg, state = member.cfg, member.state
+        meta = {
+            "backbone": cfg.backbone.name,
+            "trust_remote_code": cfg.backbone.trust_remote_code,
+            "method": cfg.method.model_dump(),
+            "task": cfg.data.task,
+            "label_names": self.label_names,
+            "template": cfg.data.template,
+            "max_length": cfg.data.max_length,
+            "precision": cfg.train.precision,
+            "step": state.best_step,
+            f"val_{member.key}": state.best_score,
+        }
+        local = storage.location(storage.join(member.directory, CHECKPOINT))
+        if storage.is_uri(member.directory):
+            raise NotImplementedError("packed members write to a local or shared run directory")
+        report["checkpoint_bytes"] = save_checkpoint(local, member.best, meta)
+        path = storage.join(member.directory, "result.json")
+        lines = storage.read_text(path) if storage.exists(path) else ""
+        storage.write_text(path, lines + json.dumps(report) + "\n")
+
+
+def trainable_state(member: Member) -> dict[str, torch.Tensor]:
+    """fp32 copies of what the member trains, named as its model names them (a solo checkpoint's names)."""
+    return {n: p.detach().float().clone() for n, p in member.model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(member: Member, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, p in member.model.named_parameters():
+            if n in state:
+                p.copy_(state[n].to(p.dtype))
+
+
+def evaluate_packed(
+    backbone: torch.nn.Module,
+    members: list[Any],
+    encoded: dict[str, torch.Tensor],
+    *,
+    batch_size: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+    label_names: list[str],
+) -> list[dict[str, float]]:
+    """Each member's scores and mean loss over a split, as ``skray.train.evaluate.evaluate`` scores one
+    model (the same rows per rank, the same batches, the same counts), every batch one packed pass."""
+    from skray.data.collate import take
+    from skray.methods.packed import packed_forward
+    from skray.train.evaluate import all_reduce, eval_shard, task_loss
+    from skray.train.metrics import classification_counts, classification_scores
+
+    mine, weight, batches = eval_shard(encoded, batch_size, rank, world)
+    k = len(members)
+    counts = [0.0] * k
+    loss = [0.0] * k
+    for m in members:
+        m.eval()
+    with torch.no_grad():
+        for b in range(batches):
+            sl = slice(b * batch_size, (b + 1) * batch_size)
+            batch = {key: v.to(device) for key, v in take(encoded, mine[sl]).items()}
+            w = weight[sl]
+            rows = (batch["input_ids"], batch["attention_mask"])
+            labels = batch["labels"].cpu()
+            for i, logits in enumerate(packed_forward(backbone, members, [rows] * k)):
+                logits = logits.float()
+                counts[i] = counts[i] + classification_counts(logits.argmax(-1).cpu(), labels, w, len(label_names))
+                loss[i] += float((task_loss(logits, batch["labels"], reduction="none").cpu() * w).sum())
+    for m in members:
+        m.train()
+    flat = [x for i in range(k) for x in [*counts[i].tolist(), loss[i]]]
+    totals = all_reduce([*flat, float(weight.sum())])
+    scored, width, scores = totals[-1], 2 + 3 * len(label_names), []
+    for i in range(k):
+        row = totals[i * (width + 1) : (i + 1) * (width + 1)]
+        s = classification_scores(torch.tensor(row[:-1], dtype=torch.float64), len(label_names))
+        scores.append({**s, "loss": row[-1] / max(scored, 1.0)})
+    return scores
