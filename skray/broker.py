@@ -44,6 +44,8 @@ def packing_refusal(cfg: ExperimentConfig, is_decoder: bool) -> str | None:
         return "packed members need a decoder backbone"
     if cfg.data.task != "classification":
         return f"data.task {cfg.data.task} is not packed yet (classification is)"
+    if cfg.tracking.tensorboard or cfg.tracking.mlflow:
+        return "tracking logs each Tune trial, and packed members are not Tune trials (not tracked yet)"
     if t.zero_stage == 3 or t.offload != "none":
         return "ZeRO 3 and offload partition or move the backbone per trial; a packed slot holds it whole"
     return None
@@ -87,23 +89,56 @@ class Broker:
         self.asha = asha(cfg)
         self.asha.set_search_properties(metric, "max")
         self.num_trials = cfg.search.num_trials
-        self.asked = 0
         self.key = metric
+        self.live: dict[str, tuple[int, tuple]] = {}  # member -> (its slot, what it was handed)
+        self.pending: list[tuple] = []  # members a killed driver left running: handed out again first
+        self.asked = self._resume(run_dir)
+
+    def _resume(self, run_dir: str) -> int:
+        """Members a run made before its driver was killed (their folders): the ones that ended stay as
+        they are; the ones still running start again, from step 0, under the same Optuna trial. Returns
+        how many members were handed out before."""
+        import json
+
+        from skray import storage
+        from skray.search import trial_experiment
+
+        made = [d for d in storage.subdirs(run_dir) if _member_of(d)]
+        for directory in made:
+            member = _member_of(directory)
+            params_path = storage.join(directory, "params.json")
+            if _ended(directory) or not storage.exists(params_path):
+                continue
+            params = {k: v for k, v in json.loads(storage.read_text(params_path)).items() if k != "slot"}
+            if self.searcher.adopt(member):
+                self.asha.on_trial_add(None, _Member(member))
+                cfg = trial_experiment("tune", self.experiment, params)
+                self.pending.append((member, params, cfg.model_dump()))
+        return len(made)
 
     def ask(self, slot: int) -> tuple[str, dict[str, Any], dict] | None:
         """The next member for ``slot``: its id, what Optuna sampled (its params.json) and the experiment
         it runs; None once ``search.num_trials`` members were handed out."""
         from skray.search import trial_experiment
 
-        if self.asked >= self.num_trials:
+        if self.pending:
+            offer = self.pending.pop(0)
+        elif self.asked >= self.num_trials:
             return None
-        self.asked += 1
-        member = f"m{self.asked:04d}"
-        params = self.searcher.suggest(member)
-        self.asha.on_trial_add(None, _Member(member))
-        cfg = trial_experiment("tune", self.experiment, params)
-        print(f"skray: slot {slot}: member {member} starts: {_brief(params)}", file=sys.stderr, flush=True)
-        return member, params, cfg.model_dump()
+        else:
+            self.asked += 1
+            member = f"m{self.asked:04d}"
+            params = self.searcher.suggest(member)
+            self.asha.on_trial_add(None, _Member(member))
+            offer = (member, params, trial_experiment("tune", self.experiment, params).model_dump())
+        self.live[offer[0]] = (slot, offer)
+        print(f"skray: slot {slot}: member {offer[0]} starts: {_brief(offer[1])}", file=sys.stderr, flush=True)
+        return offer
+
+    def rejoin(self, slot: int) -> list[tuple]:
+        """The members ``slot`` was training when its workers failed: Ray Train restarts the worker group,
+        and they start again from step 0 (their reports replace the ones made before)."""
+        return [offer for s, offer in self.live.values() if s == slot]
 
     def tell(self, member: str, report: dict[str, Any]) -> str:
         """An evaluation of a running member: "continue", or "stop" where ASHA stops it (Optuna is then
@@ -117,6 +152,7 @@ class Broker:
             flush=True,
         )
         if decision == "STOP":
+            self.live.pop(member, None)
             self.asha.on_trial_complete(None, _Member(member), report)
             self.searcher.on_trial_complete(member, report)
             return "stop"
@@ -124,6 +160,7 @@ class Broker:
 
     def end(self, member: str, report: dict[str, Any] | None, error: str | None) -> None:
         """A member that reached its last step (``report``: its final one) or failed (``error``)."""
+        self.live.pop(member, None)
         if error is None and report is not None:
             self.asha.on_trial_complete(None, _Member(member), report)
             test = report.get("test_acc", float("nan"))
@@ -132,6 +169,28 @@ class Broker:
             self.asha._trial_info.pop(member, None)
             print(f"skray: member {member} failed: {error}", file=sys.stderr, flush=True)
         self.searcher.on_trial_complete(member, report, error=error is not None)
+
+
+def _member_of(directory: str) -> str | None:
+    """The member a run's folder belongs to (``train_<member>``, as ``skray.train.packed`` names it)."""
+    name = directory.rstrip("/").rsplit("/", 1)[-1]
+    return name.removeprefix("train_") if name.startswith("train_m") and name[7:].isdigit() else None
+
+
+def _ended(directory: str) -> bool:
+    """Whether a member's folder says it ended: failed, or its last report ended it."""
+    import json
+
+    from skray import storage
+
+    if storage.exists(storage.join(directory, "error.txt")):
+        return True
+    path = storage.join(directory, "result.json")
+    lines = storage.read_text(path).splitlines() if storage.exists(path) else []
+    try:
+        return bool(lines) and json.loads(lines[-1]).get("done", False)
+    except json.JSONDecodeError:
+        return False
 
 
 def _brief(params: dict[str, Any]) -> str:

@@ -237,7 +237,7 @@ class OptunaSearcher(Searcher):
         s = cfg.search
         return cls(
             Space.from_config(cfg, wordings),
-            s.resolved_objectives(cfg.data.task),
+            s.resolved_objectives(cfg.data.task, cfg.train.select_by),
             sampler=s.sampler,
             seed=s.seed,
             startup_trials=s.startup,
@@ -315,6 +315,15 @@ class OptunaSearcher(Searcher):
                 "from here on trials are sampled from a model of their results",
                 file=sys.stderr,
             )
+
+    def adopt(self, trial_id: str) -> bool:
+        """Map ``trial_id`` again to the running Optuna trial asked for it before (a packed run's member
+        that a killed driver left running: ``skray.broker``); False if the study has none."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("trial") == trial_id:
+                self._numbers[trial_id] = trial.number
+                return True
+        return False
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trial = self._trial(trial_id)

@@ -153,8 +153,12 @@ class PackedSlot:
     # -- the slot's loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Fill the seats, step every member, evaluate those due, replace those that ended; until the
-        broker has no configuration left and every seat is empty."""
+        """Fill the seats (first with the members a failed worker group was training: they start again),
+        step every member, evaluate those due, replace those that ended; until the broker has no
+        configuration left and every seat is empty."""
+        import ray
+
+        self._seat(self._agree(ray.get(self.broker.rejoin.remote(self.slot)) if self.rank == 0 else None))
         self._fill()
         while self.seats:
             start = time.perf_counter()
@@ -193,15 +197,25 @@ class PackedSlot:
         members' step-0 evaluation (validation and test) runs packed."""
         import ray
 
+        while len(self.seats) < self.pack:
+            offers = []
+            while len(self.seats) + len(offers) < self.pack:
+                offer = self._agree(ray.get(self.broker.ask.remote(self.slot)) if self.rank == 0 else None)
+                if offer is None:
+                    break
+                offers.append(offer)
+            if not offers:
+                return
+            self._seat(offers)
+
+    def _seat(self, offers: list[tuple]) -> None:
+        """Build the members offered (one the method refuses fails alone, e.g. m != k for adapter
+        linear) and run their step-0 evaluation, packed."""
         joined = []
-        while len(self.seats) + len(joined) < self.pack:
-            offer = self._agree(ray.get(self.broker.ask.remote(self.slot)) if self.rank == 0 else None)
-            if offer is None:
-                break
-            member_id, params, experiment = offer
+        for member_id, params, experiment in offers:
             try:
                 joined.append(self._member(member_id, params, ExperimentConfig.model_validate(experiment)))
-            except Exception as err:  # a configuration the method refuses (e.g. m != k for adapter linear)
+            except Exception as err:
                 self._end(member_id, None, f"{type(err).__name__}: {err}")
         self.members += len(joined)
         if joined:

@@ -1,0 +1,188 @@
+"""Packed trials: members trained side by side over one frozen backbone train as they would alone.
+
+The solo path (each method's own ``forward``, DeepSpeed's engine) and the packed one
+(``skray.methods.packed``, ``skray.train.packed``) are two implementations; these tests hold them to
+each other step by step, since batching changes float summation order and AdamW amplifies that.
+"""
+
+import copy
+import json
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+
+from skray.config import DataConfig, MethodConfig, TrainConfig
+from skray.data.collate import encode, take
+from skray.methods import build_model
+from skray.methods.packed import packed_forward
+from skray.train.batches import train_batches
+from skray.train.deepspeed import build_engine, lr_factor
+from skray.train.evaluate import evaluate, task_loss
+from skray.train.packed import Member, PackedSlot, evaluate_packed
+
+LABELS = ["neg", "pos"]
+WORDS = {"neg": " negative", "pos": " positive"}
+# Three members as different as a pack gets: kinds, wordings (k), prefix lengths (m), heads and rates.
+MEMBERS = [
+    ({"kind": "sk_prefix", "wording": "is it good?", "prefix_length": 3}, 1e-2),
+    (
+        {"kind": "sk_prompt", "wording": "classify the sentiment of the review", "prefix_length": 6, "head": "linear"},
+        3e-3,
+    ),
+    ({"kind": "sk_prefix", "wording": "the sentiment of this review, positive or negative", "prefix_length": 9}, 5e-2),
+    ({"kind": "linear_probe", "head": "linear"}, 1e-3),
+]
+TEXTS = [
+    "a wonderful moving film",
+    "dull and far too long to sit through",
+    "great",
+    "I wanted to leave after ten minutes, and the second half is worse",
+    "fine",
+    "a mess",
+    "the best thing this year",
+    "not good, not bad",
+]
+
+
+def _member(backbone, spec: dict):
+    torch.manual_seed(1)
+    return build_model(backbone, MethodConfig(label_words=WORDS, adapter_rank=4, **spec), LABELS)
+
+
+def _data(backbone) -> dict[str, torch.Tensor]:
+    df = pd.DataFrame({"text": TEXTS, "label": [1, 0, 1, 0, 1, 0, 1, 0]})
+    return encode(df, backbone.tokenizer, DataConfig(), add_special_tokens=False)
+
+
+def _trainable(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def test_one_packed_pass_gives_each_member_its_solo_logits_loss_and_gradients_for_ten_steps(decoder):
+    """Each member trains alone (its own AdamW); before each of 10 steps its packed twin gets the solo
+    state, and both compute logits, loss and gradients on the member's own rows of that step."""
+    data = _data(decoder)
+    solo = [_member(decoder, spec) for spec, _ in MEMBERS]
+    packed = [copy.deepcopy(m) for m in solo]
+    for twin, model in zip(packed, solo, strict=True):
+        twin.backbone = model.backbone  # one backbone for the pack, as a slot holds it
+    optimizers = [torch.optim.AdamW(_trainable(m), lr=lr) for m, (_, lr) in zip(solo, MEMBERS, strict=True)]
+    rows = [train_batches(len(TEXTS), 1 + i, 0, 1, seed=i) for i in range(len(MEMBERS))]  # own sizes and orders
+    for _ in range(10):
+        batches = [take(data, next(r)) for r in rows]
+        for twin, model in zip(packed, solo, strict=True):
+            twin.load_state_dict(model.state_dict())
+        logits = packed_forward(decoder.model, packed, [(b["input_ids"], b["attention_mask"]) for b in batches])
+        losses = [task_loss(out, b["labels"]) for out, b in zip(logits, batches, strict=True)]
+        torch.stack(losses).sum().backward()
+        for i, (model, twin, b, opt) in enumerate(zip(solo, packed, batches, optimizers, strict=True)):
+            alone = model(b["input_ids"], b["attention_mask"])
+            loss = task_loss(alone, b["labels"])
+            loss.backward()
+            torch.testing.assert_close(logits[i], alone, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(losses[i], loss, rtol=1e-5, atol=1e-6)
+            for p, q in zip(_trainable(twin), _trainable(model), strict=True):
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
+                p.grad = None
+            opt.step()
+            opt.zero_grad()
+
+
+def test_a_packed_slot_step_moves_each_member_as_its_deepspeed_engine_does(one_rank, decoder):
+    """Two steps of ``PackedSlot._step`` (its own AdamW, schedule and clipping per member, micro-batches
+    accumulated) against each member's solo DeepSpeed engine (ZeRO 2, global clipping at 1): the same
+    weights after each step."""
+    data = _data(decoder)
+    slot = object.__new__(PackedSlot)  # the slot's step alone: no Ray, one rank
+    slot.device, slot.world, slot.class_weight, slot.backbone = torch.device("cpu"), 1, None, decoder
+    slot.data = {"train": data}
+    slot.seats, engines = [], []
+    for i, (spec, lr) in enumerate(MEMBERS[:3]):
+        t = TrainConfig(zero_stage=2, micro_batch_size=2, grad_accum=2, max_steps=4, lr=lr, lr_warmup_steps=1)
+        solo = _member(decoder, spec)
+        twin = copy.deepcopy(solo)
+        twin.backbone = decoder.model
+        engines.append((build_engine(solo, t), train_batches(len(TEXTS), 2, 0, 1, seed=i)))
+        trains = _trainable(twin)
+        opt = torch.optim.AdamW(trains, lr=lr, weight_decay=t.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s, t=t: lr_factor(s, t.warmup, t.max_steps))
+        cfg = type("Cfg", (), {"train": t})()
+        member = Member(f"m{i}", cfg, twin, trains, opt, schedule, train_batches(len(TEXTS), 2, 0, 1, seed=i), "", 0.0)
+        slot.seats.append(member)
+    for _ in range(2):
+        slot._step()
+        for engine, rows in engines:
+            for _ in range(2):
+                b = take(data, next(rows))
+                engine.backward(task_loss(engine(b["input_ids"], b["attention_mask"]), b["labels"]))
+                engine.step()
+        for member, (engine, _) in zip(slot.seats, engines, strict=True):
+            for p, q in zip(member.params, _trainable(engine.module), strict=True):
+                torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_evaluation_scores_each_member_as_evaluate_scores_it_alone(decoder):
+    data = _data(decoder)
+    members = [_member(decoder, spec) for spec, _ in MEMBERS]
+    kwargs = {"batch_size": 3, "rank": 0, "world": 1, "device": torch.device("cpu"), "label_names": LABELS}
+    packed = evaluate_packed(decoder.model, members, data, **kwargs)
+    for member, scores in zip(members, packed, strict=True):
+        alone = evaluate(member, data, **kwargs)
+        assert scores.keys() == alone.keys()
+        for key in alone:
+            assert scores[key] == pytest.approx(alone[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_checkpoint(
+    ray_cluster, tiny_experiment, tmp_path
+):
+    """Four configurations in one slot of two seats (streaming: two join when two end): each is its own
+    row (with its slot), Optuna trial in the state its row says, curve and checkpoint, and `skray
+    predict`/`export` read the best one as they read a solo trial's."""
+    from skray.cli import main
+    from skray.run import run_experiment
+
+    cfg = tiny_experiment(search__pack=2, search__num_trials=4, train__max_steps=6, train__eval_every=2)
+    run_dir, table = run_experiment(cfg, "tune")
+    run_dir = Path(run_dir)
+    assert (run_dir / "finished").exists()
+    assert len(table) == 4
+    assert set(table.status) <= {"completed", "early_stopped"}
+    assert "completed" in set(table.status)
+    assert set(table.slot) == {0}
+    assert table.trainable_params.gt(0).all()
+    study = optuna.load_study(
+        study_name=run_dir.name,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+        ),
+    )
+    states = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
+    by_trial = {t.user_attrs["trial"]: t for t in study.trials}
+    assert set(by_trial) == set(table.trial)
+    for row in table.itertuples():
+        trial = by_trial[row.trial]
+        assert trial.state == states[row.status]
+        assert (trial.params["wording"], trial.params["prefix_length"]) == (row.wording, row.prefix_length)
+        assert trial.params["lr"] == pytest.approx(row.lr)
+        reports = [
+            json.loads(line) for line in (run_dir / f"train_{row.trial}" / "result.json").read_text().splitlines()
+        ]
+        steps = [r["step"] for r in reports]
+        assert steps == list(range(0, steps[-1] + 1, 2))  # its own curve, from its own step 0
+        if row.status == "completed":
+            assert steps[-1] == 6
+            assert trial.values == [pytest.approx(row.best_val_acc)]
+    # Start-up once for the slot: later members join a running worker group.
+    assert len(list(run_dir.glob("slot_*"))) == 1
+
+    out = tmp_path / "predictions.csv"
+    rows = tmp_path / "rows.csv"
+    pd.DataFrame({"text": ["a fine film", "dull"]}).to_csv(rows, index=False)
+    assert main(["predict", str(run_dir), str(rows), "--out", str(out)]) == 0
+    assert len(pd.read_csv(out)) == 2
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "export")]) == 0
