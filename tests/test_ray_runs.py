@@ -95,7 +95,7 @@ def test_train_with_two_deepspeed_workers(ray_cluster, tiny_experiment, tmp_path
     unlisted = [
         f.name for f in pickled(run_dir) if f not in resume and not any(fnmatch(f.name, p) for p in TUNE_PICKLES)
     ]
-    assert not unlisted, f"the README's list of pickled files is out of date: {unlisted}"
+    assert not unlisted, f"docs/SECURITY.md's list of pickled files is out of date: {unlisted}"
 
 
 def test_zero3_never_holds_the_whole_backbone_from_load_on(ray_cluster, tiny_experiment, wide_llama_dir):
@@ -116,7 +116,7 @@ def test_zero3_never_holds_the_whole_backbone_from_load_on(ray_cluster, tiny_exp
     assert reports[-1]["param_bytes_per_worker"] < 0.55 * whole  # its half, and the small persisted tensors
 
 
-# What the README says holds pickles: Ray Tune's state (unpickled by Tuner.restore when a sweep
+# What docs/SECURITY.md says holds pickles: Ray Tune's state (unpickled by Tuner.restore when a sweep
 # resumes) and DeepSpeed's resume files (torch.load(weights_only=False) when a trial resumes).
 # skray's own files (experiment.json, tables, adapter.safetensors, skray.json) hold none.
 TUNE_PICKLES = (
@@ -233,7 +233,7 @@ def test_more_workers_than_memory_holds_fail_in_seconds_with_one_line(ray_cluste
 
 def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_experiment, tmp_path):
     """A real `skray tune` process interrupted mid-trial: exit 130, finished reports kept, trial marked interrupted."""
-    cfg = tiny_experiment(train__max_steps=400, train__eval_every=2)
+    cfg = tiny_experiment(train__max_steps=400, train__eval_every=2, search__pack=1)  # packed: test_packed.py
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     proc = subprocess.Popen(
