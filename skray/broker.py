@@ -22,6 +22,18 @@ from skray.config import ExperimentConfig, selection_metric
 from skray.errors import ConfigError
 
 PACK_LIMIT = 8  # search.pack auto's most members per slot
+NAMESPACE = "skray"  # where a run's broker is named (``broker_name``), for slots and the progress lines
+
+
+def broker_name(run_dir: str) -> str:
+    """A run's broker, by name: a resumed run's new driver makes a new one under the same name, so slots
+    and the console find whichever is alive (a handle pickled with the run would name a dead one)."""
+    return f"broker-{run_dir.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def start_broker(cfg: ExperimentConfig, run_dir: str) -> Any:
+    """The run's broker actor, named for it; it lives as long as the driver that made it."""
+    return Broker.options(name=broker_name(run_dir), namespace=NAMESPACE).remote(cfg.model_dump(), run_dir)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,7 @@ class Broker:
         self.num_trials = cfg.search.num_trials
         self.key = metric
         self.live: dict[str, tuple[int, tuple]] = {}  # member -> (its slot, what it was handed)
+        self.log: list[tuple[str, str, dict | None]] = []  # (start | result | end | error, member, payload)
         self.pending: list[tuple] = []  # members a killed driver left running: handed out again first
         self.asked = self._resume(run_dir)
 
@@ -132,8 +145,14 @@ class Broker:
             self.asha.on_trial_add(None, _Member(member))
             offer = (member, params, trial_experiment("tune", self.experiment, params).model_dump())
         self.live[offer[0]] = (slot, offer)
+        self.log.append(("start", offer[0], offer[1]))
         print(f"skray: slot {slot}: member {offer[0]} starts: {_brief(offer[1])}", file=sys.stderr, flush=True)
         return offer
+
+    def events(self, since: int) -> list[tuple[str, str, dict | None]]:
+        """What happened to members since event ``since``: the driver's progress lines
+        (``skray.console.MemberProgress``)."""
+        return self.log[since:]
 
     def rejoin(self, slot: int) -> list[tuple]:
         """The members ``slot`` was training when its workers failed: Ray Train restarts the worker group,
@@ -144,6 +163,7 @@ class Broker:
         """An evaluation of a running member: "continue", or "stop" where ASHA stops it (Optuna is then
         told it was pruned, as Tune tells it of a trial ASHA stopped)."""
         self.searcher.on_trial_result(member, report)
+        self.log.append(("result", member, report))
         decision = self.asha.on_trial_result(None, _Member(member), report)
         print(
             f"skray: member {member} step {report['step']}: {self.key} {report.get(self.key, float('nan')):.4f}"
@@ -152,6 +172,7 @@ class Broker:
             flush=True,
         )
         if decision == "STOP":
+            self.log.append(("end", member, report))
             self.live.pop(member, None)
             self.asha.on_trial_complete(None, _Member(member), report)
             self.searcher.on_trial_complete(member, report)
@@ -161,6 +182,7 @@ class Broker:
     def end(self, member: str, report: dict[str, Any] | None, error: str | None) -> None:
         """A member that reached its last step (``report``: its final one) or failed (``error``)."""
         self.live.pop(member, None)
+        self.log.append(("end", member, report) if error is None else ("error", member, {"error": error}))
         if error is None and report is not None:
             self.asha.on_trial_complete(None, _Member(member), report)
             test = report.get("test_acc", float("nan"))

@@ -17,11 +17,11 @@ from ray import tune
 
 from skray import storage
 from skray.backbones import inspect_backbone
-from skray.broker import Broker, pack_size, slot_count
+from skray.broker import NAMESPACE, broker_name, pack_size, slot_count, start_broker
 from skray.cluster import capacity, connect
 from skray.commands import COMMANDS, Command
-from skray.config import ExperimentConfig, TrainConfig, resolve_device
-from skray.console import tune_output
+from skray.config import ExperimentConfig, TrainConfig, resolve_device, selection_metric
+from skray.console import MemberProgress, tune_output
 from skray.preflight import check_memory, preflight
 from skray.report import rebuild
 from skray.search import (
@@ -166,7 +166,7 @@ def plan_packing(run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command
         "each slot loading the backbone once",
         file=sys.stderr,
     )
-    return Packing(Broker.remote(cfg.model_dump(), run.path), pack, slots)
+    return Packing(start_broker(cfg, run.path), pack, slots)
 
 
 def build_tuner(
@@ -190,7 +190,7 @@ def build_tuner(
             cpus_per_worker=plan.cpus_per_worker,
             storage_path=run.path,
             log_dir=log_dir,
-            broker=packing.broker if packing else None,
+            broker=broker_name(run.path) if packing else None,
             pack=packing.pack if packing else 1,
         ),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
@@ -202,9 +202,14 @@ def build_tuner(
         return tune.Tuner.restore(
             run.path, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
-    callbacks = [TrialReports(run.path), *trackers(cfg, run.path)] + (
-        [] if verbose or packing else [progress(cfg, cmd)]
-    )
+    callbacks = [TrialReports(run.path), *trackers(cfg, run.path)]
+    if not verbose:
+        key = selection_metric(cfg.data.task)
+        name = broker_name(run.path)
+        steps = cfg.train.max_steps
+        callbacks.append(
+            MemberProgress(cfg.search.num_trials, steps, key, name, NAMESPACE) if packing else progress(cfg, cmd)
+        )
     if packing:
         space = {"slot": tune.grid_search(list(range(packing.slots)))}
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=packing.slots)

@@ -87,7 +87,7 @@ def run_trial(
     cpus_per_worker: float,
     storage_path: str,
     log_dir: str | None,
-    broker: Any = None,
+    broker: str | None = None,
     pack: int = 1,
 ) -> None:
     """A Tune trial: build a TorchTrainer for the trial's config; workers report through Tune, less
@@ -99,7 +99,7 @@ def run_trial(
     Tune again instead, so that Tune ends it as it was.
 
     A packed run's trials are slots (``params``: {"slot": n}): the workers train ``pack`` members at a
-    time that the run's ``broker`` hands out (``skray.broker``, ``skray.train.packed``)."""
+    time that the run's broker (the actor named ``broker``) hands out (``skray.broker``, ``skray.train.packed``)."""
     from skray.console import output_to
     from skray.train.launch import build_trainer
 

@@ -111,7 +111,7 @@ def test_killed_tune_driver_resumes_trials_and_asha_counts_steps(tiny_experiment
     The race is made certain rather than waited for: the driver is frozen (SIGSTOP) right after it logs
     a trial's report of step 750, and killed once Ray Train has registered that trial's final checkpoint
     (step 1000): its report can only be lost. A trial running beside it usually loses one or two too."""
-    cfg = tiny_experiment(train__num_workers=1, train__max_steps=1000, train__eval_every=250)
+    cfg = tiny_experiment(train__num_workers=1, train__max_steps=1000, train__eval_every=250, search__pack=1)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     command = [sys.executable, "-m", "skray.cli", "tune", str(path)]

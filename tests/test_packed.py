@@ -7,6 +7,7 @@ each other step by step, since batching changes float summation order and AdamW 
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -138,16 +139,22 @@ def test_packed_evaluation_scores_each_member_as_evaluate_scores_it_alone(decode
 
 @pytest.mark.slow
 def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_checkpoint(
-    ray_cluster, tiny_experiment, tmp_path
+    ray_cluster, tiny_experiment, tmp_path, capsys
 ):
     """Four configurations in one slot of two seats (streaming: two join when two end): each is its own
-    row (with its slot), Optuna trial in the state its row says, curve and checkpoint, and `skray
-    predict`/`export` read the best one as they read a solo trial's."""
+    row (with its slot), Optuna trial in the state its row says, curve, checkpoint and progress lines,
+    and `skray predict`/`export` read the best one as they read a solo trial's."""
     from skray.cli import main
     from skray.run import run_experiment
 
     cfg = tiny_experiment(search__pack=2, search__num_trials=4, train__max_steps=6, train__eval_every=2)
-    run_dir, table = run_experiment(cfg, "tune")
+    run_dir, table = run_experiment(cfg, "tune", verbose=False)
+    out = capsys.readouterr().out
+    for member in table.trial:
+        assert re.search(rf"^trial {member} started: method='sk_prefix', wording=", out, re.M), out
+        assert re.search(rf"^trial {member} step 2/6: val acc 0\.\d+", out, re.M), out
+        assert re.search(rf"^trial {member} (completed: test acc|stopped early at step)", out, re.M), out
+    assert "[4/4 trials ended" in out
     run_dir = Path(run_dir)
     assert (run_dir / "finished").exists()
     assert len(table) == 4

@@ -39,8 +39,9 @@ CHECKPOINT = "checkpoint_000000"
 
 def packed_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point for a slot: ``{"experiment": the run's ExperimentConfig dump,
-    "cpus_per_worker", "log", "broker": the broker's handle, "slot": this slot's number, "pack": seats,
+    "cpus_per_worker", "log", "broker": the broker actor's name, "slot": this slot's number, "pack": seats,
     "run_dir": where members write}``."""
+    import ray
     import ray.train
 
     from skray.console import output_to
@@ -50,7 +51,7 @@ def packed_loop_per_worker(config: dict) -> None:
         slot = PackedSlot(
             ExperimentConfig.model_validate(config["experiment"]),
             config["cpus_per_worker"],
-            config["broker"],
+            ray.get_actor(config["broker"], namespace="skray"),
             config["slot"],
             config["pack"],
             config["run_dir"],
@@ -420,6 +421,7 @@ class PackedSlot:
             "peak_mem_mb": peak_memory_mb(self.device),
             "prompt_passes": member.model.prompt_passes,
             "resumed_from": 0,
+            "eval_s": state.eval_s,
         }
         return {k: v for k, v in report.items() if not (isinstance(v, float) and math.isnan(v) and k != "train_loss")}
 

@@ -1,0 +1,115 @@
+"""Packed trials against solo ones, side by side in one run: the same configurations of the quickstart's
+space (a seeded random sampler hands them out in the same order to every arm; no early stopping:
+ASHA's first rung is the last step), trained solo (``search.pack 1``, today's way) and packed 2, 4 and
+8 to a slot, streaming on.
+
+    python benchmarks/packing.py [--configs 8] [--steps 48] [--packs 1 2 4 8] [--workers 2]
+
+Per arm: the sweep's wall time (``run_experiment``, one local Ray for all arms), configurations per
+hour and its ratio to solo, the peak RSS of one worker, and each configuration's test accuracy beside
+its solo run's (the largest gap, and whether the best configuration by validation is the same one).
+The floor is the sweep's compute with no start-up at all: the solo arm's own training steps and
+evaluations (``train_s`` + ``eval_s`` summed over its trials, at the speed it measured), which no
+arm can beat without computing less. Also per packed arm: where the slot's time went (set-up, steps,
+evaluation, writes), from the slot's last report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
+KEY = ["wording", "prefix_length", "lr"]
+
+
+def experiment(storage: str, pack: int, configs: int, steps: int, workers: int):
+    from skray.config import load_config
+
+    return load_config(
+        QUICKSTART,
+        [
+            f"storage_path={storage}",
+            f"name=pack{pack}",
+            f"train.num_workers={workers}",
+            f"train.max_steps={steps}",
+            f"train.eval_every={max(1, steps // 4)}",
+            f"search.num_trials={configs}",
+            "search.sampler=random",
+            "search.grace_period=4",  # 4 evaluations: ASHA's only rung is the last step, nothing stops early
+            f"search.pack={pack}",
+        ],
+    )
+
+
+def _last_reports(run_dir: Path, pattern: str) -> list[dict]:
+    found = []
+    for path in run_dir.glob(pattern):
+        lines = path.read_text().splitlines()
+        if lines:
+            found.append(json.loads(lines[-1]))
+    return found
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", type=int, default=8)
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--packs", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+
+    from skray.cluster import start_private_ray
+    from skray.run import run_experiment
+
+    start_private_ray()
+    rows, tables, slots = [], {}, {}
+    with tempfile.TemporaryDirectory(prefix="skray-packing-") as storage:
+        for pack in args.packs:
+            cfg = experiment(storage, pack, args.configs, args.steps, args.workers)
+            start = time.perf_counter()
+            run_dir, table = run_experiment(cfg, "tune", verbose=False)
+            wall = time.perf_counter() - start
+            tables[pack] = table
+            reports = _last_reports(Path(run_dir), "*/result.json")
+            members = [r for r in reports if "best_val_acc" in r]
+            slots[pack] = [r for r in reports if "members" in r]
+            rows.append(
+                {
+                    "pack": pack,
+                    "wall_s": wall,
+                    "configs_per_h": args.configs / wall * 3600,
+                    "peak_mem_mb": max(r["peak_mem_mb"] for r in members),
+                    "compute_s": sum(r["train_s"] + r["eval_s"] for r in members),
+                    "completed": int((table.status == "completed").sum()),
+                }
+            )
+            print(f"pack {pack}: {wall:.0f} s", flush=True)
+    out = pd.DataFrame(rows).set_index("pack")
+    solo = tables[args.packs[0]].set_index(KEY)
+    floor = out.compute_s.iloc[0]
+    out["vs_solo"] = out.configs_per_h / out.configs_per_h.iloc[0]
+    out["vs_floor"] = out.wall_s / floor
+    gaps, same_best = [], []
+    for pack in args.packs:
+        t = tables[pack].set_index(KEY)
+        both = t.join(solo, rsuffix="_solo", how="inner")
+        gaps.append(float((both.test_acc - both.test_acc_solo).abs().max()) if len(both) else float("nan"))
+        same_best.append(tables[pack].iloc[0][KEY].tolist() == tables[args.packs[0]].iloc[0][KEY].tolist())
+    out["max_test_gap"] = gaps
+    out["same_best"] = same_best
+    print(f"\nfloor (the solo arm's steps and evaluations, no start-up): {floor:.0f} s")
+    print(out.to_string(float_format=lambda v: f"{v:.3g}"))
+    for pack, reports in slots.items():
+        for r in reports:
+            shown = {k: r.get(k) for k in ("members", "setup_s", "steps_s", "eval_s", "write_s")}
+            print(f"pack {pack} slot: {shown}")
+
+
+if __name__ == "__main__":
+    main()
