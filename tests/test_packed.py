@@ -8,6 +8,7 @@ each other step by step, since batching changes float summation order and AdamW 
 import copy
 import json
 import re
+import threading
 from pathlib import Path
 
 import optuna
@@ -36,6 +37,14 @@ MEMBERS = [
     ({"kind": "sk_prefix", "wording": "the sentiment of this review, positive or negative", "prefix_length": 9}, 5e-2),
     ({"kind": "linear_probe", "head": "linear"}, 1e-3),
 ]
+# PEFT's prompt methods pack too, from the virtual part PEFT itself makes (``get_prompt``).
+PEFT = [
+    ({"kind": "prompt_tuning", "prefix_length": 4}, 3e-2),
+    ({"kind": "prompt_tuning_text", "wording": "is it good?", "prefix_length": 5, "head": "linear"}, 3e-2),
+    ({"kind": "p_tuning", "prefix_length": 3}, 1e-2),
+    ({"kind": "prefix_tuning", "prefix_length": 6}, 1e-2),
+    ({"kind": "sk_prefix", "wording": "is it good?", "prefix_length": 2}, 1e-2),
+]
 TEXTS = [
     "a wonderful moving film",
     "dull and far too long to sit through",
@@ -62,16 +71,17 @@ def _trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def test_one_packed_pass_gives_each_member_its_solo_logits_loss_and_gradients_for_ten_steps(decoder):
+@pytest.mark.parametrize("members", [MEMBERS, PEFT], ids=["sk", "peft"])
+def test_one_packed_pass_gives_each_member_its_solo_logits_loss_and_gradients_for_ten_steps(decoder, members):
     """Each member trains alone (its own AdamW); before each of 10 steps its packed twin gets the solo
     state, and both compute logits, loss and gradients on the member's own rows of that step."""
     data = _data(decoder)
-    solo = [_member(decoder, spec) for spec, _ in MEMBERS]
+    solo = [_member(decoder, spec) for spec, _ in members]
     packed = [copy.deepcopy(m) for m in solo]
     for twin, model in zip(packed, solo, strict=True):
         twin.backbone = model.backbone  # one backbone for the pack, as a slot holds it
-    optimizers = [torch.optim.AdamW(_trainable(m), lr=lr) for m, (_, lr) in zip(solo, MEMBERS, strict=True)]
-    rows = [train_batches(len(TEXTS), 1 + i, 0, 1, seed=i) for i in range(len(MEMBERS))]  # own sizes and orders
+    optimizers = [torch.optim.AdamW(_trainable(m), lr=lr) for m, (_, lr) in zip(solo, members, strict=True)]
+    rows = [train_batches(len(TEXTS), 1 + i, 0, 1, seed=i) for i in range(len(members))]  # own sizes and orders
     for _ in range(10):
         batches = [take(data, next(r)) for r in rows]
         for twin, model in zip(packed, solo, strict=True):
@@ -193,3 +203,35 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
     assert main(["predict", str(run_dir), str(rows), "--out", str(out)]) == 0
     assert len(pd.read_csv(out)) == 2
     assert main(["export", str(run_dir), "--out", str(tmp_path / "export")]) == 0
+
+
+@pytest.mark.slow
+def test_a_killed_slot_worker_restarts_the_slot_with_its_members(ray_cluster, tiny_experiment, tmp_path):
+    """A worker of a slot killed mid-run: Ray Train restarts the worker group, the broker gives the slot
+    back the members it was training, they start again (their curves once, from step 0) and finish; no
+    member is lost or left running in the study."""
+    from skray.run import run_experiment
+    from tests.test_faults import _kill_a_worker_after_reports
+
+    cfg = tiny_experiment(search__pack=2, search__num_trials=2, train__max_steps=120, train__eval_every=20)
+    killed: list = []
+    killer = threading.Thread(target=_kill_a_worker_after_reports, args=(tmp_path, [3], killed), daemon=True)
+    killer.start()
+    run_dir, table = run_experiment(cfg, "tune")
+    killer.join(timeout=5)
+    assert len(killed) == 1, "the run ended before a worker was killed"
+    assert len(table) == 2
+    assert set(table.status) <= {"completed", "early_stopped"}
+    for member in table.trial:
+        lines = (Path(run_dir) / f"train_{member}" / "result.json").read_text().splitlines()
+        steps = [json.loads(line)["step"] for line in lines]
+        assert steps == list(range(0, steps[-1] + 1, 20)), steps
+    study = optuna.load_study(
+        study_name=Path(run_dir).name,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(Path(run_dir) / "optuna.journal"))
+        ),
+    )
+    assert sorted(t.state.name for t in study.trials) == sorted(
+        {"completed": "COMPLETE", "early_stopped": "PRUNED"}[s] for s in table.status
+    )

@@ -2,11 +2,12 @@
 
 Each member brings its own rows. What it joins to its input goes into one batch, padded and masked:
 
-- virtual *embeddings* (SK-Prompt): each row is [its m embeddings, its tokens], right-padded to the
-  pack's longest, so every row's positions are those of its solo run (0..m-1, then m..) and no row
-  starts with padding;
-- virtual *keys/values* (SK-Prefix): per layer, a cache of the pack's largest m, each row's own m in
-  front and the rest masked; its tokens' positions start at its own prompt length k, as solo;
+- virtual *embeddings* (SK-Prompt; PEFT's prompt tuning and P-tuning): each row is [its m
+  embeddings, its tokens], right-padded to the pack's longest, so every row's positions are those of
+  its solo run (0..m-1, then m..) and no row starts with padding;
+- virtual *keys/values* (SK-Prefix; PEFT's prefix tuning): per layer, a cache of the pack's largest
+  m, each row's own m in front and the rest masked; its tokens' positions start where its solo run
+  starts them (SK-Prefix: at its prompt length k; prefix tuning: at m);
 - nothing (the linear probe): its rows see only their tokens.
 
 Every member's output is cut back to its own rows and width (its solo batch's, trimmed to its
@@ -24,12 +25,14 @@ from transformers import DynamicCache
 
 from skray.methods.base import TaskModel
 from skray.methods.heads import MeanLinearHead, pool
+from skray.methods.peft_baselines import PeftBaseline
 from skray.methods.sk_prefix import SKPrefix
 from skray.methods.sk_prompt import SKPrompt
 
 # The kinds whose backbone stays frozen and whose virtual part this module joins (LoRA changes the
-# backbone's layers, full fine-tuning trains them; PEFT's prompt methods are not joined here yet).
-PACKABLE = frozenset({"sk_prefix", "sk_prompt", "linear_probe"})
+# backbone's layers, full fine-tuning trains them).
+PEFT_PROMPTS = frozenset({"prompt_tuning", "prompt_tuning_text", "p_tuning"})  # PEFT prepends embeddings
+PACKABLE = frozenset({"sk_prefix", "sk_prompt", "linear_probe", "prefix_tuning", *PEFT_PROMPTS})
 
 
 @dataclass
@@ -56,6 +59,11 @@ def virtual(member: TaskModel) -> Virtual:
         return Virtual(kv=member.prefix_kv(), start=member.prompt_tokens)
     if isinstance(member, SKPrompt):
         return Virtual(embeds=member.adapter(member.prompt_states))
+    if isinstance(member, PeftBaseline) and member.kind in PACKABLE:
+        prompt = member.peft.get_prompt(1)  # PEFT's own: embeddings, or a cache for prefix tuning
+        if member.kind == "prefix_tuning":  # PEFT's forward passes it as the past: the input's positions follow it
+            return Virtual(kv=[(layer.keys, layer.values) for layer in prompt.layers], start=member.prefix_length)
+        return Virtual(embeds=prompt[0])
     if type(member) is TaskModel:
         return Virtual()
     raise TypeError(f"{type(member).__name__} cannot be packed")

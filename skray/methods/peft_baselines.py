@@ -60,6 +60,7 @@ class PeftBaseline(TaskModel):
         # virtual tokens that are sequence positions come back in the output and are dropped
         self.drop = cfg.prefix_length if cfg.kind in ("prompt_tuning", "prompt_tuning_text", "p_tuning") else 0
         self.prefix_length = cfg.prefix_length if cfg.kind != "lora" else 0
+        self.kind = cfg.kind
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.peft(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, self.drop :]
