@@ -1,12 +1,13 @@
 """Packed trials on the driver's side: how many members share a slot, and the broker that feeds them.
 
-``skray tune`` with ``search.pack`` above 1 runs its configurations as *members* of a few *slots*
-(Tune trials, each one worker group holding the frozen backbone once: ``skray.train.packed``). The
-broker is one Ray actor, made by the driver for the run, that does for members what Tune's searcher
-and scheduler do for trials: Optuna's ask and tell (``skray.searcher.OptunaSearcher``, the same study
-and journal) and ASHA's rungs in training steps (``skray.commands.tune.asha``), both applied per
-member, with the same calls Tune makes, in the same order. A slot asks it for the next configuration
-whenever a seat is free; it answers None once ``search.num_trials`` have been handed out.
+``skray tune`` (``search.pack``) and ``skray compare`` (``compare.pack``) run their trials as *members*
+of a few *slots* (Tune trials, each one worker group holding the frozen backbone once:
+``skray.train.packed``) wherever every method kind they train can share it. The broker is one Ray
+actor, made by the driver for the run, that does for members what Tune's searcher and scheduler do
+for trials: for tune, Optuna's ask and tell (``skray.searcher.OptunaSearcher``, the same study and
+journal) and ASHA's rungs in training steps (``skray.commands.tune.asha``), applied per member with
+the same calls Tune makes, in the same order; for compare, the grid's points in order. A slot asks
+it for the next member whenever a seat is free; it answers None once every trial has been handed out.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ def broker_name(run_dir: str) -> str:
     return f"broker-{run_dir.rstrip('/').rsplit('/', 1)[-1]}"
 
 
-def start_broker(cfg: ExperimentConfig, run_dir: str) -> Any:
+def start_broker(cfg: ExperimentConfig, run_dir: str, command: str, points: list[dict[str, Any]] | None) -> Any:
     """The run's broker actor, named for it; it lives as long as the driver that made it."""
-    return Broker.options(name=broker_name(run_dir), namespace=NAMESPACE).remote(cfg.model_dump(), run_dir)
+    return Broker.options(name=broker_name(run_dir), namespace=NAMESPACE).remote(
+        cfg.model_dump(), run_dir, command, points
+    )
 
 
 @dataclass(frozen=True)
@@ -43,12 +46,11 @@ class _Member:
     trial_id: str
 
 
-def packing_refusal(cfg: ExperimentConfig, is_decoder: bool) -> str | None:
-    """Why this search cannot be packed (None: it can)."""
+def packing_refusal(cfg: ExperimentConfig, kinds: list[str], is_decoder: bool) -> str | None:
+    """Why trials of these method kinds cannot be packed (None: they can)."""
     from skray.methods.packed import PACKABLE
 
-    s, t = cfg.search, cfg.train
-    kinds = s.kinds or [cfg.method.kind]
+    t = cfg.train
     solo = [k for k in kinds if k not in PACKABLE]
     if solo:
         return f"method kind {solo[0]} does not share a frozen backbone (packable: {', '.join(sorted(PACKABLE))})"
@@ -63,44 +65,50 @@ def packing_refusal(cfg: ExperimentConfig, is_decoder: bool) -> str | None:
     return None
 
 
-def pack_size(cfg: ExperimentConfig, slots: int, is_decoder: bool) -> int:
-    """Members per slot: ``search.pack`` as set, or for ``auto`` the configurations spread over the
-    slots that fit at once, at most ``PACK_LIMIT``; 1 (solo, one line saying why) where a search
-    cannot be packed, and a ConfigError where it was asked to be."""
-    s = cfg.search
-    refusal = packing_refusal(cfg, is_decoder)
+def pack_size(
+    cfg: ExperimentConfig, setting: str | int, kinds: list[str], trials: int, slots: int, is_decoder: bool, key: str
+) -> int:
+    """Members per slot: ``setting`` (``key``, e.g. search.pack) as set, or for ``auto`` the ``trials``
+    spread over the ``slots`` that fit at once, at most ``PACK_LIMIT``; 1 (solo, with one line saying
+    why) where they cannot be packed, and a ConfigError where they were asked to be."""
+    refusal = packing_refusal(cfg, kinds, is_decoder)
     if refusal:
-        if s.pack != "auto" and s.pack > 1:
-            raise ConfigError(f"search.pack {s.pack}: {refusal}; set search.pack: 1 (or auto)")
-        if s.pack == "auto":
-            print(f"skray: search.pack auto: trials run solo: {refusal}", file=sys.stderr)
+        if setting != "auto" and setting > 1:
+            raise ConfigError(f"{key} {setting}: {refusal}; set {key}: 1 (or auto)")
+        if setting == "auto" and trials > 1:
+            print(f"skray: {key} auto: trials run solo: {refusal}", file=sys.stderr)
         return 1
-    if s.pack != "auto":
-        return s.pack
-    return max(1, min(PACK_LIMIT, math.ceil(s.num_trials / max(1, slots))))
+    if setting != "auto":
+        return setting
+    return max(1, min(PACK_LIMIT, math.ceil(trials / max(1, slots))))
 
 
-def slot_count(cfg: ExperimentConfig, pack: int, max_concurrent: int) -> int:
+def slot_count(trials: int, pack: int, max_concurrent: int) -> int:
     """Slots the members are spread over: as many as run at once, no more than have members to fill."""
-    return max(1, min(max_concurrent, math.ceil(cfg.search.num_trials / pack)))
+    return max(1, min(max_concurrent, math.ceil(trials / pack)))
 
 
 @ray.remote(num_cpus=0)
 class Broker:
     """Hands out the run's configurations to slots, and judges each member's reports."""
 
-    def __init__(self, experiment: dict, run_dir: str) -> None:
+    def __init__(self, experiment: dict, run_dir: str, command: str, points: list[dict[str, Any]] | None) -> None:
+        from ray.tune.schedulers import FIFOScheduler
+
         from skray.commands.tune import asha
         from skray.searcher import OptunaSearcher
 
-        self.experiment = experiment
+        self.experiment, self.command, self.points = experiment, command, points
         cfg = ExperimentConfig.model_validate(experiment)
-        metric = f"best_val_{selection_metric(cfg.data.task)}"
-        self.searcher = OptunaSearcher.from_config(cfg, run_dir)
-        self.searcher.set_search_properties(metric, "max", {})
-        self.asha = asha(cfg)
-        self.asha.set_search_properties(metric, "max")
-        self.num_trials = cfg.search.num_trials
+        metric = f"best_val_{selection_metric(cfg.data.task, cfg.train.select_by)}"
+        if points is None:  # a search: Optuna asks, ASHA stops
+            self.searcher = OptunaSearcher.from_config(cfg, run_dir)
+            self.searcher.set_search_properties(metric, "max", {})
+            self.asha = asha(cfg)
+            self.asha.set_search_properties(metric, "max")
+            self.num_trials = cfg.search.num_trials
+        else:  # a grid (compare): every point runs to its end
+            self.searcher, self.asha, self.num_trials = None, FIFOScheduler(), len(points)
         self.key = metric
         self.live: dict[str, tuple[int, tuple]] = {}  # member -> (its slot, what it was handed)
         self.log: list[tuple[str, str, dict | None]] = []  # (start | result | end | error, member, payload)
@@ -123,9 +131,9 @@ class Broker:
             if _ended(directory) or not storage.exists(params_path):
                 continue
             params = {k: v for k, v in json.loads(storage.read_text(params_path)).items() if k != "slot"}
-            if self.searcher.adopt(member):
+            if self.searcher is None or self.searcher.adopt(member):
                 self.asha.on_trial_add(None, _Member(member))
-                cfg = trial_experiment("tune", self.experiment, params)
+                cfg = trial_experiment(self.command, self.experiment, params)
                 self.pending.append((member, params, cfg.model_dump()))
         return len(made)
 
@@ -141,9 +149,9 @@ class Broker:
         else:
             self.asked += 1
             member = f"m{self.asked:04d}"
-            params = self.searcher.suggest(member)
+            params = self.points[self.asked - 1] if self.searcher is None else self.searcher.suggest(member)
             self.asha.on_trial_add(None, _Member(member))
-            offer = (member, params, trial_experiment("tune", self.experiment, params).model_dump())
+            offer = (member, params, trial_experiment(self.command, self.experiment, params).model_dump())
         self.live[offer[0]] = (slot, offer)
         self.log.append(("start", offer[0], offer[1]))
         print(f"skray: slot {slot}: member {offer[0]} starts: {_brief(offer[1])}", file=sys.stderr, flush=True)
@@ -162,7 +170,8 @@ class Broker:
     def tell(self, member: str, report: dict[str, Any]) -> str:
         """An evaluation of a running member: "continue", or "stop" where ASHA stops it (Optuna is then
         told it was pruned, as Tune tells it of a trial ASHA stopped)."""
-        self.searcher.on_trial_result(member, report)
+        if self.searcher is not None:
+            self.searcher.on_trial_result(member, report)
         self.log.append(("result", member, report))
         decision = self.asha.on_trial_result(None, _Member(member), report)
         print(
@@ -175,7 +184,8 @@ class Broker:
             self.log.append(("end", member, report))
             self.live.pop(member, None)
             self.asha.on_trial_complete(None, _Member(member), report)
-            self.searcher.on_trial_complete(member, report)
+            if self.searcher is not None:
+                self.searcher.on_trial_complete(member, report)
             return "stop"
         return "continue"
 
@@ -188,9 +198,10 @@ class Broker:
             test = report.get("test_acc", float("nan"))
             print(f"skray: member {member} done: test_acc {test:.4f}", file=sys.stderr, flush=True)
         else:
-            self.asha._trial_info.pop(member, None)
+            self.asha.on_trial_remove(None, _Member(member))
             print(f"skray: member {member} failed: {error}", file=sys.stderr, flush=True)
-        self.searcher.on_trial_complete(member, report, error=error is not None)
+        if self.searcher is not None:
+            self.searcher.on_trial_complete(member, report, error=error is not None)
 
 
 def _member_of(directory: str) -> str | None:

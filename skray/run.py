@@ -153,20 +153,24 @@ class Packing:
 
 
 def plan_packing(run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command) -> Packing | None:
-    """For `skray tune` with ``search.pack`` above 1 (or ``auto`` where every kind searched can share a
-    frozen backbone): the members per slot, the slots, and the run's broker; None: trials run solo."""
-    if cmd.name != "tune":
+    """For a command whose trials can be packed (tune, compare) where its pack setting asks (``auto``:
+    wherever every method kind it trains can share a frozen backbone): the members per slot, the
+    slots, and the run's broker; None: trials run solo."""
+    packing = cmd.packing(cfg)
+    if packing is None:
         return None
-    pack = pack_size(cfg, plan.max_concurrent, inspect_backbone(cfg.backbone).is_decoder)
+    setting, kinds = packing
+    trials, key = cmd.trials(cfg), f"{cmd.section}.pack"
+    is_decoder = inspect_backbone(cfg.backbone).is_decoder
+    pack = pack_size(cfg, setting, kinds, trials, plan.max_concurrent, is_decoder, key)
     if pack == 1:
         return None
-    slots = slot_count(cfg, pack, plan.max_concurrent)
+    slots = slot_count(trials, pack, plan.max_concurrent)
     print(
-        f"skray: search.pack: {cfg.search.num_trials} trials as members of {slots} slot(s) of {pack}, "
-        "each slot loading the backbone once",
+        f"skray: {key}: {trials} trials as members of {slots} slot(s) of {pack}, each slot loading the backbone once",
         file=sys.stderr,
     )
-    return Packing(start_broker(cfg, run.path), pack, slots)
+    return Packing(start_broker(cfg, run.path, cmd.name, cmd.points(cfg)), pack, slots)
 
 
 def build_tuner(
@@ -204,11 +208,11 @@ def build_tuner(
         )
     callbacks = [TrialReports(run.path), *trackers(cfg, run.path)]
     if not verbose:
-        key = selection_metric(cfg.data.task)
+        key = selection_metric(cfg.data.task, cfg.train.select_by)
         name = broker_name(run.path)
         steps = cfg.train.max_steps
         callbacks.append(
-            MemberProgress(cfg.search.num_trials, steps, key, name, NAMESPACE) if packing else progress(cfg, cmd)
+            MemberProgress(cmd.trials(cfg), steps, key, name, NAMESPACE) if packing else progress(cfg, cmd)
         )
     if packing:
         space = {"slot": tune.grid_search(list(range(packing.slots)))}

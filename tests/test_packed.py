@@ -135,16 +135,19 @@ def test_a_packed_slot_step_moves_each_member_as_its_deepspeed_engine_does(one_r
                 torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_packed_evaluation_scores_each_member_as_evaluate_scores_it_alone(decoder):
+def test_packed_evaluation_scores_and_predicts_each_member_as_evaluate_does_alone(decoder):
     data = _data(decoder)
     members = [_member(decoder, spec) for spec, _ in MEMBERS]
     kwargs = {"batch_size": 3, "rank": 0, "world": 1, "device": torch.device("cpu"), "label_names": LABELS}
-    packed = evaluate_packed(decoder.model, members, data, **kwargs)
-    for member, scores in zip(members, packed, strict=True):
-        alone = evaluate(member, data, **kwargs)
+    rows = [{} for _ in members]
+    packed = evaluate_packed(decoder.model, members, data, **kwargs, predictions=rows)
+    for member, scores, own in zip(members, packed, rows, strict=True):
+        alone_rows: dict = {}
+        alone = evaluate(member, data, **kwargs, predictions=alone_rows)
         assert scores.keys() == alone.keys()
         for key in alone:
             assert scores[key] == pytest.approx(alone[key], abs=1e-6), key
+        assert own["pred"].tolist() == alone_rows["pred"].tolist()  # per row, as the paired tests read them
 
 
 @pytest.mark.slow

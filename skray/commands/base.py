@@ -62,6 +62,15 @@ class Command:
         """The experiment one trial runs, given the parameters Tune chose for it."""
         return cfg
 
+    def packing(self, cfg: ExperimentConfig) -> tuple[str | int, list[str]] | None:
+        """For a command whose trials can be packed (``skray.broker``): its pack setting and the method
+        kinds its trials train; None: its trials always run alone."""
+        return None
+
+    def points(self, cfg: ExperimentConfig) -> list[dict[str, Any]] | None:
+        """The trials' parameters, for a packed run's broker to hand out in order; None: Optuna samples them."""
+        return None
+
     def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
         """Write what the command leaves beside the trials; return the table to show."""
         return trials

@@ -54,6 +54,9 @@ class Tune(Command):
             scheduler=asha(cfg),
         )
 
+    def packing(self, cfg: ExperimentConfig) -> tuple[str | int, list[str]]:
+        return cfg.search.pack, list(cfg.search.kinds or [cfg.method.kind])
+
     def trial_config(self, cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
         keys = {k: params[k] for k in ("wording", "prefix_length", "adapter_rank", "head") if k in params}
         method = method_variant(cfg.method, {"kind": params["method"], **keys})

@@ -81,7 +81,7 @@ class Member:
 
     @property
     def key(self) -> str:
-        return selection_metric(self.cfg.data.task)
+        return selection_metric(self.cfg.data.task, self.cfg.train.select_by)
 
 
 class PackedSlot:
@@ -234,6 +234,11 @@ class PackedSlot:
         torch.manual_seed(t.seed)
         model = build_model(self.backbone, cfg.method, self.label_names, cfg.data.task == "token_classification")
         place(model, self.device, torch.float32, frozen=self.backbone.model)  # fp32 masters, as DeepSpeed keeps
+        if cfg.method.calibrate:
+            from skray.methods.base import content_free_input
+
+            free = content_free_input(self.backbone.tokenizer, cfg.data, not self.backbone.is_decoder)
+            model.calibrate(free["input_ids"], free["attention_mask"])
         trains = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trains, lr=t.lr, weight_decay=t.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup, t.max_steps))
@@ -309,8 +314,11 @@ class PackedSlot:
 
     # -- evaluation and reports --------------------------------------------------------------------
 
-    def _scores(self, members: list[Member], split: str) -> list[dict[str, float]]:
-        """Each member's scores on ``split``, every batch one packed pass for all of them."""
+    def _scores(
+        self, members: list[Member], split: str, predictions: list[dict[str, torch.Tensor]] | None = None
+    ) -> list[dict[str, float]]:
+        """Each member's scores on ``split``, every batch one packed pass for all of them (and, given
+        ``predictions``, each member's per-row predictions there)."""
         start = time.perf_counter()
         scores = evaluate_packed(
             self.backbone.model,
@@ -321,6 +329,7 @@ class PackedSlot:
             world=self.world,
             device=self.device,
             label_names=self.label_names,
+            predictions=predictions,
         )
         took = time.perf_counter() - start
         self.timing["eval_s"] += took
@@ -358,18 +367,20 @@ class PackedSlot:
 
         reports = [self._metrics(m, v) for m, v in zip(members, val, strict=True)]
         ending = [m for m, f in zip(members, final, strict=True) if f]
+        predictions: list[dict[str, torch.Tensor]] = [{} for _ in ending]
         if ending:
             for member in ending:
                 load_trainable(member, member.best)
-            for member, test in zip(ending, self._scores(ending, "test"), strict=True):
+            for member, test in zip(ending, self._scores(ending, "test", predictions), strict=True):
                 i = members.index(member)
                 reports[i] |= {f"test_{k}": v for k, v in test.items() if k != "loss"} | {"done": True}
         decisions = None
         if self.rank == 0:
             start = time.perf_counter()
             decisions = []
+            predicted = {id(m): p.get("pred") for m, p in zip(ending, predictions, strict=True)}
             for member, report, done in zip(members, reports, final, strict=True):
-                self._write(member, report)
+                self._write(member, report, predicted.get(id(member)))
                 if done:
                     ray.get(self.broker.end.remote(member.id, report, None))
                     decisions.append("end")
@@ -425,9 +436,11 @@ class PackedSlot:
         }
         return {k: v for k, v in report.items() if not (isinstance(v, float) and math.isnan(v) and k != "train_loss")}
 
-    def _write(self, member: Member, report: dict) -> None:
-        """Rank 0: the report appended to the member's result.json, its best weights and meta beside."""
+    def _write(self, member: Member, report: dict, predictions: torch.Tensor | None = None) -> None:
+        """Rank 0: the report appended to the member's result.json, its best weights and meta beside (and
+        the final test's per-row predictions, as a solo trial keeps them)."""
         from skray.train.checkpoint import save_checkpoint
+        from skray.train.evaluate import save_predictions
 
         cfg, state = member.cfg, member.state
         meta = {
@@ -446,6 +459,8 @@ class PackedSlot:
         if storage.is_uri(member.directory):
             raise NotImplementedError("packed members write to a local or shared run directory")
         report["checkpoint_bytes"] = save_checkpoint(local, member.best, meta)
+        if predictions is not None:
+            save_predictions(local, self.data["test"]["labels"], predictions)
         path = storage.join(member.directory, "result.json")
         lines = storage.read_text(path) if storage.exists(path) else ""
         storage.write_text(path, lines + json.dumps(report) + "\n")
@@ -473,18 +488,23 @@ def evaluate_packed(
     world: int,
     device: torch.device,
     label_names: list[str],
+    predictions: list[dict[str, torch.Tensor]] | None = None,
 ) -> list[dict[str, float]]:
     """Each member's scores and mean loss over a split, as ``skray.train.evaluate.evaluate`` scores one
-    model (the same rows per rank, the same batches, the same counts), every batch one packed pass."""
+    model (the same rows per rank, the same batches, the same counts), every batch one packed pass;
+    given ``predictions`` (a dict per member), each member's per-row predicted labels as ``evaluate``
+    gives them."""
     from skray.data.collate import take
     from skray.methods.packed import packed_forward
-    from skray.train.evaluate import all_reduce, eval_shard, task_loss
+    from skray.train.evaluate import all_reduce, eval_shard, gather_rows, task_loss
     from skray.train.metrics import classification_counts, classification_scores
 
     mine, weight, batches = eval_shard(encoded, batch_size, rank, world)
     k = len(members)
     counts = [0.0] * k
     loss = [0.0] * k
+    rows: list[torch.Tensor] = []
+    preds: list[list[torch.Tensor]] = [[] for _ in members]
     for m in members:
         m.eval()
     with torch.no_grad():
@@ -492,14 +512,21 @@ def evaluate_packed(
             sl = slice(b * batch_size, (b + 1) * batch_size)
             batch = {key: v.to(device) for key, v in take(encoded, mine[sl]).items()}
             w = weight[sl]
-            rows = (batch["input_ids"], batch["attention_mask"])
+            inputs = (batch["input_ids"], batch["attention_mask"])
             labels = batch["labels"].cpu()
-            for i, logits in enumerate(packed_forward(backbone, members, [rows] * k)):
+            rows.append(mine[sl][w > 0])
+            for i, logits in enumerate(packed_forward(backbone, members, [inputs] * k)):
                 logits = logits.float()
-                counts[i] = counts[i] + classification_counts(logits.argmax(-1).cpu(), labels, w, len(label_names))
+                pred = logits.argmax(-1).cpu()
+                counts[i] = counts[i] + classification_counts(pred, labels, w, len(label_names))
                 loss[i] += float((task_loss(logits, batch["labels"], reduction="none").cpu() * w).sum())
+                preds[i].append(pred[w > 0])
     for m in members:
         m.train()
+    if predictions is not None:
+        n, scored_rows = len(encoded["labels"]), torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        for i, own in enumerate(predictions):
+            own["pred"] = gather_rows(n, scored_rows, preds[i])
     flat = [x for i in range(k) for x in [*counts[i].tolist(), loss[i]]]
     totals = all_reduce([*flat, float(weight.sum())])
     scored, width, scores = totals[-1], 2 + 3 * len(label_names), []
