@@ -9,6 +9,7 @@ The lines are written on the driver by a Tune callback, so they read the same on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
@@ -73,6 +74,12 @@ class Progress(tune.Callback):
                 self.steps[t.trial_id] = int((t.last_result or {}).get("step", 0))
             self.done_before += self.steps[t.trial_id] - before
 
+    def _other(self, result: dict, split: str) -> str:
+        """The other of accuracy and F1 (both are always reported; ``key`` is the one that selects)."""
+        other = "f1" if self.key == "acc" else "acc"
+        value = result.get(f"{split}_{other}")
+        return f" ({other} {value:.3f})" if isinstance(value, float) else ""
+
     def _say(self, line: str) -> None:
         print(line, flush=True)  # sys.stdout looked up each time: Tune pickles its callbacks
 
@@ -98,14 +105,14 @@ class Progress(tune.Callback):
         self.last_report[trial.trial_id] = (now, step)
         self.steps[trial.trial_id] = step
         score = result.get(f"val_{self.key}")
-        shown = f"val {self.key} {score:.3f}" if isinstance(score, float) else "evaluated"
+        shown = f"val {self.key} {score:.3f}{self._other(result, 'val')}" if isinstance(score, float) else "evaluated"
         self._say(f"trial {trial.trial_id} step {step}/{self.steps_per_trial}: {shown}{pace}{self._where()}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         last = trial.last_result or {}
         test = last.get(f"test_{self.key}")
         if test is not None:
-            self._end(trial, f"completed: test {self.key} {test:.3f}")
+            self._end(trial, f"completed: test {self.key} {test:.3f}{self._other(last, 'test')}")
         else:
             self._end(trial, f"stopped early at step {last.get('step', 0)} (ASHA)")
 
@@ -120,6 +127,62 @@ class Progress(tune.Callback):
         self.done_before += self.steps_per_trial - self.steps.get(trial.trial_id, 0)
         self.steps[trial.trial_id] = self.steps_per_trial
         self._say(f"trial {trial.trial_id} {line}{self._where()}")
+
+
+class MemberProgress(Progress):
+    """``Progress`` for a packed run: the lines are its members' (what the run's broker saw happen,
+    polled on each turn of Tune's loop), not its slots'."""
+
+    def __init__(self, trials: int, steps_per_trial: int, key: str, broker: str, namespace: str) -> None:
+        super().__init__(trials, steps_per_trial, key)
+        self.broker, self.namespace, self.seen = broker, namespace, 0
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.seen = 0  # a resumed run's broker is new, and tells its story from the start
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        pass  # a slot: its members are the lines
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        pass
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.on_step_end(iteration, trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        pass
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self.on_step_end(0, trials)
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        import ray
+
+        try:
+            events = ray.get(ray.get_actor(self.broker, namespace=self.namespace).events.remote(self.seen))
+        except ValueError:  # no broker (yet, or any more)
+            return
+        self.seen += len(events)
+        for kind, member, payload in events:
+            trial = _Member(member, payload if kind == "start" else {}, payload)
+            if kind == "start":
+                super().on_trial_start(iteration, [], trial)
+            elif kind == "result":
+                super().on_trial_result(iteration, [], trial, payload)
+            elif kind == "end":
+                super().on_trial_complete(iteration, [], trial)
+            else:
+                super().on_trial_error(iteration, [], trial)
+
+
+@dataclasses.dataclass
+class _Member:
+    """What ``Progress`` reads of a trial, for a packed run's member."""
+
+    trial_id: str
+    config: dict
+    last_result: dict | None
 
 
 @contextlib.contextmanager

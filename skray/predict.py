@@ -28,11 +28,12 @@ WRITERS = {
 def find_checkpoint(source: str | Path) -> Path:
     """A checkpoint folder as given; a run directory: its best trial's checkpoint.
 
-    Trials are ranked as the results table ranks them (best validation score first). Each report
-    of a trial replaces its checkpoint (Ray keeps one) and every checkpoint holds the best weights
-    so far, so the trial's newest checkpoint holds the weights behind that best score.
+    The best trial is ``skray.results.best_trial``'s: completed (tested), by the selection metric on
+    validation, as the run's closing line names it; a trial ASHA stopped was never tested and is not
+    taken. Each report of a trial replaces its checkpoint (Ray keeps one) and every checkpoint holds
+    the best weights so far, so the trial's newest checkpoint holds the weights behind that best score.
     """
-    from skray.results import load_results
+    from skray.results import best_trial, load_results
 
     path = Path(source)
     if (path / META).is_file() and (path / WEIGHTS).is_file():
@@ -44,11 +45,16 @@ def find_checkpoint(source: str | Path) -> Path:
         table = load_results(str(path))
     except SkrayError:
         raise ConfigError(not_run) from None
-    for trial in table["trial"]:
-        found = sorted(p.parent for p in (path / f"train_{trial}").glob(f"checkpoint_*/{META}"))
-        if found:
-            return found[-1]
-    raise ConfigError(f"{source}: no trial of this run has written a checkpoint yet")
+    best = best_trial(table)
+    if best is None:
+        raise ConfigError(
+            f"{source}: no trial of this run has completed (been tested), so it has no best trial; "
+            f"name a checkpoint folder (RUN_DIR/train_<trial>/checkpoint_*) to use an untested one"
+        )
+    found = sorted(p.parent for p in (path / f"train_{best['trial']}").glob(f"checkpoint_*/{META}"))
+    if not found:
+        raise ConfigError(f"{source}: the best trial, {best['trial']}, has no checkpoint here")
+    return found[-1]
 
 
 def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Any, dict]:

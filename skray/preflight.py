@@ -37,7 +37,7 @@ def preflight(cfg: ExperimentConfig) -> int:
     modules: dict[str, str] | None = None  # built once, for the first entry that names LoRA targets
     for where, method in method_sections(cfg):
         try:
-            if method.head == "verbalizer":
+            if method.head in ("verbalizer", "word_linear"):
                 verbalizer_token_ids(method, info.is_decoder, info.tokenizer, splits.label_names)
             if method.kind == "lora" and method.lora_target_modules:
                 modules = modules or module_names(info, cfg.backbone.trust_remote_code)

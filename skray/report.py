@@ -11,7 +11,7 @@ import pandas as pd
 
 from skray.commands import COMMANDS
 from skray.commands.compare import readable
-from skray.results import experiment, format_table, load_results, write_table
+from skray.results import best_trial, experiment, format_table, load_results, write_table
 
 BRIEF = [
     "method",
@@ -26,6 +26,7 @@ BRIEF = [
     "train_s",
     "tokens_per_s",
     "peak_mem_mb",
+    "vs_best",
 ]
 
 
@@ -44,27 +45,51 @@ def show(table: pd.DataFrame) -> str:
     each failed seed's error below), or the trials."""
     if "scaling_efficiency" in table.columns:
         return table.drop(columns="point").to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
+    by = "validation" + (" macro-F1" if table.attrs.get("selection", "").endswith("_f1") else "")
     if "completed" not in table.columns:
-        return "\n".join([format_table(table), *verdict(table, "trial", "best trial by validation")])
+        return "\n".join([format_table(table), *verdict(table, "trial", f"best trial by {by}")])
     shown = readable(table)
-    text = shown[BRIEF].assign(completed=shown["completed"].astype(str) + "/" + shown["seeds"].astype(str))
+    text = shown[[c for c in BRIEF if c in shown.columns]]
+    text = text.assign(completed=shown["completed"].astype(str) + "/" + shown["seeds"].astype(str))
     text = text.to_string(index=False)
     for row in table.dropna(subset=["error"]).itertuples():
         text += f"\nfailed: {row.method}: {row.error}"
-    return "\n".join([text, *verdict(table, "method", "best method by test accuracy")])
+    lines = verdict(table, "method", f"best method by {by}")
+    return "\n".join([text, *lines, *gap_lines(table)])
+
+
+def gap_lines(table: pd.DataFrame) -> list[str]:
+    """One line per other method: its test accuracy gap to the best, and whether it is beyond chance
+    (``skray.commands.compare.paired_tests``)."""
+    if "vs_best_gap" not in table.columns:
+        return []
+    best = best_trial(table)
+    lines = []
+    for row in table.to_dict("records"):
+        if best is None or row["method"] == best["method"] or not row.get("vs_best"):
+            continue
+        if pd.isna(row["vs_best_gap"]):
+            lines.append(f"{best['method']} vs {row['method']}: {row['vs_best']}")
+            continue
+        lines.append(
+            f"{best['method']} vs {row['method']}: test accuracy {row['vs_best_gap']:+.3f} (95% CI "
+            f"{row['vs_best_ci_low']:+.3f} to {row['vs_best_ci_high']:+.3f}, p {row['vs_best_p']:.2g}): "
+            f"{row['vs_best']}"
+        )
+    return lines
 
 
 def verdict(table: pd.DataFrame, key: str, which: str) -> list[str]:
     """One line on the table's best row: its test accuracy and macro-F1 against what it must beat on
     the same test rows (always answering the majority label, and the step-0 model), said plainly when
     it does not, or when its margin over the majority label is within the test set's sampling error.
-    Nothing where no row has a test score (token classification: no majority line)."""
+    The best row is ``skray.results.best_trial``'s (completed, by the selection metric on validation).
+    Nothing where no row completed (token classification: no majority line)."""
     if "test_acc" not in table.columns or "majority_test_acc" not in table.columns:
         return []
-    scored = table.dropna(subset=["test_acc"])
-    if scored.empty or scored["majority_test_acc"].isna().all():
+    best = best_trial(table)
+    if best is None or pd.isna(best["test_acc"]) or pd.isna(best["majority_test_acc"]):
         return []
-    best = scored.iloc[0]  # both tables come best first (validation for trials, mean test for methods)
     acc, f1 = float(best["test_acc"]), float(best["test_f1"])
     majority, majority_f1 = float(best["majority_test_acc"]), _number(best.get("majority_test_f1"))
     zero, zero_f1 = _number(best.get("zero_shot_test_acc")), _number(best.get("zero_shot_test_f1"))

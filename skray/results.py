@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
+import numpy as np
 import pandas as pd
 
 from skray import storage
@@ -139,11 +141,13 @@ def load_results(run_dir: str) -> pd.DataFrame:
             params = json.loads(storage.read_text(storage.join(trial_dir, "params.json")))
         except (FileNotFoundError, json.JSONDecodeError):
             continue  # not a trial directory (e.g. Ray Train's checkpoints), or a half-written one
+        if "slot" in params and "method" not in params:
+            continue  # a packed run's slot (skray.broker): its members are the rows
         reports = _read_reports(storage.join(trial_dir, "result.json"))
         last = reports[-1] if reports else {}
-        name = trial_dir.rsplit("/", 1)[-1]  # Tune names it run_trial_<id>_<n>_<params>_<time>
+        name = trial_dir.rsplit("/", 1)[-1]
         row = {
-            "trial": last.get("trial_id", name.split("_")[2] if name.startswith("run_trial_") else name),
+            "trial": last.get("trial_id", trial_of(name)),
             **params,
             **{k: v for k, v in last.items() if k in COLUMNS},
         }
@@ -161,8 +165,45 @@ def load_results(run_dir: str) -> pd.DataFrame:
             table[col] = pd.NA
     extra = [c for c in table.columns if c not in COLUMNS]
     table = table[COLUMNS + extra]
-    key = f"best_val_{selection_metric((config.get('data') or {}).get('task', 'classification'))}"
-    return table.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
+    key = selection_key(config)
+    table = table.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
+    table.attrs["selection"] = key
+    return table
+
+
+def selection_key(config: dict) -> str:
+    """The column that ranks trials, ``best_val_acc`` or ``best_val_f1``: ``train.select_by`` for the
+    data's task (``skray.config.selection_metric``), from a run's config as experiment.json holds it."""
+    task = (config.get("data") or {}).get("task", "classification")
+    return f"best_val_{selection_metric(task, (config.get('train') or {}).get('select_by', 'accuracy'))}"
+
+
+def completed(table: pd.DataFrame) -> pd.Series:
+    """Which rows completed: tested trials (status completed), or in a per-method table (compare's
+    summary) the methods with a completed seed."""
+    if "status" in table.columns:
+        return table["status"] == "completed"
+    return pd.to_numeric(table["completed"], errors="coerce").fillna(0) > 0
+
+
+def ranked(table: pd.DataFrame, key: str | None = None) -> pd.DataFrame:
+    """The rows best first by the one definition of best: completed rows before the rest, then the
+    selection metric on validation (``key``; default the table's own, as ``load_results`` set it).
+    Test scores never rank: they are read once, of the row this picks."""
+    key = key or table.attrs.get("selection", "best_val_acc")
+    order = pd.DataFrame({"done": completed(table), "score": pd.to_numeric(table[key], errors="coerce")})
+    index = order.sort_values(["done", "score"], ascending=False, na_position="last", kind="stable").index
+    out = table.loc[index].reset_index(drop=True)
+    out.attrs["selection"] = key
+    return out
+
+
+def best_trial(table: pd.DataFrame, key: str | None = None) -> pd.Series | None:
+    """The best trial (or method, in a per-method table): the completed row with the highest selection
+    metric on validation; None where none completed. The closing line, ``skray predict``, ``skray
+    export`` and compare's summary all take this one."""
+    top = ranked(table, key)
+    return top.iloc[0] if len(top) and bool(completed(top).iloc[0]) else None
 
 
 def write_table(table: pd.DataFrame, run_dir: str, stem: str = "results", markdown: bool = False) -> None:
@@ -186,3 +227,98 @@ def format_table(table: pd.DataFrame) -> str:
     if "wording" in shown.columns:  # a search of a kind that reads no wording has none
         shown = shown.assign(wording=shown["wording"].astype(str).str.slice(0, 48))
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def trial_of(name: str) -> str:
+    """The trial a folder of a run holds: Tune names a trial's run_trial_<id>_<n>_<params>_<time>; a
+    packed member's is train_<member> (``skray.train.packed``); else the name itself."""
+    if name.startswith("run_trial_"):
+        return name.split("_")[2]
+    return name.removeprefix("train_") if name.startswith("train_m") else name
+
+
+def trial_predictions(run_dir: str, trial: str) -> pd.DataFrame | None:
+    """A completed trial's final test predictions (row, gold, pred; ``skray.train.evaluate.save_predictions``):
+    beside its reports (a compare's tuned seed carries them there), else in its newest checkpoint that
+    has them (Ray Train's ``train_<trial>/checkpoint_*``, or the trial's own). None where there are none
+    (an older run, token classification)."""
+    from skray.train.evaluate import PREDICTIONS
+
+    run_dir = str(run_dir)
+    subdirs = storage.subdirs(run_dir)
+    own = [d for d in subdirs if trial_of(d.rsplit("/", 1)[-1].removeprefix("tuned_")) == trial]
+    places = list(own)
+    for d in [*own, *(d for d in subdirs if d.rsplit("/", 1)[-1] == f"train_{trial}")]:
+        places += sorted(
+            (c for c in storage.subdirs(d) if c.rsplit("/", 1)[-1].startswith("checkpoint_")), reverse=True
+        )
+    for place in places:
+        path = storage.join(place, PREDICTIONS)
+        if storage.exists(path):
+            return pd.read_csv(io.StringIO(storage.read_text(path)))
+    return None
+
+
+def write_predictions(directory: str, predictions: pd.DataFrame) -> None:
+    """Per-row test predictions (as ``trial_predictions`` reads them) into ``directory``."""
+    from skray.train.evaluate import PREDICTIONS
+
+    storage.write_text(storage.join(str(directory), PREDICTIONS), predictions.to_csv(index=False))
+
+
+RESAMPLES = 4000  # bootstrap resamples and sign flips: a 95% interval's ends move by well under 0.01 between seeds
+
+
+def mcnemar_p(best_right: np.ndarray, other_right: np.ndarray) -> float:
+    """Exact two-sided McNemar test on paired right/wrong answers: of the rows exactly one of the two
+    got right, is the split between them further from even than chance would make it (binomial, p 1/2)?"""
+    b = int(np.sum(best_right & ~other_right))
+    c = int(np.sum(~best_right & other_right))
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def _resampled_means(diff: np.ndarray, rng: np.random.Generator, flip: bool) -> np.ndarray:
+    """RESAMPLES means of ``diff``: over rows drawn with replacement (bootstrap), or with random signs
+    (the sign-flip test's null distribution), in chunks so memory stays small."""
+    n, means = len(diff), []
+    for start in range(0, RESAMPLES, 256):
+        size = min(256, RESAMPLES - start)
+        if flip:
+            means.append((rng.choice(np.array([-1.0, 1.0]), size=(size, n)) * diff).mean(1))
+        else:
+            means.append(diff[rng.integers(0, n, size=(size, n))].mean(1))
+    return np.concatenate(means)
+
+
+def paired_gap(best: np.ndarray, other: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """The accuracy gap between two methods over the same test rows, and whether it is beyond chance.
+
+    ``best`` and ``other``: (seeds, rows) right (True) or wrong, each method's own completed seeds (one
+    row each; the seeds need not be the same ones). Per row, each method's share of seeds that got it
+    right; the gap is the mean over rows of the difference (= the difference of the mean accuracies
+    over seeds). The 95% interval is a paired bootstrap over rows, drawn jointly for every seed (the
+    seeds read the same rows, so a row's difficulty counts once); p is a two-sided sign-flip test on
+    the per-row differences (for one seed each, the McNemar test in all but name). Seeds are taken as
+    they are, not resampled: the interval is for these trained models on a resampled test set."""
+    diff = best.astype(float).mean(0) - other.astype(float).mean(0)
+    rng = np.random.default_rng(seed)
+    boot = _resampled_means(diff, rng, flip=False)
+    flipped = _resampled_means(diff, rng, flip=True)
+    gap = float(diff.mean())
+    low, high = np.percentile(boot, [2.5, 97.5])
+    p = (1 + int(np.sum(np.abs(flipped) >= abs(gap) - 1e-12))) / (RESAMPLES + 1)
+    return {"gap": gap, "ci_low": float(low), "ci_high": float(high), "p": float(p)}
+
+
+def gap_verdict(gap: dict[str, float]) -> str:
+    """``beyond chance`` when the 95% interval excludes 0 (the other method better, where the gap is
+    negative), else ``within chance``."""
+    if gap["ci_low"] > 0:
+        return "beyond chance"
+    if gap["ci_high"] < 0:
+        return "beyond chance (the other is better on test)"
+    return "within chance"

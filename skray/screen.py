@@ -60,7 +60,7 @@ def run_screen(cfg: ExperimentConfig, run_dir: str, cpus: float) -> list[str]:
             "search.screen scores wordings at step 0, where only the verbalizer head means anything (a linear "
             "head starts at random); set method.head verbalizer or remove search.screen"
         )
-    key = f"screen_{selection_metric(cfg.data.task)}"
+    key = f"screen_{selection_metric(cfg.data.task, cfg.train.select_by)}"
     task = ray.remote(score_wordings).options(num_cpus=cpus, num_gpus=1 if cfg.train.use_gpu else 0)
     table = pd.DataFrame(ray.get(task.remote(cfg.model_dump())))
     table = table.sort_values(key, ascending=False, kind="stable").reset_index(drop=True)

@@ -153,7 +153,7 @@ def progress(cfg: ExperimentConfig, cmd: Command) -> tune.Callback:
     """The run's own progress lines (skray.console), for as many trials and steps as the command plans."""
     from skray.console import Progress
 
-    return Progress(cmd.trials(cfg), cfg.train.max_steps, selection_metric(cfg.data.task))
+    return Progress(cmd.trials(cfg), cfg.train.max_steps, selection_metric(cfg.data.task, cfg.train.select_by))
 
 
 def trackers(cfg: ExperimentConfig, run_dir: str) -> list[tune.Callback]:

@@ -183,7 +183,7 @@ def test_mean_linear_scores_every_token_for_token_classification(decoder):
 def test_config_accepts_the_variants():
     assert MethodConfig().adapter == "mixer"
     assert MethodConfig(kind="linear_probe", head="mean_linear").head == "mean_linear"
-    with pytest.raises(ValueError, match="linear or mean_linear"):
+    with pytest.raises(ValueError, match="linear, mean_linear or word_linear"):
         MethodConfig(kind="linear_probe", head="verbalizer")
     cfg = parse_config({"data": {"task": "token_classification"}, "method": {"head": "mean_linear", "adapter": "free"}})
     assert (cfg.method.head, cfg.method.adapter) == ("mean_linear", "free")

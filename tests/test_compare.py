@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from skray.cli import main
 from skray.config import parse_config
@@ -71,7 +72,17 @@ def test_compare_writes_table_and_plots_and_a_failed_method_does_not_sink_the_re
     # compare.csv: one row per method, numbers throughout, the sd in its own column.
     means = pd.read_csv(run_dir / "compare.csv").set_index("method")
     assert len(means) == 2
-    assert all(pd.api.types.is_numeric_dtype(means[c]) for c in means.columns if c != "error")
+    words = ("error", "vs_best", "vs_best_per_seed")  # the error and the paired tests' verdicts are text
+    assert all(pd.api.types.is_numeric_dtype(means[c]) for c in means.columns if c not in words)
+    # Each completed trial kept its test rows' predictions beside its final checkpoint; the failed method
+    # has none to pair with the best.
+    for trial in rest.trial:
+        saved = sorted((run_dir / f"train_{trial}").glob("checkpoint_*/test_predictions.csv"))[-1]
+        predictions = pd.read_csv(saved)
+        assert len(predictions) == rest.test_rows.iloc[0]
+        assert (predictions.pred == predictions.gold).mean() == pytest.approx(rest.set_index("trial").test_acc[trial])
+    assert means.loc["sk_prefix", "vs_best"] == "best (by validation)"
+    assert means.loc[lora.method.iloc[0], "vs_best"] == "no per-row test predictions"
     assert (means.loc["sk_prefix", ["seeds", "completed", "reached_target"]] == [2, 2, 2]).all()
     accs = rest[rest.method == "sk_prefix"].test_acc
     assert means.loc["sk_prefix", "test_acc"] == pytest.approx(accs.mean())
@@ -166,10 +177,23 @@ def test_sentence_pair_classification_runs(ray_cluster, tiny_experiment, tmp_pat
             "text_pair_column": "hypothesis",
             "template": "{text} / {text_pair} ?",
         },
-        method={"kind": "sk_prompt", "head": "linear", "label_words": None},
+        # The head that starts as the verbalizer, calibrated on "N/A / N/A ?"; selected by macro-F1.
+        method={
+            "kind": "sk_prompt",
+            "head": "word_linear",
+            "calibrate": True,
+            "label_words": {"different": " no", "same": " yes"},
+        },
+        train={"select_by": "macro_f1"},
     )
     run_dir, table = run_experiment(cfg, "train")
     assert table.iloc[0].status == "completed"
-    meta = json.loads(next(Path(run_dir).glob("train_*/checkpoint_*/skray.json")).read_text())
+    assert table.attrs["selection"] == "best_val_f1"
+    (checkpoint,) = [p.parent for p in Path(run_dir).glob("train_*/checkpoint_*/skray.json")]  # Ray keeps one
+    meta = json.loads((checkpoint / "skray.json").read_text())
     assert meta["label_names"] == ["different", "same"]
     assert meta["template"] == "{text} / {text_pair} ?"
+    assert meta["val_f1"] == table.iloc[0].best_val_f1  # the worker kept the best state by macro-F1
+    assert {"head.proj.weight", "head.proj.bias"} <= set(load_file(checkpoint / "adapter.safetensors"))
+    predictions = pd.read_csv(checkpoint / "test_predictions.csv")
+    assert (predictions.pred == predictions.gold).mean() == pytest.approx(table.iloc[0].test_acc)

@@ -97,3 +97,15 @@ def test_quiet_tune_takes_rays_legacy_reporter_for_the_block_only(monkeypatch):
     assert "RAY_AIR_NEW_OUTPUT" not in os.environ
     with tune_output(verbose=True):
         assert "RAY_AIR_NEW_OUTPUT" not in os.environ
+
+
+def test_progress_names_the_selecting_metric_first_and_the_other_beside_it(capsys):
+    progress = Progress(trials=1, steps_per_trial=4, key="f1")  # train.select_by: macro_f1
+    a = SimpleNamespace(trial_id="a", config={}, last_result={})
+    progress.on_trial_start(0, [], a)
+    progress.on_trial_result(0, [], a, {"step": 2, "val_acc": 0.75, "val_f1": 0.5})
+    a.last_result = {"step": 4, "test_acc": 0.8, "test_f1": 0.625}
+    progress.on_trial_complete(0, [], a)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("trial a step 2/4: val f1 0.500 (acc 0.750), ")
+    assert lines[2].startswith("trial a completed: test f1 0.625 (acc 0.800)  [1/1 trials ended")

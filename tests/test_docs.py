@@ -95,6 +95,8 @@ SKRAY_NOT_LITERAL = {
     "<name>-<label>-tune-<time>/": ('"tuning"', "skray/commands/compare.py"),
     "tuned_<trial dir>/": ('"tuned_"', "skray/commands/compare.py"),
     "*": ('RESUME = "deepspeed"', "skray/train/checkpoint.py"),  # deepspeed/*: DeepSpeed's own layout
+    "checkpoint_000000/": ('CHECKPOINT = "checkpoint_000000"', "skray/train/packed.py"),
+    "slot_<trial>.log": ("'slot' if slot else 'train'", "skray/search.py"),
 }
 # What Ray Tune, Ray Train and DeepSpeed write themselves (docs/OUTPUTS.md's last files table).
 RAY_WRITES = [

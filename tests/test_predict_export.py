@@ -75,21 +75,37 @@ def save(
     return directory
 
 
-def run_dir(tmp_path: Path, backbone_dir: str, scores: dict[str, float], text_column: str = "review") -> Path:
-    """Trials as Tune leaves them (params.json, result.json lines) and their checkpoints as Train does."""
+def run_dir(
+    tmp_path: Path,
+    backbone_dir: str,
+    scores: dict[str, float],
+    text_column: str = "review",
+    stopped: tuple[str, ...] = (),
+    head: str = "verbalizer",
+    select_by: str = "accuracy",
+    f1: dict[str, float] | None = None,
+) -> Path:
+    """Trials as Tune leaves them (params.json, result.json lines) and their checkpoints as Train does;
+    the ``stopped`` ones ASHA stopped at step 2, never tested."""
     run = tmp_path / "run"
     run.mkdir()
-    config = {"config": {"data": {"text_column": text_column, "template": TEMPLATE}}, "command": "tune"}
+    data = {"text_column": text_column, "template": TEMPLATE}
+    config = {"config": {"data": data, "train": {"select_by": select_by}}, "command": "tune"}
     (run / "experiment.json").write_text(json.dumps(config))
     for n, (trial, score) in enumerate(scores.items()):
         trial_dir = run / f"run_trial_{trial}_0000{n}_0_lr=0.01_2026-01-01"
         trial_dir.mkdir()
         (trial_dir / "params.json").write_text(json.dumps({"lr": 0.01}))
-        reports = [{"trial_id": trial, "step": s, "best_val_acc": score, "done": s == 4} for s in (0, 4)]
+        scored = {"best_val_acc": score, "best_val_f1": (f1 or {}).get(trial, score)}
+        reports = [{"trial_id": trial, "step": s, **scored} for s in ((0, 2) if trial in stopped else (0, 4))]
+        if trial not in stopped:
+            reports[-1] |= {"test_acc": 0.5, "test_f1": 0.5, "done": True}
         (trial_dir / "result.json").write_text("\n".join(json.dumps(r) for r in reports) + "\n")
-        model, cfg, labels = trained(backbone_dir, "sk_prefix", m=2 + n)
+        kind = "sk_prompt" if head == "word_linear" else "sk_prefix"
+        model, cfg, labels = trained(backbone_dir, kind, head=head, m=2 + n)
         for step in (0, 1):  # Ray keeps the newest; an older one may linger while it writes
             save(run / f"train_{trial}" / f"checkpoint_00000{step}", backbone_dir, model, cfg, labels)
+    (run / "finished").write_text("")
     return run
 
 
@@ -154,6 +170,73 @@ def test_predict_tags_every_word(tmp_path, tiny_llama_dir):
     for i, word in enumerate(rows[0]):
         total = sum(out[f"prob_{c}"][0][i] for c in labels)
         assert total == pytest.approx(1, abs=1e-6), word
+
+
+def test_predict_and_export_take_the_best_completed_trial_not_one_asha_stopped(tmp_path, tiny_llama_dir, capsys):
+    """bbb has the best validation score but ASHA stopped it untested: the best trial is ccc, the best of
+    those completed, in predict, export and the run's closing line alike (skray.results.best_trial)."""
+    from skray.report import show
+    from skray.results import load_results
+
+    run = run_dir(tmp_path, tiny_llama_dir, {"aaa": 0.6, "bbb": 0.9, "ccc": 0.7}, stopped=("bbb",), head="word_linear")
+    table = load_results(str(run))
+    assert list(table["trial"]) == ["bbb", "ccc", "aaa"]  # the table itself ranks by validation
+    assert table["status"].tolist() == ["early_stopped", "completed", "completed"]
+    assert find_checkpoint(run) == run / "train_ccc" / "checkpoint_000001"
+    source = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": TEXTS}).to_csv(source, index=False)
+    capsys.readouterr()
+    assert main(["predict", str(run), str(source)]) == 0
+    assert "train_ccc" in capsys.readouterr().err
+    export_peft(str(run), str(tmp_path / "peft"))
+    assert "train_ccc" in capsys.readouterr().err
+    table.loc[:, "majority_test_acc"] = 0.4  # what the closing line weighs the best trial against
+    assert "best trial by validation (ccc)" in show(table)
+
+
+def test_select_by_macro_f1_picks_the_trial_best_by_validation_macro_f1(tmp_path, tiny_llama_dir):
+    from skray.results import best_trial, load_results
+
+    scores, f1 = {"aaa": 0.9, "bbb": 0.6}, {"aaa": 0.4, "bbb": 0.8}
+    run = run_dir(tmp_path, tiny_llama_dir, scores, select_by="macro_f1", f1=f1)
+    table = load_results(str(run))
+    assert table.attrs["selection"] == "best_val_f1"
+    assert list(table["trial"]) == ["bbb", "aaa"]
+    assert best_trial(table)["trial"] == "bbb"
+    assert best_trial(table, "best_val_acc")["trial"] == "aaa"
+    assert find_checkpoint(run) == run / "train_bbb" / "checkpoint_000001"
+
+
+def test_a_run_with_no_completed_trial_has_no_best_trial_to_predict_with(tmp_path, tiny_llama_dir, capsys):
+    run = run_dir(tmp_path, tiny_llama_dir, {"aaa": 0.6}, stopped=("aaa",))
+    source = tmp_path / "reviews.csv"
+    pd.DataFrame({"review": TEXTS}).to_csv(source, index=False)
+    err = one_line_error(capsys, ["predict", str(run), str(source)])
+    assert "no trial of this run has completed" in err
+    assert main(["predict", str(run / "train_aaa" / "checkpoint_000001"), str(source)]) == 0  # named: taken
+
+
+def test_a_calibrated_word_linear_checkpoint_rebuilds_as_it_was_trained(tmp_path, tiny_llama_dir):
+    """The calibrated bias is a trained weight: the checkpoint keeps it and load_trained (predict,
+    export) rebuilds the model from the method config without calibrating again."""
+    from skray.methods.base import content_free_input
+
+    model, cfg, labels = trained(tiny_llama_dir, "sk_prefix", head="word_linear")
+    cfg = cfg.model_copy(update={"calibrate": True})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    free = content_free_input(tokenizer, DataConfig(template=TEMPLATE), add_special_tokens=False)
+    model.calibrate(free["input_ids"], free["attention_mask"])
+    checkpoint = save(tmp_path / "ckpt", tiny_llama_dir, model, cfg, labels)
+    loaded, meta = load_trained(checkpoint)
+    assert meta["method"]["calibrate"] is True
+    torch.testing.assert_close(loaded.head.proj.bias, model.head.proj.bias, atol=0, rtol=0)
+    enc = tokenizer(
+        [TEMPLATE.format(text=t) for t in TEXTS], add_special_tokens=False, padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        want = model(enc["input_ids"], enc["attention_mask"])
+        torch.testing.assert_close(loaded(enc["input_ids"], enc["attention_mask"]), want, atol=0, rtol=0)
+    torch.testing.assert_close(scores_of(checkpoint, TEXTS), want.softmax(-1))
 
 
 def one_line_error(capsys, argv) -> str:
@@ -225,6 +308,8 @@ def peft_label_scores(directory: Path, backbone_dir: str, ids, mask) -> torch.Te
         ("sk_prefix", "verbalizer", 9, "linear"),  # the variants (m = k): one shared map, the authors' free prompt
         ("sk_prefix", "verbalizer", 9, "free"),
         ("sk_prompt", "mean_linear", 9, "mlp"),
+        ("sk_prompt", "word_linear", 5, "mixer"),  # the head that starts as the verbalizer: a linear head in PEFT
+        ("sk_prefix", "word_linear", 3, "mixer"),
     ],
 )
 def test_export_scores_like_skray_in_peft(tmp_path, tiny_llama_dir, kind, head, m, adapter):

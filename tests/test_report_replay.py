@@ -233,7 +233,7 @@ def test_a_trial_that_ended_before_the_driver_died_ends_again_without_training(t
     monkeypatch.setattr(tune, "get_context", lambda: context)
     monkeypatch.setattr(tune, "report", sent.append)
     trainer = SimpleNamespace(fit=lambda: built.append("fit"))
-    monkeypatch.setattr(skray.train.launch, "build_trainer", lambda *args: built.append(args[-2]) or trainer)
+    monkeypatch.setattr(skray.train.launch, "build_trainer", lambda *args: built.append(args[4]) or trainer)
     run = {"params": {}, "experiment": {}, "command": "train", "cpus_per_worker": 1, "log_dir": None}
 
     run_trial(**run, storage_path=str(tmp_path / "run"))

@@ -161,3 +161,43 @@ def test_the_readable_table_leaves_out_the_sd_where_every_seed_agrees():
     assert shown["zero_shot_test_acc"] == "0.39"
     assert shown["trainable_pct"] == "0.003561"
     assert shown["test_acc"] == "0.4633 ± 0.06574"
+
+
+def test_select_by_chooses_the_metric_that_selects_everywhere_and_both_are_reported():
+    """train.select_by: the worker's best evaluation, the searcher's and ASHA's objective and the tables'
+    ranking all follow it; token classification selects by span F1 whatever it says."""
+    import pandas as pd
+
+    from skray.commands.compare import COSTS, SCORES, summary_table
+    from skray.config import SearchConfig, TrainConfig, selection_metric
+    from skray.results import best_trial, selection_key
+
+    assert TrainConfig().select_by == "accuracy"
+    assert selection_metric("classification", TrainConfig(select_by="macro_f1").select_by) == "f1"
+    assert selection_metric("classification") == "acc"
+    assert selection_metric("token_classification", "accuracy") == "f1"
+    search = SearchConfig(wordings=["w"], prefix_length={"low": 2, "high": 4}, lr={"low": 1e-3, "high": 1e-2})
+    assert search.resolved_objectives("classification", "macro_f1") == [("best_val_f1", "max")]
+    assert search.resolved_objectives("classification") == [("best_val_acc", "max")]
+    assert selection_key({"train": {"select_by": "macro_f1"}}) == "best_val_f1"
+    assert selection_key({}) == "best_val_acc"
+
+    trials = pd.DataFrame(
+        {col: [float("nan")] * 4 for col in [*SCORES, *COSTS]}
+        | {
+            "method": ["a", "a", "b", "b"],
+            "lr": [0.01] * 4,
+            "seed": [0, 1, 0, 1],
+            "status": ["completed"] * 4,
+            "best_val_acc": [0.9, 0.8, 0.7, 0.7],
+            "best_val_f1": [0.5, 0.5, 0.6, 0.7],
+            "test_acc": [0.6, 0.6, 0.9, 0.9],  # never what ranks
+            "trainable_params": [1] * 4,
+            "backbone_params": [10] * 4,
+            "steps_to_target": [None] * 4,
+        }
+    )
+    assert list(summary_table(trials)["method"]) == ["a", "b"]
+    by_f1 = summary_table(trials, "best_val_f1")
+    assert list(by_f1["method"]) == ["b", "a"]
+    assert best_trial(by_f1)["method"] == "b"

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from ray import tune
 
@@ -30,7 +31,19 @@ from skray.config import (
 )
 from skray.errors import Interrupted
 from skray.plots import plot_compare
-from skray.results import experiment, write_table
+from skray.results import (
+    best_trial,
+    experiment,
+    gap_verdict,
+    mcnemar_p,
+    paired_gap,
+    ranked,
+    selection_key,
+    trial_of,
+    trial_predictions,
+    write_predictions,
+    write_table,
+)
 
 SCORES = [
     "zero_shot_acc",
@@ -68,6 +81,12 @@ class Compare(Command):
     def param_space(self, cfg: ExperimentConfig) -> dict[str, Any]:
         return {"method": tune.grid_search(list(variants(cfg))), "seed": tune.grid_search(cfg.compare.seeds)}
 
+    def packing(self, cfg: ExperimentConfig) -> tuple[str | int, list[str]]:
+        return cfg.compare.pack, [method.kind for method, _ in variants(cfg).values()]
+
+    def points(self, cfg: ExperimentConfig) -> list[dict[str, Any]]:
+        return [{"method": label, "seed": seed} for label in variants(cfg) for seed in cfg.compare.seeds]
+
     def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float, search: SubSearch) -> ExperimentConfig:
         """With compare.tune: every method's own Optuna search first (RUN_DIR/tuning/), the same
         budget for each; the seeds then run each method's best setting. That setting has already
@@ -100,8 +119,8 @@ class Compare(Command):
     def summarize(self, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
         """compare.csv/.parquet (numbers), compare.md ("mean ± sd", for reading) and two plots:
         accuracy against trainable parameters and against time."""
-        table = summary_table(trials)
         started = experiment(run_dir).get("config") or {}
+        table = paired_tests(summary_table(trials, selection_key(started)), trials, run_dir)
         tuned = (started.get("compare") or {}).get("tune")
         title = ""
         if tuned:  # every method at its own best setting after the same search budget
@@ -182,21 +201,25 @@ def tuned_entry(
             f"interrupted while compare.tune searched {label}; the searches so far are kept in "
             f"{run_dir}: run the same command again to go on"
         )
-    done = table[table["status"] == "completed"]
-    best = (done if len(done) else table).iloc[0]  # the table comes best validation score first
+    key = selection_key(sub.model_dump())
+    best = best_trial(table, key)
+    if best is None:  # none completed: the search's best by validation still says where the method trains
+        best = ranked(table, key).iloc[0]
     chosen = {"kind": entry} if isinstance(entry, str) else dict(entry)
     chosen["lr"] = float(best["lr"])
     if searched.low < searched.high and pd.notna(best.get("prefix_length")):
         chosen["prefix_length"] = int(best["prefix_length"])
     print(
-        f"skray: compare.tune: {label}: best of {len(table)} trials (validation {best['best_val_acc']:.3f}): "
+        f"skray: compare.tune: {label}: best of {len(table)} trials (validation {key[9:]} {best[key]:.3f}): "
         f"lr {chosen['lr']:.3g} (searched {sub.search.lr.low:g}-{sub.search.lr.high:g})"
         + (f", m {chosen['prefix_length']}" if "prefix_length" in chosen else "")
         + f"; {tuned_dir}/",
         flush=True,
     )
     (best_dir,) = [
-        d for d in storage.subdirs(tuned_dir) if d.rsplit("/", 1)[-1].startswith(f"run_trial_{best['trial']}_")
+        d
+        for d in storage.subdirs(tuned_dir)
+        if trial_of(d.rsplit("/", 1)[-1]) == best["trial"] and storage.exists(storage.join(d, "params.json"))
     ]
     return chosen, best_dir
 
@@ -204,12 +227,16 @@ def tuned_entry(
 def take_trial(trial_dir: str, run_dir: str, params: dict[str, Any]) -> None:
     """A search trial as a trial of the compare run: its reports (and error, if it failed) under
     the compare's ``params``, in RUN_DIR/tuned_<its directory name>, where the results table reads
-    trials; its checkpoints stay in the search's directory."""
-    into = storage.join(run_dir, "tuned_" + trial_dir.rsplit("/", 1)[-1])
-    for name in ("result.json", "error.txt"):
-        if storage.exists(storage.join(trial_dir, name)):
-            storage.write_text(storage.join(into, name), storage.read_text(storage.join(trial_dir, name)))
+    trials, with its test predictions; its checkpoints stay in the search's directory."""
+    search_dir, name = trial_dir.rsplit("/", 1)
+    into = storage.join(run_dir, "tuned_" + name)
+    for file in ("result.json", "error.txt"):
+        if storage.exists(storage.join(trial_dir, file)):
+            storage.write_text(storage.join(into, file), storage.read_text(storage.join(trial_dir, file)))
     storage.write_text(storage.join(into, "params.json"), json.dumps(params, indent=2))
+    predictions = trial_predictions(search_dir, trial_of(name))  # its test rows, for the paired tests
+    if predictions is not None:
+        write_predictions(into, predictions)
 
 
 def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
@@ -222,11 +249,12 @@ def variants(cfg: ExperimentConfig) -> dict[str, tuple[MethodConfig, float]]:
     }
 
 
-def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per method, best mean test accuracy first: seeds run and completed, then per score
-    and cost the mean over completed seeds and ``<column>_sd``; ``reached_target`` counts the seeds
-    whose validation accuracy reached the target (``steps_to_target`` is their mean); ``error``
-    names each failed seed's error."""
+def summary_table(trials: pd.DataFrame, key: str = "best_val_acc") -> pd.DataFrame:
+    """One row per method, best first as ``skray.results.ranked`` ranks (methods with a completed seed
+    first, then the mean over those seeds of the selection metric on validation, ``key``; never by
+    test): seeds run and completed, then per score and cost the mean over completed seeds and
+    ``<column>_sd``; ``reached_target`` counts the seeds whose validation accuracy reached the target
+    (``steps_to_target`` is their mean); ``error`` names each failed seed's error."""
     t = trials.copy()
     if "error" not in t.columns:
         t["error"] = pd.NA
@@ -249,8 +277,70 @@ def summary_table(trials: pd.DataFrame) -> pd.DataFrame:
         failed = group[group["status"] == "error"]
         row["error"] = "; ".join(f"seed {r.seed}: {r.error}" for r in failed.itertuples()) or pd.NA
         rows.append(row)
-    table = pd.DataFrame(rows)
-    return table.sort_values("test_acc", ascending=False, na_position="last").reset_index(drop=True)
+    return ranked(pd.DataFrame(rows), key)
+
+
+VS_BEST = ["vs_best_gap", "vs_best_ci_low", "vs_best_ci_high", "vs_best_p", "vs_best_per_seed", "vs_best"]
+
+
+def _right(trials: pd.DataFrame, run_dir: str) -> dict[str, dict[Any, pd.DataFrame]]:
+    """Method -> seed -> that completed trial's test predictions (row, gold, pred), by row."""
+    right: dict[str, dict[Any, pd.DataFrame]] = {}
+    for row in trials[trials["status"] == "completed"].to_dict("records"):
+        predictions = trial_predictions(run_dir, str(row["trial"]))
+        if predictions is not None:
+            right.setdefault(row["method"], {})[row["seed"]] = predictions.sort_values("row").reset_index(drop=True)
+    return right
+
+
+def paired_tests(table: pd.DataFrame, trials: pd.DataFrame, run_dir: str) -> pd.DataFrame:
+    """The summary with, per method, its test accuracy gap to the best method (``best_trial``: by
+    validation) on the same test rows, from each completed trial's per-row predictions:
+    ``vs_best_gap`` (best minus this, the mean over each method's completed seeds), its paired
+    bootstrap 95% interval (rows resampled jointly across seeds) and sign-flip p (``paired_gap``),
+    ``vs_best_per_seed`` (per seed both completed: gap [interval], McNemar's exact p) and ``vs_best``,
+    the verdict: beyond chance where the interval excludes 0."""
+    table = table.copy()
+    for col in VS_BEST:
+        table[col] = "" if col in ("vs_best_per_seed", "vs_best") else float("nan")
+    best = best_trial(table)
+    if best is None:
+        return table
+    right = _right(trials, run_dir)
+    ours = right.get(best["method"], {})
+    for i, method in enumerate(table["method"]):
+        if method == best["method"]:
+            table.loc[i, "vs_best"] = "best (by validation)"
+            continue
+        theirs = right.get(method, {})
+        if not ours or not theirs:
+            table.loc[i, "vs_best"] = "no per-row test predictions"
+            continue
+        frames = [*ours.values(), *theirs.values()]
+        if any(len(f) != len(frames[0]) or not f["gold"].equals(frames[0]["gold"]) for f in frames):
+            table.loc[i, "vs_best"] = "not the same test rows"
+            continue
+        a = np.stack([(f["pred"] == f["gold"]).to_numpy() for f in ours.values()])
+        b = np.stack([(f["pred"] == f["gold"]).to_numpy() for f in theirs.values()])
+        gap = paired_gap(a, b)
+        table.loc[i, ["vs_best_gap", "vs_best_ci_low", "vs_best_ci_high", "vs_best_p"]] = [
+            gap["gap"],
+            gap["ci_low"],
+            gap["ci_high"],
+            gap["p"],
+        ]
+        per_seed = []
+        for seed in sorted(set(ours) & set(theirs), key=str):
+            x, y = a[list(ours).index(seed)], b[list(theirs).index(seed)]
+            one = paired_gap(x[None], y[None])
+            per_seed.append(
+                f"seed {seed}: {one['gap']:+.3f} [{one['ci_low']:+.3f}, {one['ci_high']:+.3f}] "
+                f"McNemar p {mcnemar_p(x, y):.2g}"
+            )
+        table.loc[i, "vs_best_per_seed"] = "; ".join(per_seed)
+        seeds = f"{len(ours)} and {len(theirs)} seeds" if len(ours) != len(theirs) else f"{len(ours)} seeds"
+        table.loc[i, "vs_best"] = f"{gap_verdict(gap)} ({seeds}, {a.shape[1]} rows)"
+    return table
 
 
 def readable(table: pd.DataFrame) -> pd.DataFrame:
@@ -264,6 +354,15 @@ def readable(table: pd.DataFrame) -> pd.DataFrame:
             for m, sd in zip(table[col], table[f"{col}_sd"], strict=True)
         ]
     shown["reached_target"] = table["reached_target"]
+    if "vs_best" in table.columns:
+        shown["vs_best"] = table["vs_best"]
+        shown["vs_best_gap"] = [
+            "" if pd.isna(g) else f"{g:+.3f} [{lo:+.3f}, {hi:+.3f}], p {p:.2g}"
+            for g, lo, hi, p in table[["vs_best_gap", "vs_best_ci_low", "vs_best_ci_high", "vs_best_p"]].itertuples(
+                index=False
+            )
+        ]
+        shown["vs_best_per_seed"] = table["vs_best_per_seed"]
     shown["error"] = table["error"].fillna("")
     return shown
 

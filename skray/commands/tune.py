@@ -25,7 +25,7 @@ class Tune(Command):
 
     def check(self, cfg: ExperimentConfig) -> None:
         super().check(cfg)
-        cfg.search.resolved_objectives(cfg.data.task)
+        cfg.search.resolved_objectives(cfg.data.task, cfg.train.select_by)
 
     def trials(self, cfg: ExperimentConfig) -> int:
         return cfg.search.num_trials
@@ -46,7 +46,7 @@ class Tune(Command):
         from skray.searcher import OptunaSearcher
 
         return tune.TuneConfig(
-            metric=f"best_val_{selection_metric(cfg.data.task)}",
+            metric=f"best_val_{selection_metric(cfg.data.task, cfg.train.select_by)}",
             mode="max",
             num_samples=cfg.search.num_trials,
             max_concurrent_trials=max_concurrent,
@@ -72,8 +72,8 @@ class Tune(Command):
         from skray.screen import screen_correlation
 
         cfg = ExperimentConfig.model_validate(experiment(run_dir)["config"])
-        objectives = cfg.search.resolved_objectives(cfg.data.task)
-        key = selection_metric(cfg.data.task)
+        objectives = cfg.search.resolved_objectives(cfg.data.task, cfg.train.select_by)
+        key = selection_metric(cfg.data.task, cfg.train.select_by)
         if len(trials):
             plot_tune(trials, load_curves(run_dir, key), run_dir, key)
         line = screen_correlation(trials, run_dir, key)

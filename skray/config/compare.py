@@ -3,7 +3,7 @@ method keys, with its own lr; the labels that tell entries apart."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -24,7 +24,7 @@ class CompareTuneConfig(Section):
     lr: LogRange | None = Field(
         default=None,
         description="The learning-rate range every method searches, log-uniformly; unset: each kind its own "
-        "(skray.config.LR_RANGES, the README's table), and an entry's own lr: {low, high} overrides both",
+        "(skray.config.LR_RANGES, docs/GUIDE.md), and an entry's own lr: {low, high} overrides both",
     )
     prefix_length: IntRange | None = Field(
         default=None,
@@ -54,6 +54,11 @@ class CompareConfig(Section):
     )
     target_accuracy: float = Field(
         default=0.8, gt=0, le=1, description="steps_to_target counts steps until validation reaches this"
+    )
+    pack: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = Field(
+        default="auto",
+        description="Trials trained at once over one shared frozen backbone (a slot), as search.pack; auto packs "
+        "where every method can share one (not lora, full_finetune)",
     )
     tune: CompareTuneConfig | None = Field(
         default=None,

@@ -105,7 +105,8 @@ class DataConfig(Section):
         return self
 
 
-def selection_metric(task: str) -> str:
-    """What "best" means, in the worker, the search and the table alike: validation accuracy
-    (``acc``), or span F1 for token classification (where most tags are O, so accuracy says little)."""
-    return "f1" if task == "token_classification" else "acc"
+def selection_metric(task: str, select_by: str = "accuracy") -> str:
+    """What "best" means, in the worker, the search and the table alike (``train.select_by``): validation
+    accuracy (``acc``) or macro-F1 (``f1``); span F1 for token classification, whatever select_by (most
+    tags are O, so accuracy says little)."""
+    return "f1" if task == "token_classification" or select_by == "macro_f1" else "acc"

@@ -92,7 +92,7 @@ class ExperimentConfig(Section):
 
     @model_validator(mode="after")
     def _task_fits_method(self) -> ExperimentConfig:
-        if self.data.task == "token_classification" and self.method.head == "verbalizer":
+        if self.data.task == "token_classification" and self.method.head in ("verbalizer", "word_linear"):
             raise ValueError(
                 "method.head: token classification scores every word with a linear head; set method.head: linear"
             )

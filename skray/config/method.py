@@ -37,6 +37,9 @@ LR_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+HeadKind = Literal["linear", "verbalizer", "mean_linear", "word_linear"]
+
+
 class MethodConfig(Section):
     """The method, its semantic prompt and the size of what trains.
 
@@ -73,20 +76,20 @@ class MethodConfig(Section):
     )
     adapter: Literal["mixer", "linear", "mlp", "free"] = Field(
         default="mixer",
-        description="How SK methods adapt the wording's k token states. mixer: a k -> m token mixer plus a "
-        "rank-r residual on the cached states (any m); linear: an identity-initialised map of each state "
-        "(sk_prompt: Linear(d, d); sk_prefix: one Linear(head_dim, head_dim) shared by every layer, keys and "
-        "values); mlp: a zero-initialised bottleneck residual (hidden size adapter_rank) per state (sk_prefix: per "
-        "layer, for keys and for values); free: the authors' design, the k prompt embeddings themselves train, "
-        "started from the wording's (sk_prefix reruns the frozen model on them every step). linear, mlp and free "
-        "keep m = k: a prefix_length other than the wording's token count is refused when the model is built",
+        description="How SK methods adapt the wording's k token states: mixer (a k -> m mixer plus a rank-r "
+        "residual, any m), linear, mlp, or free (the authors' trainable prompt embeddings). linear, mlp and free "
+        "keep m = k; docs/METHOD.md has each one's design and size",
     )
-    head: Literal["linear", "verbalizer", "mean_linear"] = Field(
+    head: HeadKind = Field(
         default="verbalizer",
-        description="verbalizer: the frozen LM head scores one word per label (decoders only, "
-        "no trainable parameters, meaningful at step 0); linear: a trained layer over pooled states (any backbone); "
-        "mean_linear: the authors' head, a trained layer at every position averaged over all positions, "
-        "padding included (per position for token classification)",
+        description="verbalizer: the frozen LM head scores one word per label (decoders only, nothing trains); "
+        "linear: a trained layer over pooled states (any backbone); mean_linear: the authors' head, a trained "
+        "layer averaged over all positions; word_linear: a trained layer that starts as the verbalizer",
+    )
+    calibrate: bool = Field(
+        default=False,
+        description="word_linear only: before training, take a content-free input's ('N/A' in the template) "
+        "label scores off the head's bias (contextual calibration)",
     )
     label_words: dict[str, str] | None = Field(
         default=None,
@@ -103,5 +106,9 @@ class MethodConfig(Section):
     @model_validator(mode="after")
     def _probe_is_linear(self) -> MethodConfig:
         if self.kind == "linear_probe" and self.head == "verbalizer":
-            raise ValueError("method.kind linear_probe trains only a head; set method.head: linear or mean_linear")
+            raise ValueError(
+                "method.kind linear_probe trains only a head; set method.head: linear, mean_linear or word_linear"
+            )
+        if self.calibrate and self.head != "word_linear":
+            raise ValueError("method.calibrate sets the trainable bias of method.head: word_linear; set that head")
         return self

@@ -4,12 +4,12 @@ stops a trial."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from skray.config.data import selection_metric
-from skray.config.method import MethodKind
+from skray.config.method import HeadKind, MethodKind
 from skray.config.section import MAX_PREFIX_LENGTH, Section, refuse_retired
 from skray.errors import ConfigError
 
@@ -107,7 +107,7 @@ class SearchConfig(Section):
         description="Method kinds Optuna chooses among (e.g. [sk_prefix, sk_prompt]); each kind is given only the "
         "parameters it reads; unset: method.kind alone",
     )
-    heads: list[Literal["linear", "verbalizer", "mean_linear"]] | None = Field(
+    heads: list[HeadKind] | None = Field(
         default=None, min_length=2, description="Heads Optuna chooses among; unset: method.head alone"
     )
     adapter_rank: IntRange | None = Field(
@@ -129,8 +129,7 @@ class SearchConfig(Section):
     startup_points: Literal["random", "spread"] = Field(
         default="random",
         description="How tpe and gp place their start-up trials: random draws, or spread evenly over each "
-        "numeric range (start-up trial i of n at quantile (i + 1/2) / n of the learning rate's log range, the "
-        "other ranges in a seeded shuffled order), so a short search cannot leave half a range untried",
+        "numeric range (a Latin hypercube), so a short search cannot leave half a range untried",
     )
     objectives: dict[str, Literal["max", "min"]] | None = Field(
         default=None,
@@ -144,6 +143,11 @@ class SearchConfig(Section):
         description="ASHA keeps 1 in this many trials at each rung; higher stops weak trials sooner",
     )
     seed: int = Field(default=0, description="Seed of Optuna's sampler, so a search samples the same trials again")
+    pack: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = Field(
+        default="auto",
+        description="Trials trained at once over one shared frozen backbone (a slot); 1: each trial alone; auto: "
+        "the trials spread over the slots that fit, at most 8 each, where every kind searched can share one",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -236,15 +240,16 @@ class SearchConfig(Section):
             return self.startup_trials
         return min(self.num_trials, max(2, self.num_trials // 4))
 
-    def resolved_objectives(self, task: str) -> list[tuple[str, str]]:
-        """(result column, max|min) pairs, the selection metric first (the one ASHA stops by and
-        single-objective Optuna reports intermediate values of); a ConfigError if it is missing or
-        an objective does not exist for ``task``."""
-        key = f"best_val_{selection_metric(task)}"
+    def resolved_objectives(self, task: str, select_by: str = "accuracy") -> list[tuple[str, str]]:
+        """(result column, max|min) pairs, the selection metric (``train.select_by``) first (the one ASHA
+        stops by and single-objective Optuna reports intermediate values of); a ConfigError if it is
+        missing or an objective does not exist for ``task``."""
+        key = f"best_val_{selection_metric(task, select_by)}"
         chosen = self.objectives or {key: "max"}
         if chosen.get(key) != "max":
             raise ConfigError(
-                f"search.objectives must include {key}: max, the score ASHA stops trials by and the table ranks them by"
+                f"search.objectives must include {key}: max, the score ASHA stops trials by and the table "
+                "ranks them by (train.select_by)"
             )
         spans = [name for name in chosen if name in ("best_val_precision", "best_val_recall")]
         if spans and task != "token_classification":

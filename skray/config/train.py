@@ -108,6 +108,11 @@ class TrainConfig(Section):
         ge=1,
         description="Steps between validation evaluations; each one reports to Ray Tune and writes a checkpoint",
     )
+    select_by: Literal["accuracy", "macro_f1"] = Field(
+        default="accuracy",
+        description="What picks the best evaluation of a trial and the best trial (on validation): accuracy, or "
+        "macro-F1 (for imbalanced labels); both are always reported. Token classification: span F1 either way",
+    )
     eval_batch_size: int = Field(default=16, ge=1, description="Rows per forward pass when evaluating")
     seed: int = Field(
         default=0, description="Seed of the trainable weights' initialisation and of the training data order"

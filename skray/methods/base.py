@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from skray.backbones import Backbone
-from skray.config import MethodConfig
+from skray.config import DataConfig, MethodConfig
 from skray.devices import compute_device
 from skray.errors import ConfigError
-from skray.methods.heads import LinearHead, MeanLinearHead, VerbalizerHead, pool
-from skray.partitioned import module_by_module
+from skray.methods.heads import LinearHead, MeanLinearHead, VerbalizerHead, WordLinearHead, pool
+from skray.partitioned import gathered, module_by_module
+
+CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
 
 
 def verbalizer_token_ids(
@@ -19,7 +22,7 @@ def verbalizer_token_ids(
 ) -> list[int]:
     """First token of each label's word; words must be distinct so each class has its own score."""
     if not is_decoder:
-        raise ConfigError("method.head: 'verbalizer' needs a decoder backbone with an LM head; use head: linear")
+        raise ConfigError(f"method.head: '{cfg.head}' needs a decoder backbone with an LM head; use head: linear")
     words = cfg.label_words or {n: " " + n for n in label_names}
     missing = [n for n in label_names if n not in words]
     if missing:
@@ -47,6 +50,15 @@ def check_prefix_length(cfg: MethodConfig, k: int) -> None:
             f"method.adapter {cfg.adapter} keeps the wording's {k} tokens as the prefix (m = k), but "
             f"method.prefix_length is {cfg.prefix_length}; set prefix_length: {k}, or use adapter: mixer for any m"
         )
+
+
+def content_free_input(tokenizer: PreTrainedTokenizerBase, data: DataConfig, add_special_tokens: bool) -> dict:
+    """The content-free row ("N/A" as the text, and as the pair) through the data template, encoded as
+    the rows are: what ``TaskModel.calibrate`` scores."""
+    from skray.data.collate import encode
+
+    frame = pd.DataFrame({"text": [CONTENT_FREE], "text_pair": [CONTENT_FREE], "label": [0]})
+    return encode(frame, tokenizer, data, add_special_tokens=add_special_tokens)
 
 
 class TaskModel(nn.Module):
@@ -77,10 +89,37 @@ class TaskModel(nn.Module):
     def _build_head(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str]) -> nn.Module:
         if cfg.head == "mean_linear" and not self.token_level:
             return MeanLinearHead(self.hidden_size, len(label_names))
-        if cfg.head != "verbalizer":  # linear, or mean_linear scoring every token (nothing to average)
+        if cfg.head in ("linear", "mean_linear"):  # linear, or mean_linear scoring every token (nothing to average)
             return LinearHead(self.hidden_size, len(label_names))
+        if self.token_level:
+            raise ConfigError(
+                f"method.head: token classification scores every word with a linear head, not {cfg.head}; "
+                "set method.head: linear"
+            )
         ids = verbalizer_token_ids(cfg, backbone.is_decoder, backbone.tokenizer, label_names)
-        return VerbalizerHead(backbone.model.get_output_embeddings(), ids)
+        head = WordLinearHead if cfg.head == "word_linear" else VerbalizerHead
+        return head(backbone.model.get_output_embeddings(), ids)
+
+    @torch.no_grad()
+    def calibrate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Contextual calibration (Zhao et al. 2021, "Calibrate Before Use") of a ``word_linear`` head:
+        the content-free row (``content_free_input``) is scored as every row is, through what the method
+        trains, and its label scores, less their mean, come off the head's bias, so that row then scores
+        the same for every label. Every rank runs it alike (a ZeRO-3 backbone gathers one module at a
+        time). Returns the scores removed. Called once before training; a checkpoint keeps the bias."""
+        if not isinstance(self.head, WordLinearHead):
+            raise ConfigError("method.calibrate adjusts the trainable bias of method.head: word_linear")
+        was = self.training
+        self.eval()
+        device = compute_device(self.backbone)
+        with module_by_module(self):
+            scores = self(input_ids.to(device), attention_mask.to(device))[0].float()
+        self.train(was)
+        shift = scores - scores.mean()
+        bias = self.head.proj.bias
+        with gathered([bias]):
+            bias.copy_((bias.float() - shift.to(bias.device)).to(bias.dtype))
+        return shift
 
     def train(self, mode: bool = True) -> TaskModel:
         """Train mode for what trains only: DeepSpeed's ``engine.train()`` sets it on the whole module,

@@ -1,4 +1,5 @@
-"""Task heads on the frozen model's output: masked pooling + linear, a verbalizer, or the authors' mean."""
+"""Task heads on the frozen model's output: masked pooling + linear, a verbalizer, a linear head that
+starts as the verbalizer, or the authors' mean."""
 
 from __future__ import annotations
 
@@ -61,3 +62,34 @@ class VerbalizerHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         """Label scores in fp32: rounded to bf16, the scores of near labels tie and argmax takes the first."""
         return pooled.float() @ self.rows.float().T + self.bias.float()
+
+
+class FP32Linear(nn.Linear):
+    """A linear layer that scores in fp32 whatever its weights' dtype (as the verbalizer does). Its own
+    forward reads the weights, so ZeRO 3's hooks gather them (they hook the module that owns them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return nn.functional.linear(x.float(), self.weight.float(), bias)
+
+
+class WordLinearHead(nn.Module):
+    """A trainable linear head that starts as the verbalizer: its weights are the label words' rows of
+    the LM head (and their bias, or zeros), copied (gathered first if ZeRO 3 partitioned them), so at
+    step 0 it scores exactly as ``VerbalizerHead`` does; training moves it like any linear head. The
+    copy never touches the LM head (tied embeddings stay as they are). Its bias is where contextual
+    calibration goes (``TaskModel.calibrate``). Building it draws no random numbers, so a run's other
+    trainable weights start as they would with the verbalizer."""
+
+    def __init__(self, output_embeddings: nn.Module, token_ids: list[int]):
+        super().__init__()
+        ids = torch.tensor(token_ids)
+        weight, bias = output_embeddings.weight, getattr(output_embeddings, "bias", None)
+        with gathered([p for p in (weight, bias) if p is not None]), torch.no_grad():
+            rows = weight.detach()[ids]
+            self.proj = nn.utils.skip_init(FP32Linear, rows.shape[1], len(ids), dtype=rows.dtype, device=rows.device)
+            self.proj.weight.copy_(rows)
+            self.proj.bias.copy_(bias.detach()[ids] if bias is not None else torch.zeros(len(ids)))
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.proj(pooled)

@@ -52,6 +52,18 @@ def majority_scores(labels: torch.Tensor, num_labels: int) -> dict[str, float]:
     return classification_scores(classification_counts(pred, gold, torch.ones(len(gold)), num_labels), num_labels)
 
 
+def eval_shard(
+    encoded: dict[str, torch.Tensor], batch_size: int, rank: int, world: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """This rank's rows of a split (sorted by length, so similar lengths share a batch), their weights
+    (0 for the padding rows that give every rank the same number of batches) and that number."""
+    n = len(encoded["labels"])
+    batches = math.ceil(math.ceil(n / world) / batch_size)
+    slots = torch.arange(batches * batch_size * world)
+    by_length = torch.argsort(encoded["attention_mask"].sum(1), stable=True)
+    return by_length[slots % n][rank::world], (slots < n).float()[rank::world], batches
+
+
 def evaluate(
     engine: torch.nn.Module,
     encoded: dict[str, torch.Tensor],
@@ -61,20 +73,19 @@ def evaluate(
     world: int,
     device: torch.device,
     label_names: list[str],
+    predictions: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Scores and mean loss over a split, sharded over ranks (see skray.train.metrics).
 
     Every rank runs the same number of batches (the tail is padded with weight-0 rows) because
-    under ZeRO-3 each forward is a collective. The engine is left in train mode.
+    under ZeRO-3 each forward is a collective. The engine is left in train mode. Given a dict
+    ``predictions`` (classification), every rank also gets each row's predicted label there, as
+    ``predictions["pred"]`` in the split's row order (``gather_rows``).
     """
-    n = len(encoded["labels"])
     token_level = encoded["labels"].dim() == 2
-    batches = math.ceil(math.ceil(n / world) / batch_size)
-    slots = torch.arange(batches * batch_size * world)
-    by_length = torch.argsort(encoded["attention_mask"].sum(1), stable=True)  # similar lengths share a batch
-    weight = (slots < n).float()[rank::world]
-    mine = by_length[slots % n][rank::world]
+    mine, weight, batches = eval_shard(encoded, batch_size, rank, world)
     counts, loss, scored = 0.0, 0.0, 0.0
+    rows, preds = [], []
     engine.eval()
     with torch.no_grad():
         for b in range(batches):
@@ -93,8 +104,38 @@ def evaluate(
                 counts = counts + classification_counts(pred, labels, w, len(label_names))
                 loss += float((row_loss * w).sum())
                 scored += float(w.sum())
+                rows.append(mine[sl][w > 0])
+                preds.append(pred[w > 0])
     engine.train()
+    if predictions is not None and not token_level:
+        n = len(encoded["labels"])
+        predictions["pred"] = gather_rows(n, torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long), preds)
     totals = all_reduce([*counts.tolist(), loss, scored])
     counts, loss, scored = torch.tensor(totals[:-2], dtype=torch.float64), totals[-2], totals[-1]
     scores = token_scores(counts) if token_level else classification_scores(counts, len(label_names))
     return {**scores, "loss": loss / max(scored, 1.0)}
+
+
+def gather_rows(n: int, rows: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:
+    """(n,) integers, each row's value from the rank that scored it (each row is scored by exactly one
+    rank; the padding rows are left out), on every rank: one max-reduce over a tensor of -1s."""
+    out = torch.full((n,), -1.0, dtype=torch.float64)
+    if len(rows):
+        out[rows] = torch.cat(values).double()
+    return torch.tensor(all_reduce(out.tolist(), op=dist.ReduceOp.MAX), dtype=torch.float64).long()
+
+
+PREDICTIONS = "test_predictions.csv"  # beside the final checkpoint's weights: row, gold, pred per test row
+
+
+def save_predictions(directory: str, gold: torch.Tensor, pred: torch.Tensor) -> None:
+    """The final test's per-row predictions (row index in the test split, gold and predicted label index),
+    what a compare's paired test reads (``skray.results.paired_test``)."""
+    import os
+
+    lines = [
+        "row,gold,pred",
+        *(f"{i},{g},{p}" for i, (g, p) in enumerate(zip(gold.tolist(), pred.tolist(), strict=True))),
+    ]
+    with open(os.path.join(directory, PREDICTIONS), "w") as f:
+        f.write("\n".join(lines) + "\n")

@@ -9,8 +9,12 @@ rank joins each evaluation and each report, so ZeRO-3's collectives stay in step
 
 Each report carries a checkpoint that every rank writes its part of (Ray Train gathers them in
 one directory): DeepSpeed's state of what trains (frozen weights excluded), optimizer and schedule
-included, the ``RunState``, and the best trainable state so far as safetensors. A worker group that
+included, the ``RunState``, and the best trainable state so far as safetensors; the final one also
+the test rows' predictions (``test_predictions.csv``, for compare's paired tests). A worker group that
 Ray Train restarts after a failure resumes from it: same step, optimizer and data position.
+
+"Best" is ``train.select_by`` on validation (``skray.config.selection_metric``). With
+``method.calibrate`` the head's bias is calibrated on a content-free row once the model is built.
 
 Metric names are the results table's (``skray.results.COLUMNS``): written once, here.
 
@@ -125,6 +129,7 @@ class SKTuningRecipe:
         self.best: dict[str, torch.Tensor] | None = None  # the best trainable weights so far
         self.restored = False
         self.losses: list[float] = []
+        self.predictions: dict[str, torch.Tensor] = {}  # the final test's per-row predictions (rank 0 saves them)
 
     def setup(self) -> None:
         """Data, precision, frozen backbone, method, ZeRO setting and DeepSpeed engine; a restarted group
@@ -152,7 +157,7 @@ class SKTuningRecipe:
         torch.set_num_threads(max(1, int(self.cpus_per_worker)))
         torch.manual_seed(cfg.train.seed)
         self.device = worker_device(cfg.train.use_gpu)
-        self.key = selection_metric(cfg.data.task)
+        self.key = selection_metric(cfg.data.task, cfg.train.select_by)
 
         splits = load_splits(cfg.data)
         rows, per_step = len(splits["train"]), cfg.train.micro_batch_size * self.world
@@ -181,6 +186,11 @@ class SKTuningRecipe:
         self.model = place(model, self.device, dtype_of(cfg.train.precision), frozen=backbone.model)
         special = not backbone.is_decoder
         self.data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=special) for s in SPLITS}
+        if cfg.method.calibrate:  # before any checkpoint is read: a restart's bias comes from its state
+            from skray.methods.base import content_free_input
+
+            free = content_free_input(backbone.tokenizer, cfg.data, special)
+            self.model.calibrate(free["input_ids"], free["attention_mask"])
         train_labels = self.data["train"]["labels"]
         self.class_weight = (
             balanced_weights(train_labels, len(self.label_names)) if cfg.train.class_weights == "balanced" else None
@@ -305,13 +315,13 @@ class SKTuningRecipe:
         extra = {}
         if final:
             load_trainable(self.engine, self.best)
-            test = self._evaluate("test")
+            test = self._evaluate("test", self.predictions)
             extra = {f"test_{k}": v for k, v in test.items() if k != "loss"} | {"done": True}
         metrics = self._metrics(step, val) | extra
         state.step = step
         self._checkpoint_and_report(metrics)
 
-    def _evaluate(self, split: str) -> dict[str, float]:
+    def _evaluate(self, split: str, predictions: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         from skray.train.evaluate import evaluate
 
         start = time.perf_counter()
@@ -323,6 +333,7 @@ class SKTuningRecipe:
             world=self.world,
             device=self.device,
             label_names=self.label_names,
+            predictions=predictions,
         )
         self.state.eval_s += time.perf_counter() - start
         return scores
@@ -364,6 +375,7 @@ class SKTuningRecipe:
             "peak_param_bytes_per_worker": param_peak,
             "prompt_passes": self.model.prompt_passes,
             "resumed_from": state.resumed_from,
+            "eval_s": state.eval_s,
         }
 
     def _checkpoint_and_report(self, metrics: dict) -> None:
@@ -388,6 +400,10 @@ class SKTuningRecipe:
         with tempfile.TemporaryDirectory(prefix="skray-ckpt-") as directory:
             state.reports.append(dict(metrics))  # the checkpoint keeps its own report too (``_replay``)
             size = write_resume_state(self.engine, directory, state, self.best if self.rank == 0 else None, meta)
+            if self.rank == 0 and "pred" in self.predictions:  # the final test's rows, for paired tests
+                from skray.train.evaluate import save_predictions
+
+                save_predictions(directory, self.data["test"]["labels"], self.predictions["pred"])
             if self.rank == 0:
                 state.checkpoint_bytes = size
             metrics["checkpoint_bytes"] = state.checkpoint_bytes
