@@ -12,7 +12,9 @@ it for the next member whenever a seat is free; it answers None once every trial
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +112,8 @@ class Broker:
         else:  # a grid (compare): every point runs to its end
             self.searcher, self.asha, self.num_trials = None, FIFOScheduler(), len(points)
         self.key = metric
+        # Member ids are unique beyond the run (a compare takes members of several searches into one table).
+        self.token = hashlib.sha1(run_dir.rstrip("/").rsplit("/", 1)[-1].encode()).hexdigest()[:5]
         self.live: dict[str, tuple[int, tuple]] = {}  # member -> (its slot, what it was handed)
         self.log: list[tuple[str, str, dict | None]] = []  # (start | result | end | error, member, payload)
         self.pending: list[tuple] = []  # members a killed driver left running: handed out again first
@@ -148,7 +152,7 @@ class Broker:
             return None
         else:
             self.asked += 1
-            member = f"m{self.asked:04d}"
+            member = f"m{self.token}{self.asked:03d}"
             params = self.points[self.asked - 1] if self.searcher is None else self.searcher.suggest(member)
             self.asha.on_trial_add(None, _Member(member))
             offer = (member, params, trial_experiment(self.command, self.experiment, params).model_dump())
@@ -206,8 +210,8 @@ class Broker:
 
 def _member_of(directory: str) -> str | None:
     """The member a run's folder belongs to (``train_<member>``, as ``skray.train.packed`` names it)."""
-    name = directory.rstrip("/").rsplit("/", 1)[-1]
-    return name.removeprefix("train_") if name.startswith("train_m") and name[7:].isdigit() else None
+    found = re.fullmatch(r"train_(m[0-9a-f]{5}\d{3,})", directory.rstrip("/").rsplit("/", 1)[-1])
+    return found.group(1) if found else None
 
 
 def _ended(directory: str) -> bool:

@@ -231,7 +231,7 @@ def format_table(table: pd.DataFrame) -> str:
 
 def trial_of(name: str) -> str:
     """The trial a folder of a run holds: Tune names a trial's run_trial_<id>_<n>_<params>_<time>; a
-    packed member's is train_<member> (``skray.train.packed``); else the name itself."""
+    packed member's is train_m<token><n> (``skray.broker``; Ray Train's own train_<id> is hex); else the name."""
     if name.startswith("run_trial_"):
         return name.split("_")[2]
     return name.removeprefix("train_") if name.startswith("train_m") else name
