@@ -139,6 +139,8 @@ class Broker:
                 self.asha.on_trial_add(None, _Member(member))
                 cfg = trial_experiment(self.command, self.experiment, params)
                 self.pending.append((member, params, cfg.model_dump()))
+        if self.searcher is not None:  # asked for a member whose folder was never made: it will not run
+            self.searcher.fail_running(keep={member for member, _, _ in self.pending})
         return len(made)
 
     def ask(self, slot: int) -> tuple[str, dict[str, Any], dict] | None:

@@ -325,6 +325,12 @@ class OptunaSearcher(Searcher):
                 return True
         return False
 
+    def fail_running(self, keep: set[str]) -> None:
+        """Tell FAIL every trial the study holds as running, but those of the Ray trial ids in ``keep``."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.user_attrs.get("trial") not in keep:
+                self.study.tell(trial.number, state=TrialState.FAIL)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         trial = self._trial(trial_id)
         if trial is not None and len(self._objectives) == 1:

@@ -7,6 +7,7 @@ each other step by step, since batching changes float summation order and AdamW 
 
 import copy
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -238,3 +239,69 @@ def test_a_killed_slot_worker_restarts_the_slot_with_its_members(ray_cluster, ti
     assert sorted(t.state.name for t in study.trials) == sorted(
         {"completed": "COMPLETE", "early_stopped": "PRUNED"}[s] for s in table.status
     )
+
+
+@pytest.mark.slow
+def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running_ones_again(tiny_experiment, tmp_path):
+    """`skray tune` packed, killed (SIGKILL, with its local Ray) once one member has ended and another is
+    mid-run, then run again: the same run goes on; the ended member is kept as it was, the running one
+    starts again under its own Optuna trial, and the third runs; every member once in table and study."""
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from skray.results import load_results
+    from tests.test_faults import _wait
+
+    cfg = tiny_experiment(
+        search__pack=2, search__num_trials=3, search__grace_period=100, train__max_steps=300, train__eval_every=20
+    )
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1})})
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    command = [sys.executable, "-m", "skray.cli", "tune", str(path)]
+
+    def reports(result: Path) -> list[dict]:
+        try:
+            return [json.loads(line) for line in result.read_text().splitlines()]
+        except (OSError, json.JSONDecodeError):
+            return []
+
+    def ended_and_running() -> bool:
+        found = [reports(p) for p in tmp_path.glob("*/train_m*/result.json")]
+        return any(r and r[-1].get("done") for r in found) and any(len(r) >= 2 and not r[-1].get("done") for r in found)
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait(ended_and_running, "one member ended and one mid-run")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {
+        p.parent.name: p.read_text()
+        for p in tmp_path.glob("*/train_m*/result.json")
+        if reports(p)[-1:] and reports(p)[-1].get("done")
+    }
+    assert before
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (run_dir / "finished").exists()
+    table = load_results(run_dir)
+    assert len(table) == 3
+    assert set(table.status) == {"completed"}
+    for name, text in before.items():
+        assert (run_dir / name / "result.json").read_text() == text  # kept as it was, not run again
+    for member in table.trial:
+        steps = [r["step"] for r in reports(run_dir / f"train_{member}" / "result.json")]
+        assert steps == list(range(0, 301, 20)), steps
+    study = optuna.load_study(
+        study_name=run_dir.name,
+        storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
+        ),
+    )
+    assert sorted(t.user_attrs["trial"] for t in study.trials if t.state.name == "COMPLETE") == sorted(table.trial)
+    assert not [t for t in study.trials if t.state.name == "RUNNING"]
