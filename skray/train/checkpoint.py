@@ -101,6 +101,31 @@ class RunState:
     precision: str | None = None
 
 
+def report_of(
+    state: RunState, step: int, val: dict[str, float], train_loss: float, tokens: float, per_step: int
+) -> dict:
+    """What every report says of a run's state, in the table's vocabulary (``skray.results.COLUMNS``):
+    the step, its validation scores, the best so far, the step-0 scores, and the training pace
+    (``train_loss``: the mean since the last report; ``tokens``: read so far, over all ranks;
+    ``per_step``: rows per optimizer step, over all ranks)."""
+    seconds = state.train_s
+    return {
+        "step": step,
+        **{f"val_{k}": v for k, v in val.items()},
+        "train_loss": train_loss if step else float("nan"),
+        **{f"best_val_{k}": v for k, v in state.best_val.items() if k != "loss"},
+        "best_step": state.best_step,
+        **{f"zero_shot_{k}": v for k, v in state.zero_shot.items() if k != "loss"},
+        **{f"zero_shot_test_{k}": v for k, v in state.zero_shot_test.items() if k != "loss"},
+        "train_s": seconds,
+        "samples_per_s": step * per_step / seconds if seconds else 0.0,
+        "tokens_per_s": tokens / seconds if seconds else 0.0,
+        "time_to_first_step_s": state.time_to_first_step_s,
+        "resumed_from": state.resumed_from,
+        "eval_s": state.eval_s,
+    }
+
+
 def write_resume_state(
     engine: DeepSpeedEngine, directory: str | Path, state: RunState, best: dict[str, torch.Tensor] | None, meta: dict
 ) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -82,38 +83,75 @@ def evaluate(
     ``predictions`` (classification), every rank also gets each row's predicted label there, as
     ``predictions["pred"]`` in the split's row order (``gather_rows``).
     """
+    engine.eval()
+    try:
+        (scores,) = evaluate_many(
+            lambda ids, mask: [engine(ids, mask)],
+            1,
+            encoded,
+            batch_size=batch_size,
+            rank=rank,
+            world=world,
+            device=device,
+            label_names=label_names,
+            predictions=None if predictions is None else [predictions],
+        )
+    finally:
+        engine.train()
+    return scores
+
+
+def evaluate_many(
+    forward: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]],
+    k: int,
+    encoded: dict[str, torch.Tensor],
+    *,
+    batch_size: int,
+    rank: int,
+    world: int,
+    device: torch.device,
+    label_names: list[str],
+    predictions: list[dict[str, torch.Tensor]] | None = None,
+) -> list[dict[str, float]]:
+    """``evaluate`` for the ``k`` models whose logits one call of ``forward(input_ids, attention_mask)``
+    gives (one model, or a pack of them in one pass: ``skray.train.packed``), in evaluation mode already;
+    one all-reduce for all of them, and ``predictions`` a dict per model."""
     token_level = encoded["labels"].dim() == 2
     mine, weight, batches = eval_shard(encoded, batch_size, rank, world)
-    counts, loss, scored = 0.0, 0.0, 0.0
-    rows, preds = [], []
-    engine.eval()
+    counts: list = [0.0] * k
+    loss, scored = [0.0] * k, 0.0
+    rows: list[torch.Tensor] = []
+    preds: list[list[torch.Tensor]] = [[] for _ in range(k)]
     with torch.no_grad():
         for b in range(batches):
             sl = slice(b * batch_size, (b + 1) * batch_size)
-            batch = {k: v.to(device) for k, v in take(encoded, mine[sl]).items()}
-            w = weight[sl]
-            logits = engine(batch["input_ids"], batch["attention_mask"]).float()
-            labels, pred = batch["labels"].cpu(), logits.argmax(-1).cpu()
-            row_loss = task_loss(logits, batch["labels"], reduction="none").cpu()
-            if token_level:
-                counts = counts + token_counts(pred, labels, w, label_names, IGNORE)
-                row_w = w.repeat_interleave(labels.size(1))
-                loss += float((row_loss * row_w).sum())
-                scored += float(((labels.flatten() != IGNORE).float() * row_w).sum())
-            else:
-                counts = counts + classification_counts(pred, labels, w, len(label_names))
-                loss += float((row_loss * w).sum())
-                scored += float(w.sum())
-                rows.append(mine[sl][w > 0])
-                preds.append(pred[w > 0])
-    engine.train()
+            batch = {key: v.to(device) for key, v in take(encoded, mine[sl]).items()}
+            w, labels = weight[sl], batch["labels"].cpu()
+            row_w = w.repeat_interleave(labels.size(1)) if token_level else w
+            scored += float(((labels.flatten() != IGNORE).float() * row_w).sum()) if token_level else float(w.sum())
+            rows.append(mine[sl][w > 0])
+            for i, logits in enumerate(forward(batch["input_ids"], batch["attention_mask"])):
+                logits = logits.float()
+                pred = logits.argmax(-1).cpu()
+                if token_level:
+                    counts[i] = counts[i] + token_counts(pred, labels, w, label_names, IGNORE)
+                else:
+                    counts[i] = counts[i] + classification_counts(pred, labels, w, len(label_names))
+                    preds[i].append(pred[w > 0])
+                loss[i] += float((task_loss(logits, batch["labels"], reduction="none").cpu() * row_w).sum())
     if predictions is not None and not token_level:
-        n = len(encoded["labels"])
-        predictions["pred"] = gather_rows(n, torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long), preds)
-    totals = all_reduce([*counts.tolist(), loss, scored])
-    counts, loss, scored = torch.tensor(totals[:-2], dtype=torch.float64), totals[-2], totals[-1]
-    scores = token_scores(counts) if token_level else classification_scores(counts, len(label_names))
-    return {**scores, "loss": loss / max(scored, 1.0)}
+        done = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        for own, pred in zip(predictions, preds, strict=True):
+            own["pred"] = gather_rows(len(encoded["labels"]), done, pred)
+    width = len(counts[0])
+    totals = all_reduce([x for i in range(k) for x in [*counts[i].tolist(), loss[i]]] + [scored])
+    scores = []
+    for i in range(k):
+        own = totals[i * (width + 1) : (i + 1) * (width + 1)]
+        summed = torch.tensor(own[:-1], dtype=torch.float64)
+        scored_by = token_scores(summed) if token_level else classification_scores(summed, len(label_names))
+        scores.append({**scored_by, "loss": own[-1] / max(totals[-1], 1.0)})
+    return scores
 
 
 def gather_rows(n: int, rows: torch.Tensor, values: list[torch.Tensor]) -> torch.Tensor:

@@ -22,7 +22,6 @@ their meta), so ``skray report``, ``predict`` and ``export`` read it as they rea
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -403,38 +402,27 @@ class PackedSlot:
 
     def _metrics(self, member: Member, val: dict[str, float]) -> dict[str, Any]:
         """A member's report in the table's vocabulary (``skray.results.COLUMNS``)."""
+        import torch.distributed as dist
+
+        from skray.train.checkpoint import report_of
         from skray.train.evaluate import all_reduce
         from skray.train.memory import peak_memory_mb
 
         state, t = member.state, member.cfg.train
-        step = state.step
         mean_loss = sum(member.losses) / max(1, len(member.losses))
         loss, tokens = all_reduce([mean_loss, float(state.train_tokens)])
+        (peak,) = all_reduce([peak_memory_mb(self.device)], op=dist.ReduceOp.MAX)
         member.losses.clear()
-        per_step = t.micro_batch_size * t.grad_accum * self.world
-        seconds = state.train_s
-        if state.time_to_first_step_s is None and step:
+        if state.time_to_first_step_s is None and state.step:
             state.time_to_first_step_s = time.perf_counter() - member.started - state.eval_s
-        report = {
+        per_step = t.micro_batch_size * t.grad_accum * self.world
+        return {
             **member.facts,
             "trial_id": member.id,
-            "step": step,
-            **{f"val_{k}": v for k, v in val.items()},
-            "train_loss": loss / self.world if step else float("nan"),
-            **{f"best_val_{k}": v for k, v in state.best_val.items() if k != "loss"},
-            "best_step": state.best_step,
-            **{f"zero_shot_{k}": v for k, v in state.zero_shot.items() if k != "loss"},
-            **{f"zero_shot_test_{k}": v for k, v in state.zero_shot_test.items() if k != "loss"},
-            "train_s": seconds,
-            "samples_per_s": step * per_step / seconds if seconds else 0.0,
-            "tokens_per_s": tokens / seconds if seconds else 0.0,
-            "time_to_first_step_s": state.time_to_first_step_s,
-            "peak_mem_mb": peak_memory_mb(self.device),
+            **report_of(state, state.step, val, loss / self.world, tokens, per_step),
+            "peak_mem_mb": peak,
             "prompt_passes": member.model.prompt_passes,
-            "resumed_from": 0,
-            "eval_s": state.eval_s,
         }
-        return {k: v for k, v in report.items() if not (isinstance(v, float) and math.isnan(v) and k != "train_loss")}
 
     def _write(self, member: Member, report: dict, predictions: torch.Tensor | None = None) -> None:
         """Rank 0: the report appended to the member's result.json, its best weights and meta beside (and
@@ -490,48 +478,25 @@ def evaluate_packed(
     label_names: list[str],
     predictions: list[dict[str, torch.Tensor]] | None = None,
 ) -> list[dict[str, float]]:
-    """Each member's scores and mean loss over a split, as ``skray.train.evaluate.evaluate`` scores one
-    model (the same rows per rank, the same batches, the same counts), every batch one packed pass;
-    given ``predictions`` (a dict per member), each member's per-row predicted labels as ``evaluate``
-    gives them."""
-    from skray.data.collate import take
+    """Each member's scores (and per-row predictions) on a split as ``skray.train.evaluate.evaluate``
+    gives one model's, every batch one packed pass for all of them."""
     from skray.methods.packed import packed_forward
-    from skray.train.evaluate import all_reduce, eval_shard, gather_rows, task_loss
-    from skray.train.metrics import classification_counts, classification_scores
+    from skray.train.evaluate import evaluate_many
 
-    mine, weight, batches = eval_shard(encoded, batch_size, rank, world)
-    k = len(members)
-    counts = [0.0] * k
-    loss = [0.0] * k
-    rows: list[torch.Tensor] = []
-    preds: list[list[torch.Tensor]] = [[] for _ in members]
     for m in members:
         m.eval()
-    with torch.no_grad():
-        for b in range(batches):
-            sl = slice(b * batch_size, (b + 1) * batch_size)
-            batch = {key: v.to(device) for key, v in take(encoded, mine[sl]).items()}
-            w = weight[sl]
-            inputs = (batch["input_ids"], batch["attention_mask"])
-            labels = batch["labels"].cpu()
-            rows.append(mine[sl][w > 0])
-            for i, logits in enumerate(packed_forward(backbone, members, [inputs] * k)):
-                logits = logits.float()
-                pred = logits.argmax(-1).cpu()
-                counts[i] = counts[i] + classification_counts(pred, labels, w, len(label_names))
-                loss[i] += float((task_loss(logits, batch["labels"], reduction="none").cpu() * w).sum())
-                preds[i].append(pred[w > 0])
-    for m in members:
-        m.train()
-    if predictions is not None:
-        n, scored_rows = len(encoded["labels"]), torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
-        for i, own in enumerate(predictions):
-            own["pred"] = gather_rows(n, scored_rows, preds[i])
-    flat = [x for i in range(k) for x in [*counts[i].tolist(), loss[i]]]
-    totals = all_reduce([*flat, float(weight.sum())])
-    scored, width, scores = totals[-1], 2 + 3 * len(label_names), []
-    for i in range(k):
-        row = totals[i * (width + 1) : (i + 1) * (width + 1)]
-        s = classification_scores(torch.tensor(row[:-1], dtype=torch.float64), len(label_names))
-        scores.append({**s, "loss": row[-1] / max(scored, 1.0)})
-    return scores
+    try:
+        return evaluate_many(
+            lambda ids, mask: packed_forward(backbone, members, [(ids, mask)] * len(members)),
+            len(members),
+            encoded,
+            batch_size=batch_size,
+            rank=rank,
+            world=world,
+            device=device,
+            label_names=label_names,
+            predictions=predictions,
+        )
+    finally:
+        for m in members:
+            m.train()

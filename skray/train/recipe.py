@@ -342,6 +342,7 @@ class SKTuningRecipe:
         """A report in the table's vocabulary: what was run, how well, at what cost (summed over ranks)."""
         import torch.distributed as dist
 
+        from skray.train.checkpoint import report_of
         from skray.train.evaluate import all_reduce
         from skray.train.memory import peak_memory_mb
 
@@ -355,27 +356,15 @@ class SKTuningRecipe:
         )
         self.losses.clear()
         per_step = t.micro_batch_size * t.grad_accum * self.world
-        seconds, steady = state.train_s, state.steady_s
+        steady = state.steady_s
         return {
             **self.facts,
-            "step": step,
-            **{f"val_{k}": v for k, v in val.items()},
-            "train_loss": train_loss / self.world if step else float("nan"),
-            **{f"best_val_{k}": v for k, v in state.best_val.items() if k != "loss"},
-            "best_step": state.best_step,
-            **{f"zero_shot_{k}": v for k, v in state.zero_shot.items() if k != "loss"},
-            **{f"zero_shot_test_{k}": v for k, v in state.zero_shot_test.items() if k != "loss"},
-            "train_s": seconds,
-            "samples_per_s": step * per_step / seconds if seconds else 0.0,
-            "tokens_per_s": tokens / seconds if seconds else 0.0,
+            **report_of(state, step, val, train_loss / self.world, tokens, per_step),
             "steady_samples_per_s": state.steady_steps * per_step / steady if steady else float("nan"),
             "steady_tokens_per_s": steady_tokens / steady if steady else float("nan"),
-            "time_to_first_step_s": state.time_to_first_step_s,
             "peak_mem_mb": peak,
             "peak_param_bytes_per_worker": param_peak,
             "prompt_passes": self.model.prompt_passes,
-            "resumed_from": state.resumed_from,
-            "eval_s": state.eval_s,
         }
 
     def _checkpoint_and_report(self, metrics: dict) -> None:
