@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # deepspeed itself is imported only after DS_ACCELERATOR is s
     from deepspeed import DeepSpeedEngine
     from ray.train import Checkpoint
 
+    from skray.config import ExperimentConfig
     from skray.methods.base import TaskModel
 
 WEIGHTS = "adapter.safetensors"
@@ -99,6 +100,23 @@ class RunState:
     zero_stage: int | None = None
     offload: str | None = None
     precision: str | None = None
+
+
+def checkpoint_meta(cfg: ExperimentConfig, label_names: list[str], precision: str, state: RunState, key: str) -> dict:
+    """``skray.json``: how to rebuild the model a checkpoint's weights belong to, and which evaluation
+    they scored best at (``key``: the selection metric)."""
+    return {
+        "backbone": cfg.backbone.name,
+        "trust_remote_code": cfg.backbone.trust_remote_code,
+        "method": cfg.method.model_dump(),
+        "task": cfg.data.task,
+        "label_names": label_names,
+        "template": cfg.data.template,
+        "max_length": cfg.data.max_length,
+        "precision": precision,
+        "step": state.best_step,
+        f"val_{key}": state.best_score,
+    }
 
 
 def report_of(

@@ -427,22 +427,11 @@ class PackedSlot:
     def _write(self, member: Member, report: dict, predictions: torch.Tensor | None = None) -> None:
         """Rank 0: the report appended to the member's result.json, its best weights and meta beside (and
         the final test's per-row predictions, as a solo trial keeps them)."""
-        from skray.train.checkpoint import save_checkpoint
+        from skray.train.checkpoint import checkpoint_meta, save_checkpoint
         from skray.train.evaluate import save_predictions
 
-        cfg, state = member.cfg, member.state
-        meta = {
-            "backbone": cfg.backbone.name,
-            "trust_remote_code": cfg.backbone.trust_remote_code,
-            "method": cfg.method.model_dump(),
-            "task": cfg.data.task,
-            "label_names": self.label_names,
-            "template": cfg.data.template,
-            "max_length": cfg.data.max_length,
-            "precision": cfg.train.precision,
-            "step": state.best_step,
-            f"val_{member.key}": state.best_score,
-        }
+        cfg = member.cfg
+        meta = checkpoint_meta(cfg, self.label_names, cfg.train.precision, member.state, member.key)
         local = storage.location(storage.join(member.directory, CHECKPOINT))
         if storage.is_uri(member.directory):
             raise NotImplementedError("packed members write to a local or shared run directory")

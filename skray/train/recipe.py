@@ -371,21 +371,10 @@ class SKTuningRecipe:
         """Every rank writes its part of the checkpoint; rank 0 adds the best weights and their meta."""
         import ray.train
 
-        from skray.train.checkpoint import write_resume_state
+        from skray.train.checkpoint import checkpoint_meta, write_resume_state
 
-        cfg, state = self.cfg, self.state
-        meta = {
-            "backbone": cfg.backbone.name,
-            "trust_remote_code": cfg.backbone.trust_remote_code,
-            "method": cfg.method.model_dump(),
-            "task": cfg.data.task,
-            "label_names": self.label_names,
-            "template": cfg.data.template,
-            "max_length": cfg.data.max_length,
-            "precision": self.t.precision,
-            "step": state.best_step,
-            f"val_{self.key}": state.best_score,
-        }
+        state = self.state
+        meta = checkpoint_meta(self.cfg, self.label_names, self.t.precision, state, self.key)
         with tempfile.TemporaryDirectory(prefix="skray-ckpt-") as directory:
             state.reports.append(dict(metrics))  # the checkpoint keeps its own report too (``_replay``)
             size = write_resume_state(self.engine, directory, state, self.best if self.rank == 0 else None, meta)
