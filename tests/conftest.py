@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
@@ -115,6 +117,26 @@ def ray_cluster():
     start_private_ray(num_cpus=2, num_gpus=0, log_to_driver=False)  # no test uses a GPU unless it asks
     yield
     ray.shutdown()
+
+
+def study_of(run_dir) -> optuna.Study:
+    """The Optuna study a `skray tune` run keeps in RUN_DIR/optuna.journal, named after the run."""
+    backend = optuna.storages.journal.JournalFileBackend(str(Path(run_dir) / "optuna.journal"))
+    return optuna.load_study(study_name=Path(run_dir).name, storage=optuna.storages.JournalStorage(backend))
+
+
+def assert_study_matches(run_dir, table) -> dict:
+    """Each row of a tune run's table is one Optuna trial, in the state its status says (ASHA-stopped:
+    PRUNED, never COMPLETE), with the row's wording, m and lr; returns the trials by row id."""
+    states = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
+    by_trial = {t.user_attrs["trial"]: t for t in study_of(run_dir).trials}
+    assert set(by_trial) == set(table.trial)
+    for row in table.itertuples():
+        trial = by_trial[row.trial]
+        assert trial.state == states[row.status]
+        assert (trial.params["wording"], trial.params["prefix_length"]) == (row.wording, row.prefix_length)
+        assert trial.params["lr"] == pytest.approx(row.lr)
+    return by_trial
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import re
 import threading
 from pathlib import Path
 
-import optuna
 import pandas as pd
 import pytest
 import torch
@@ -25,6 +24,7 @@ from skray.train.batches import train_batches
 from skray.train.deepspeed import build_engine, lr_factor
 from skray.train.evaluate import evaluate, task_loss
 from skray.train.packed import Member, PackedSlot, evaluate_packed
+from tests.conftest import assert_study_matches, study_of
 
 LABELS = ["neg", "pos"]
 WORDS = {"neg": " negative", "pos": " positive"}
@@ -176,20 +176,9 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
     assert "completed" in set(table.status)
     assert set(table.slot) == {0}
     assert table.trainable_params.gt(0).all()
-    study = optuna.load_study(
-        study_name=run_dir.name,
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
-        ),
-    )
-    states = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
-    by_trial = {t.user_attrs["trial"]: t for t in study.trials}
-    assert set(by_trial) == set(table.trial)
+    by_trial = assert_study_matches(run_dir, table)
     for row in table.itertuples():
         trial = by_trial[row.trial]
-        assert trial.state == states[row.status]
-        assert (trial.params["wording"], trial.params["prefix_length"]) == (row.wording, row.prefix_length)
-        assert trial.params["lr"] == pytest.approx(row.lr)
         reports = [
             json.loads(line) for line in (run_dir / f"train_{row.trial}" / "result.json").read_text().splitlines()
         ]
@@ -230,12 +219,7 @@ def test_a_killed_slot_worker_restarts_the_slot_with_its_members(ray_cluster, ti
         lines = (Path(run_dir) / f"train_{member}" / "result.json").read_text().splitlines()
         steps = [json.loads(line)["step"] for line in lines]
         assert steps == list(range(0, steps[-1] + 1, 20)), steps
-    study = optuna.load_study(
-        study_name=Path(run_dir).name,
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(Path(run_dir) / "optuna.journal"))
-        ),
-    )
+    study = study_of(run_dir)
     assert sorted(t.state.name for t in study.trials) == sorted(
         {"completed": "COMPLETE", "early_stopped": "PRUNED"}[s] for s in table.status
     )
@@ -297,11 +281,6 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
     for member in table.trial:
         steps = [r["step"] for r in reports(run_dir / f"train_{member}" / "result.json")]
         assert steps == list(range(0, 301, 20)), steps
-    study = optuna.load_study(
-        study_name=run_dir.name,
-        storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
-        ),
-    )
+    study = study_of(run_dir)
     assert sorted(t.user_attrs["trial"] for t in study.trials if t.state.name == "COMPLETE") == sorted(table.trial)
     assert not [t for t in study.trials if t.state.name == "RUNNING"]

@@ -22,6 +22,7 @@ from skray.errors import ResourceError
 from skray.results import load_results
 from skray.run import run_experiment
 from skray.train.checkpoint import load_trained
+from tests.conftest import assert_study_matches
 
 pytestmark = pytest.mark.slow
 
@@ -146,8 +147,6 @@ def pickled(run_dir: Path) -> list[Path]:
 def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_experiment, tmp_path, capsys):
     """Two objectives: the study on disk holds every trial as the table does (ASHA-stopped ones
     PRUNED, never COMPLETE with truncated scores), and pareto.csv exactly the non-dominated trials."""
-    import optuna
-
     cfg = tiny_experiment(
         search__objectives={"best_val_acc": "max", "trainable_params": "min"}, search__screen={"keep": 2}
     )
@@ -167,19 +166,9 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     assert table.prefix_length.between(2, 6).all()
     assert table.lr.between(1e-4, 1e-2).all()
 
-    backend = optuna.storages.journal.JournalFileBackend(str(run_dir / "optuna.journal"))
-    journal = optuna.storages.JournalStorage(backend)
-    study = optuna.load_study(study_name=run_dir.name, storage=journal)
-    states = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
-    by_trial = {t.user_attrs["trial"]: t for t in study.trials}
-    assert set(by_trial) == set(table.trial)
-    for row in table.itertuples():
-        trial = by_trial[row.trial]
-        assert trial.state == states[row.status]
-        assert (trial.params["wording"], trial.params["prefix_length"]) == (row.wording, row.prefix_length)
-        assert trial.params["lr"] == pytest.approx(row.lr)
-        if row.status == "completed":
-            assert trial.values == [pytest.approx(row.best_val_acc), row.trainable_params]
+    by_trial = assert_study_matches(run_dir, table)
+    for row in table[table.status == "completed"].itertuples():
+        assert by_trial[row.trial].values == [pytest.approx(row.best_val_acc), row.trainable_params]
     done = table[table.status == "completed"]
     front = pd.read_csv(run_dir / "pareto.csv")
     dominated = {
