@@ -284,3 +284,26 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
     study = study_of(run_dir)
     assert sorted(t.user_attrs["trial"] for t in study.trials if t.state.name == "COMPLETE") == sorted(table.trial)
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_a_packed_compare_runs_its_grid_in_one_slot_and_a_member_that_fails_fails_alone(
+    ray_cluster, tiny_experiment, tmp_path
+):
+    """compare packs its methods x seeds; a member its method refuses (adapter linear keeps m = k, and
+    m is not k here) is its own failed row, with the error, while the others complete beside it."""
+    from skray.run import run_experiment
+
+    bad = {"kind": "sk_prefix", "adapter": "linear", "prefix_length": 1}
+    cfg = tiny_experiment(
+        compare={"methods": ["sk_prefix", "sk_prompt", bad], "seeds": [0, 1]}, train__max_steps=4, train__eval_every=2
+    )
+    run_dir, table = run_experiment(cfg, "compare")
+    assert len(table) == 6
+    assert set(table.slot) == {0}
+    failed = table[table.status == "error"]
+    assert len(failed) == 2
+    assert failed.error.str.contains("prefix_length").all(), failed.error.tolist()
+    assert set(table[table.status == "completed"].method) == {"sk_prefix", "sk_prompt"}
+    compare = pd.read_csv(Path(run_dir) / "compare.csv")
+    assert len(compare) == 3

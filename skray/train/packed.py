@@ -230,6 +230,10 @@ class PackedSlot:
         from skray.train.deepspeed import lr_factor
 
         t = cfg.train
+        directory = storage.join(self.run_dir, MEMBER_DIR.format(member=member_id))
+        if self.rank == 0:  # first: a member that fails to build is a row too, with its error
+            storage.write_text(storage.join(directory, "params.json"), json.dumps(params | {"slot": self.slot}))
+            storage.write_text(storage.join(directory, "result.json"), "")
         torch.manual_seed(t.seed)
         model = build_model(self.backbone, cfg.method, self.label_names, cfg.data.task == "token_classification")
         place(model, self.device, torch.float32, frozen=self.backbone.model)  # fp32 masters, as DeepSpeed keeps
@@ -242,7 +246,6 @@ class PackedSlot:
         optimizer = torch.optim.AdamW(trains, lr=t.lr, weight_decay=t.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup, t.max_steps))
         rows = len(self.data["train"]["labels"])
-        directory = storage.join(self.run_dir, MEMBER_DIR.format(member=member_id))
         member = Member(
             id=member_id,
             cfg=cfg,
@@ -260,9 +263,6 @@ class PackedSlot:
             "micro_batch_size": t.micro_batch_size,
             "lr": t.lr,
         }
-        if self.rank == 0:
-            storage.write_text(storage.join(directory, "params.json"), json.dumps(params | {"slot": self.slot}))
-            storage.write_text(storage.join(directory, "result.json"), "")
         return member
 
     def _step(self) -> None:
