@@ -307,3 +307,28 @@ def test_a_packed_compare_runs_its_grid_in_one_slot_and_a_member_that_fails_fail
     assert set(table[table.status == "completed"].method) == {"sk_prefix", "sk_prompt"}
     compare = pd.read_csv(Path(run_dir) / "compare.csv")
     assert len(compare) == 3
+
+
+def test_members_whose_step0_models_agree_share_one_step0_key_and_no_others_do(decoder):
+    """The step-0 scores are computed once per step-0 model: SK-Prefix with the verbalizer starts as the
+    model reading its wording whatever its rank or seed; a wording, m or a seeded linear head makes
+    another model, and so does a step of training."""
+    from skray.methods.packed import step0_key
+
+    def key(seed=1, **spec):
+        torch.manual_seed(seed)
+        base = {"kind": "sk_prefix", "wording": "is it good?", "prefix_length": 3, "adapter_rank": 4}
+        cfg = MethodConfig(label_words=WORDS, **(base | spec))
+        return step0_key(build_model(decoder, cfg, LABELS))
+
+    same = key()
+    assert key(adapter_rank=2) == same
+    assert key(seed=7) == same
+    assert key(wording="the sentiment?") != same
+    assert key(prefix_length=4) != same
+    assert key(head="linear") != key(head="linear", seed=7)
+    model = _member(decoder, MEMBERS[0][0])
+    before = step0_key(model)
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.requires_grad).add_(0.1)
+    assert step0_key(model) != before

@@ -18,6 +18,7 @@ them, are its solo forward's up to float summation order (tests/test_packed.py h
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,22 @@ def virtual(member: TaskModel) -> Virtual:
     if type(member) is TaskModel:
         return Virtual()
     raise TypeError(f"{type(member).__name__} cannot be packed")
+
+
+def step0_key(member: TaskModel) -> str:
+    """A fingerprint of what a member computes before it trains: its kind of virtual part, the part's
+    values and its head's (parameters and buffers). Two members with one key give the same logits on
+    every row, so their step-0 scores are computed once (``skray.train.packed``)."""
+    digest = hashlib.sha1(type(member).__name__.encode())
+    with torch.no_grad():
+        part = virtual(member)
+        tensors = [part.embeds] if part.embeds is not None else [t for kv in part.kv or [] for t in kv]
+        tensors += [t for _, t in sorted(member.head.state_dict().items())]
+    digest.update(f"{part.start}:{part.embeds_length}:{part.kv_length}:{member.token_level}".encode())
+    for t in tensors:
+        digest.update(str((t.dtype, tuple(t.shape))).encode())
+        digest.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def packed_forward(

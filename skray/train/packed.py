@@ -96,6 +96,7 @@ class PackedSlot:
         self.started = time.perf_counter()
         self.seats: list[Member] = []
         self.members = 0  # members this slot took
+        self.step0: dict[str, tuple[dict, dict]] = {}  # step-0 model -> its (validation, test) scores
         self.timing = {"setup_s": 0.0, "steps_s": 0.0, "eval_s": 0.0, "write_s": 0.0}
 
     def setup(self) -> None:
@@ -337,8 +338,19 @@ class PackedSlot:
         return scores
 
     def _zero_shot(self, joined: list[Member]) -> None:
-        """The step-0 model of each new member on validation and test, and its step-0 report."""
-        val, test = self._scores(joined, "validation"), self._scores(joined, "test")
+        """The step-0 model of each new member on validation and test, and its step-0 report. Members
+        whose step-0 models are the same model (``step0_key``: e.g. seeds or learning rates of one
+        verbalizer-headed SK setting, whose adapters start as the identity) are scored once per slot."""
+        from skray.methods.packed import step0_key
+
+        keys = [step0_key(m.model) for m in joined]
+        new = {k: m for k, m in zip(keys, joined, strict=True) if k not in self.step0}
+        if new:
+            firsts = list(new.values())
+            scored = zip(self._scores(firsts, "validation"), self._scores(firsts, "test"), strict=True)
+            self.step0.update(zip(new, scored, strict=True))
+        val = [self.step0[k][0] for k in keys]
+        test = [self.step0[k][1] for k in keys]
         for member, v, t in zip(joined, val, test, strict=True):
             member.state.zero_shot, member.state.zero_shot_test = v, t
             member.state.best_score, member.state.best_val, member.state.best_step = v[member.key], v, 0
