@@ -95,16 +95,22 @@ def main() -> None:
     floor = out.compute_s.iloc[0]
     out["vs_solo"] = out.configs_per_h / out.configs_per_h.iloc[0]
     out["vs_floor"] = out.wall_s / floor
-    gaps, same_best = [], []
+    gaps, same_best, per_config = [], [], []
     for pack in args.packs:
         t = tables[pack].set_index(KEY)
-        both = t.join(solo, rsuffix="_solo", how="inner")
+        both = t.join(solo, how="inner", lsuffix="", rsuffix="_solo")
         gaps.append(float((both.test_acc - both.test_acc_solo).abs().max()) if len(both) else float("nan"))
         same_best.append(tables[pack].iloc[0][KEY].tolist() == tables[args.packs[0]].iloc[0][KEY].tolist())
+        shown = ["best_step", "best_step_solo", "best_val_acc", "best_val_acc_solo", "test_acc", "test_acc_solo"]
+        per_config.append(both[[c for c in shown if c in both.columns]].assign(pack=pack))
     out["max_test_gap"] = gaps
     out["same_best"] = same_best
     print(f"\nfloor (the solo arm's steps and evaluations, no start-up): {floor:.0f} s")
     print(out.to_string(float_format=lambda v: f"{v:.3g}"))
+    configs = pd.concat(per_config).reset_index()
+    configs["wording"] = configs.wording.str.slice(0, 24)
+    print("\neach configuration, packed beside solo (best_step: the evaluation whose weights were tested)")
+    print(configs.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for pack, reports in slots.items():
         for r in reports:
             shown = {k: r.get(k) for k in ("members", "setup_s", "steps_s", "eval_s", "write_s")}

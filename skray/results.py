@@ -36,6 +36,7 @@ COLUMNS = [
     "best_val_f1",
     "best_val_precision",
     "best_val_recall",
+    "best_step",
     "test_acc",
     "test_f1",
     "test_precision",

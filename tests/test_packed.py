@@ -292,21 +292,22 @@ def test_a_packed_compare_runs_its_grid_in_one_slot_and_a_member_that_fails_fail
 ):
     """compare packs its methods x seeds; a member its method refuses (adapter linear keeps m = k, and
     m is not k here) is its own failed row, with the error, while the others complete beside it."""
+    from skray.config import parse_config
+    from skray.results import load_results
     from skray.run import run_experiment
 
     bad = {"kind": "sk_prefix", "adapter": "linear", "prefix_length": 1}
-    cfg = tiny_experiment(
-        compare={"methods": ["sk_prefix", "sk_prompt", bad], "seeds": [0, 1]}, train__max_steps=4, train__eval_every=2
-    )
-    run_dir, table = run_experiment(cfg, "compare")
+    raw = tiny_experiment(train__max_steps=4, train__eval_every=2).model_dump()
+    cfg = parse_config(raw | {"compare": {"methods": ["sk_prefix", "sk_prompt", bad], "seeds": [0, 1]}})
+    run_dir, summary = run_experiment(cfg, "compare")
+    assert len(summary) == 3  # compare's table: a row per method
+    table = load_results(run_dir)
     assert len(table) == 6
     assert set(table.slot) == {0}
     failed = table[table.status == "error"]
     assert len(failed) == 2
     assert failed.error.str.contains("prefix_length").all(), failed.error.tolist()
     assert set(table[table.status == "completed"].method) == {"sk_prefix", "sk_prompt"}
-    compare = pd.read_csv(Path(run_dir) / "compare.csv")
-    assert len(compare) == 3
 
 
 def test_members_whose_step0_models_agree_share_one_step0_key_and_no_others_do(decoder):

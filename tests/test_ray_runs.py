@@ -243,7 +243,8 @@ def test_ctrl_c_keeps_what_was_reported_and_exits_130(tiny_experiment, tmp_path)
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     # The quiet console: skray's own lines, none of Ray's reports or worker logs, which went to files.
     assert re.search(r"^trial \w+ started: method='sk_prefix', wording=", out, re.M), out
-    assert re.search(r"^trial \w+ step 2/400: val acc 0\.\d+, [\d.]+ steps/s  \[0/3 trials ended", out, re.M), out
+    step = r"^trial \w+ step 2/400: val acc 0\.\d+ \(f1 0\.\d+\), [\d.]+ steps/s  \[0/3 trials ended"
+    assert re.search(step, out, re.M), out
     for noise in ("RayTrainWorker", "Reporting training result", "Trial status", "(pid="):
         assert noise not in out + err
     logs = {p.name: p.read_text() for p in (run_dir / "logs").iterdir()}
