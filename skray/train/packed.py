@@ -76,7 +76,6 @@ class Member:
     best: dict[str, torch.Tensor] | None = None
     losses: list[float] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
-    step_s: float = 0.0  # this member's share of the slot's step time so far
 
     @property
     def key(self) -> str:
@@ -169,8 +168,9 @@ class PackedSlot:
             due = []
             for member in self.seats:
                 member.state.step += 1
-                member.step_s += took / len(self.seats)
-                member.state.train_s += took / len(self.seats)
+                member.state.train_s += took / len(self.seats)  # its share of the shared step
+                if member.state.time_to_first_step_s is None:  # from its build, its evaluations left out
+                    member.state.time_to_first_step_s = time.perf_counter() - member.started - member.state.eval_s
                 t = member.cfg.train
                 if member.state.step % t.eval_every == 0 or member.state.step == t.max_steps:
                     due.append(member)
@@ -425,8 +425,6 @@ class PackedSlot:
         loss, tokens = all_reduce([mean_loss, float(state.train_tokens)])
         (peak,) = all_reduce([peak_memory_mb(self.device)], op=dist.ReduceOp.MAX)
         member.losses.clear()
-        if state.time_to_first_step_s is None and state.step:
-            state.time_to_first_step_s = time.perf_counter() - member.started - state.eval_s
         per_step = t.micro_batch_size * t.grad_accum * self.world
         return {
             **member.facts,
