@@ -1,4 +1,4 @@
-"""The SK-Tuning recipe every Ray Train worker runs: the only place a training step happens.
+"""The SK-Tuning recipe a solo trial's Ray Train workers run (a packed slot's: ``skray.train.packed``).
 
 ``setup`` loads the data, settles the precision (``auto``: by the GPUs' compute capability), loads
 the frozen backbone, builds the method's model (for SK methods the semantic prompt runs through the
