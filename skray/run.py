@@ -147,7 +147,7 @@ def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command) -> ExperimentConfig
 class Packing:
     """A packed search: ``slots`` Tune trials of ``pack`` seats each, fed by the ``broker`` actor."""
 
-    broker: Any
+    broker: Any  # held while the run lasts, so the actor lives; slots and the console find it by name
     pack: int
     slots: int
 

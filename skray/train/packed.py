@@ -121,10 +121,9 @@ class PackedSlot:
             torch.cuda.set_device(self.device)
         assert dist.is_initialized(), "Ray Train sets up the process group"
         self.cfg = cfg = cfg.model_copy(update={"train": settle_precision(cfg.train, self.device, self.rank == 0)})
-        self.dtype = dtype_of(cfg.train.precision)
         splits = load_splits(cfg.data)
         self.label_names = splits.label_names
-        self.backbone = load_backbone(cfg.backbone, self.dtype)
+        self.backbone = load_backbone(cfg.backbone, dtype_of(cfg.train.precision))
         self.backbone.model.to(self.device)
         self.data = {
             s: encode(splits[s], self.backbone.tokenizer, cfg.data, add_special_tokens=not self.backbone.is_decoder)
