@@ -3,7 +3,7 @@ space (a seeded random sampler hands them out in the same order to every arm; no
 ASHA's first rung is the last step), trained solo (``search.pack 1``, today's way) and packed 2, 4 and
 8 to a slot, streaming on.
 
-    python benchmarks/packing.py [--configs 8] [--steps 48] [--packs 1 2 4 8] [--workers 2]
+    python benchmarks/packing.py [--configs 8] [--steps 48] [--packs 1 2 4 8] [--workers 2] [--seeds 0]
 
 Per arm: the sweep's wall time (``run_experiment``, one local Ray for all arms), configurations per
 hour and its ratio to solo, the peak RSS of one worker, and each configuration's test accuracy beside
@@ -12,6 +12,11 @@ The floor is the sweep's compute with no start-up at all: the solo arm's own tra
 evaluations (``train_s`` + ``eval_s`` summed over its trials, at the speed it measured), which no
 arm can beat without computing less. Also per packed arm: where the slot's time went (set-up, steps,
 evaluation, writes), from the slot's last report.
+
+With several ``--seeds`` (``train.seed``: each member's initialisation and data order; the sampler
+keeps its own seed, so every seed runs the same configurations), every arm runs once per seed, and a
+last table sets each configuration's packed-to-solo gap at each seed beside the spread of its solo
+test accuracy over the seeds: whether packing moves a result by more than a seed does.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
 KEY = ["wording", "prefix_length", "lr"]
 
 
-def experiment(storage: str, pack: int, configs: int, steps: int, workers: int):
+def experiment(storage: str, pack: int, configs: int, steps: int, workers: int, seed: int = 0):
     from skray.config import load_config
 
     return load_config(
         QUICKSTART,
         [
             f"storage_path={storage}",
-            f"name=pack{pack}",
+            f"name=pack{pack}-seed{seed}",
+            f"train.seed={seed}",
             f"train.num_workers={workers}",
             f"train.max_steps={steps}",
             f"train.eval_every={max(1, steps // 4)}",
@@ -62,16 +68,30 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--packs", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = p.parse_args()
 
     from skray.cluster import start_private_ray
-    from skray.run import run_experiment
 
     start_private_ray()
+    spread = []
+    for seed in args.seeds:
+        if len(args.seeds) > 1:
+            print(f"\n== train.seed {seed}", flush=True)
+        spread.append(compare_arms(args, seed))
+    if len(args.seeds) > 1:
+        seed_spread(pd.concat(spread))
+
+
+def compare_arms(args: argparse.Namespace, seed: int) -> pd.DataFrame:
+    """The arms at one ``train.seed``, their tables printed; returns each configuration's test accuracy
+    per arm (pack) at this seed."""
+    from skray.run import run_experiment
+
     rows, tables, slots = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="skray-packing-") as storage:
         for pack in args.packs:
-            cfg = experiment(storage, pack, args.configs, args.steps, args.workers)
+            cfg = experiment(storage, pack, args.configs, args.steps, args.workers, seed)
             start = time.perf_counter()
             run_dir, table = run_experiment(cfg, "tune", verbose=False)
             wall = time.perf_counter() - start
@@ -115,6 +135,20 @@ def main() -> None:
         for r in reports:
             shown = {k: r.get(k) for k in ("members", "setup_s", "steps_s", "eval_s", "write_s")}
             print(f"pack {pack} slot: {shown}")
+    return configs[[*KEY, "pack", "test_acc", "test_acc_solo"]].assign(seed=seed)
+
+
+def seed_spread(runs: pd.DataFrame) -> None:
+    """Each configuration's solo test accuracy over the seeds (mean, sd, range) beside its packed arms'
+    gaps to solo, seed by seed."""
+    solo = runs.groupby(KEY).test_acc_solo.agg(["mean", "std", "min", "max"]).add_prefix("solo_")
+    packed = runs[runs.pack != runs.pack.min()].assign(gap=lambda d: d.test_acc - d.test_acc_solo)
+    gaps = packed.pivot_table(index=KEY, columns=["pack", "seed"], values="gap")
+    gaps.columns = [f"gap_pack{p}_seed{s}" for p, s in gaps.columns]
+    table = solo.join(gaps).reset_index()
+    table["wording"] = table.wording.str.slice(0, 24)
+    print("\neach configuration: its solo test accuracy over the seeds, and packed minus solo at each seed")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
 
 
 if __name__ == "__main__":

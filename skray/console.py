@@ -131,7 +131,8 @@ class Progress(tune.Callback):
 
 class MemberProgress(Progress):
     """``Progress`` for a packed run: the lines are its members' (what the run's broker saw happen,
-    polled on each turn of Tune's loop), not its slots'."""
+    polled on each turn of Tune's loop), not its slots'; a solo trial beside the slots (a compare's
+    LoRA) has its own, as in a run that is not packed."""
 
     def __init__(self, trials: int, steps_per_trial: int, key: str, broker: str, namespace: str) -> None:
         super().__init__(trials, steps_per_trial, key)
@@ -142,16 +143,21 @@ class MemberProgress(Progress):
         self.seen = 0  # a resumed run's broker is new, and tells its story from the start
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        pass  # a slot: its members are the lines
+        if not _is_slot(trial):
+            super().on_trial_start(iteration, _solo(trials), trial, **info)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        pass
+        if not _is_slot(trial):
+            super().on_trial_result(iteration, _solo(trials), trial, result, **info)
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        if not _is_slot(trial):
+            super().on_trial_complete(iteration, _solo(trials), trial, **info)
         self.on_step_end(iteration, trials)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        pass
+        if not _is_slot(trial):
+            super().on_trial_error(iteration, _solo(trials), trial, **info)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.on_step_end(0, trials)
@@ -174,6 +180,15 @@ class MemberProgress(Progress):
                 super().on_trial_complete(iteration, [], trial)
             else:
                 super().on_trial_error(iteration, [], trial)
+
+
+def _is_slot(trial) -> bool:
+    return "slot" in (trial.config or {})
+
+
+def _solo(trials: list) -> list:
+    """A packed run's Tune trials less its slots (whose members are counted from the broker's story)."""
+    return [t for t in trials if not _is_slot(t)]
 
 
 @dataclasses.dataclass

@@ -25,6 +25,7 @@ from skray.console import MemberProgress, tune_output
 from skray.preflight import check_memory, preflight
 from skray.report import rebuild
 from skray.search import (
+    Listed,
     TrialReports,
     finished_run,
     plan_resources,
@@ -81,7 +82,7 @@ def run_experiment(
     tuner = build_tuner(run, cfg, plan, cmd, retry_errored, verbose, packing)
     with tune_output(verbose):
         results = tuner.fit()
-    mark_finished(run.path, ran_to_end(results, packing.slots if packing else cmd.trials(cfg)))
+    mark_finished(run.path, ran_to_end(results, len(packing.trials) if packing else cmd.trials(cfg)))
     return run.path, rebuild(run.path)
 
 
@@ -145,32 +146,52 @@ def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command) -> ExperimentConfig
 
 @dataclass(frozen=True)
 class Packing:
-    """A packed search: ``slots`` Tune trials of ``pack`` seats each, fed by the ``broker`` actor."""
+    """A packed run: ``slots`` Tune trials of ``pack`` seats each, fed by the ``broker`` actor, and beside
+    them the ``solo`` points of a grid whose methods train the backbone, one Tune trial each."""
 
     broker: Any  # held while the run lasts, so the actor lives; slots and the console find it by name
     pack: int
     slots: int
+    solo: list[dict[str, Any]]
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        """What Tune runs: the slots, then the solo points."""
+        return [{"slot": i} for i in range(self.slots)] + self.solo
 
 
 def plan_packing(run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command) -> Packing | None:
     """For a command whose trials can be packed (tune, compare) where its pack setting asks (``auto``:
-    wherever every method kind it trains can share a frozen backbone): the members per slot, the
-    slots, and the run's broker; None: trials run solo."""
+    wherever the method kinds it trains can share a frozen backbone): the members per slot, the slots,
+    the run's broker, and a compare's points that run solo beside them (LoRA, full fine-tuning);
+    None: every trial runs solo."""
     packing = cmd.packing(cfg)
     if packing is None:
         return None
+    from skray.methods.packed import PACKABLE
+
     setting, kinds = packing
-    trials, key = cmd.trials(cfg), f"{cmd.section}.pack"
+    points, key = cmd.points(cfg), f"{cmd.section}.pack"
+    solo: list[dict[str, Any]] = []
+    if points:  # a grid: where some of its methods can be packed, the others run solo beside them
+        point_kinds = [cmd.trial_config(cfg, point).method.kind for point in points]
+        if any(k in PACKABLE for k in point_kinds) and any(k not in PACKABLE for k in point_kinds):
+            solo = [p for p, k in zip(points, point_kinds, strict=True) if k not in PACKABLE]
+            points = [p for p, k in zip(points, point_kinds, strict=True) if k in PACKABLE]
+            kinds = [k for k in point_kinds if k in PACKABLE]
+    trials = len(points) if points else cmd.trials(cfg)
     is_decoder = inspect_backbone(cfg.backbone).is_decoder
     pack = pack_size(cfg, setting, kinds, trials, plan.max_concurrent, is_decoder, key)
     if pack == 1:
         return None
     slots = slot_count(trials, pack, plan.max_concurrent)
+    beside = f"; {len(solo)} trials run solo beside them (their methods train the backbone)" if solo else ""
     print(
-        f"skray: {key}: {trials} trials as members of {slots} slot(s) of {pack}, each slot loading the backbone once",
+        f"skray: {key}: {trials} trials as members of {slots} slot(s) of {pack}, each slot loading the backbone "
+        f"once{beside}",
         file=sys.stderr,
     )
-    return Packing(start_broker(cfg, run.path, cmd.name, cmd.points(cfg)), pack, slots)
+    return Packing(start_broker(cfg, run.path, cmd.name, points), pack, slots, solo)
 
 
 def build_tuner(
@@ -214,9 +235,13 @@ def build_tuner(
         callbacks.append(
             MemberProgress(cmd.trials(cfg), steps, key, name, NAMESPACE) if packing else progress(cfg, cmd)
         )
-    if packing:
-        space = {"slot": tune.grid_search(list(range(packing.slots)))}
-        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=packing.slots)
+    if packing:  # each slot and solo point one trial, in that order
+        space = {}
+        tune_config = tune.TuneConfig(
+            search_alg=Listed(packing.trials),
+            num_samples=len(packing.trials),
+            max_concurrent_trials=packing.slots if not packing.solo else plan.max_concurrent,
+        )
     else:
         space, tune_config = cmd.param_space(cfg), cmd.tune_config(cfg, plan.max_concurrent, run.path)
     return tune.Tuner(

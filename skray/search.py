@@ -19,6 +19,7 @@ from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.search import Searcher
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from skray import storage
@@ -78,6 +79,32 @@ def plan_resources(cfg: ExperimentConfig, room: Capacity, command: Command = COM
     if limit:  # a growing cluster may run more trials than fit now; a fixed one may not
         concurrent = limit if can_grow else min(concurrent, limit)
     return Plan(per_worker, concurrent)
+
+
+class Listed(Searcher):
+    """Tune's trials as a list of configurations, in order: a packed run's slots, then the grid's points
+    that run solo beside them (a grid over the two kinds of trials would cross them). Unlike Tune's
+    ``points_to_evaluate``, the configurations need no space, and ``max_concurrent_trials`` holds."""
+
+    def __init__(self, configs: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.configs, self.handed = configs, 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.handed >= len(self.configs):
+            return Searcher.FINISHED
+        self.handed += 1
+        return dict(self.configs[self.handed - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # every configuration runs once, whatever the others did
+
+    def save(self, checkpoint_path: str) -> None:
+        storage.write_text(checkpoint_path, json.dumps({"configs": self.configs, "handed": self.handed}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(storage.read_text(checkpoint_path))
+        self.configs, self.handed = state["configs"], state["handed"]
 
 
 def run_trial(

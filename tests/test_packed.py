@@ -287,10 +287,11 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
 
 
 @pytest.mark.slow
-def test_a_packed_compare_runs_its_grid_in_one_slot_and_a_member_that_fails_fails_alone(
-    ray_cluster, tiny_experiment, tmp_path
+def test_a_packed_compare_packs_what_it_can_runs_lora_solo_beside_and_a_member_that_fails_fails_alone(
+    ray_cluster, tiny_experiment, capsys
 ):
-    """compare packs its methods x seeds; a member its method refuses (adapter linear keeps m = k, and
+    """compare packs the methods x seeds that share a frozen backbone into one slot and runs LoRA's
+    seeds as solo trials in the same run; a member its method refuses (adapter linear keeps m = k, and
     m is not k here) is its own failed row, with the error, while the others complete beside it."""
     from skray.config import parse_config
     from skray.results import load_results
@@ -298,16 +299,20 @@ def test_a_packed_compare_runs_its_grid_in_one_slot_and_a_member_that_fails_fail
 
     bad = {"kind": "sk_prefix", "adapter": "linear", "prefix_length": 1}
     raw = tiny_experiment(train__max_steps=4, train__eval_every=2).model_dump()
-    cfg = parse_config(raw | {"compare": {"methods": ["sk_prefix", "sk_prompt", bad], "seeds": [0, 1]}})
-    run_dir, summary = run_experiment(cfg, "compare")
+    cfg = parse_config(raw | {"compare": {"methods": ["sk_prefix", bad, "lora"], "seeds": [0, 1]}})
+    run_dir, summary = run_experiment(cfg, "compare", verbose=False)
+    out, err = capsys.readouterr()
+    assert "4 trials as members of 1 slot(s) of 4" in err and "2 trials run solo beside them" in err, err
     assert len(summary) == 3  # compare's table: a row per method
     table = load_results(run_dir)
     assert len(table) == 6
-    assert set(table.slot) == {0}
+    assert table.slot.eq(0).sum() == 4 and table[table.method == "lora"].slot.isna().all()
     failed = table[table.status == "error"]
     assert len(failed) == 2
     assert failed.error.str.contains("prefix_length").all(), failed.error.tolist()
-    assert set(table[table.status == "completed"].method) == {"sk_prefix", "sk_prompt"}
+    assert set(table[table.status == "completed"].method) == {"sk_prefix", "lora"}
+    assert "[6/6 trials ended" in out, out  # members and solo trials, each one line when it ends
+    assert (Path(run_dir) / "finished").exists()
 
 
 def test_members_whose_step0_models_agree_share_one_step0_key_and_no_others_do(decoder):

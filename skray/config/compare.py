@@ -57,8 +57,8 @@ class CompareConfig(Section):
     )
     pack: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = Field(
         default="auto",
-        description="Trials trained at once over one shared frozen backbone (a slot), as search.pack; auto packs "
-        "where every method can share one (not lora, full_finetune)",
+        description="Trials trained at once over one shared frozen backbone (a slot), as search.pack; the methods "
+        "that train the backbone (lora, full_finetune) run solo beside the slots",
     )
     tune: CompareTuneConfig | None = Field(
         default=None,
