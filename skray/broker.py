@@ -121,8 +121,10 @@ class Broker:
 
     def _resume(self, run_dir: str) -> int:
         """Members a run made before its driver was killed (their folders): the ones that ended stay as
-        they are; the ones still running start again, from step 0, under the same Optuna trial. Returns
-        how many members were handed out before."""
+        they are; the ones still running go on under the same Optuna trial, from their last report's
+        state (``skray.train.packed``'s resume.pt; from step 0 where they had none). ASHA hears every
+        member's logged reports again, so its rungs hold what they held. Returns how many members were
+        handed out before."""
         import json
 
         from skray import storage
@@ -131,14 +133,22 @@ class Broker:
         made = [d for d in storage.subdirs(run_dir) if _member_of(d)]
         for directory in made:
             member = _member_of(directory)
-            params_path = storage.join(directory, "params.json")
-            if _ended(directory) or not storage.exists(params_path):
+            if storage.exists(storage.join(directory, "error.txt")):
                 continue
-            params = {k: v for k, v in json.loads(storage.read_text(params_path)).items() if k != "slot"}
-            if self.searcher is None or self.searcher.adopt(member):
-                self.asha.on_trial_add(None, _Member(member))
+            reports = _reports(directory)
+            self.asha.on_trial_add(None, _Member(member))
+            for report in reports:  # the decisions were taken when they were made
+                self.asha.on_trial_result(None, _Member(member), report)
+            params_path = storage.join(directory, "params.json")
+            running = not _ended(directory) and storage.exists(params_path)
+            if running and (self.searcher is None or self.searcher.adopt(member)):
+                params = {k: v for k, v in json.loads(storage.read_text(params_path)).items() if k != "slot"}
                 cfg = trial_experiment(self.command, self.experiment, params)
                 self.pending.append((member, params, cfg.model_dump()))
+            elif reports:
+                self.asha.on_trial_complete(None, _Member(member), reports[-1])
+            else:
+                self.asha.on_trial_remove(None, _Member(member))
         if self.searcher is not None:  # asked for a member whose folder was never made: it will not run
             self.searcher.fail_running(keep={member for member, _, _ in self.pending})
         return len(made)
@@ -170,7 +180,7 @@ class Broker:
 
     def rejoin(self, slot: int) -> list[tuple]:
         """The members ``slot`` was training when its workers failed: Ray Train restarts the worker group,
-        and they start again from step 0 (their reports replace the ones made before)."""
+        and they go on from their last report (``skray.train.packed``'s resume.pt)."""
         return [offer for s, offer in self.live.values() if s == slot]
 
     def tell(self, member: str, report: dict[str, Any]) -> str:
@@ -216,20 +226,30 @@ def _member_of(directory: str) -> str | None:
     return found.group(1) if found else None
 
 
-def _ended(directory: str) -> bool:
-    """Whether a member's folder says it ended: failed, or its last report ended it."""
+def _reports(directory: str) -> list[dict[str, Any]]:
+    """A member's logged reports (its result.json), a line cut by a crash left out."""
     import json
 
     from skray import storage
 
+    path = storage.join(directory, "result.json")
+    reports = []
+    for line in storage.read_text(path).splitlines() if storage.exists(path) else []:
+        try:
+            reports.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return reports
+
+
+def _ended(directory: str) -> bool:
+    """Whether a member's folder says it ended: failed, or its last report ended it."""
+    from skray import storage
+
     if storage.exists(storage.join(directory, "error.txt")):
         return True
-    path = storage.join(directory, "result.json")
-    lines = storage.read_text(path).splitlines() if storage.exists(path) else []
-    try:
-        return bool(lines) and json.loads(lines[-1]).get("done", False)
-    except json.JSONDecodeError:
-        return False
+    reports = _reports(directory)
+    return bool(reports) and reports[-1].get("done", False)
 
 
 def _brief(params: dict[str, Any]) -> str:

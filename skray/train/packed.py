@@ -17,6 +17,10 @@ as ZeRO 0-2 do; ZeRO 3 and offload run solo (``skray.broker.pack_size``).
 Each member writes what a solo trial writes, in ``RUN_DIR/train_<member>/``: ``params.json``,
 ``result.json`` (its reports, the table's columns) and ``checkpoint_000000/`` (its best weights and
 their meta), so ``skray report``, ``predict`` and ``export`` read it as they read a solo trial.
+While a member runs, ``resume.pt`` beside them holds its state at its last report (weights, optimizer,
+schedule, counters, best weights): a slot restarted after a fault, or a resumed run's, takes the member
+up from there, with the data its straight run would see next, as a solo trial goes on from its
+checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from skray.train.checkpoint import RunState
 
 MEMBER_DIR = "train_{member}"  # what skray.predict.find_checkpoint looks for: a solo trial's Train folder
 CHECKPOINT = "checkpoint_000000"
+RESUME = "resume.pt"  # a running member's state at its last report; gone once it ends
 
 
 def packed_loop_per_worker(config: dict) -> None:
@@ -218,9 +223,10 @@ class PackedSlot:
             except Exception as err:
                 self._end(member_id, None, f"{type(err).__name__}: {err}")
         self.members += len(joined)
-        if joined:
-            self._zero_shot(joined)
-            self.seats.extend(joined)
+        fresh = [m for m in joined if not m.state.zero_shot]  # the others go on from their resume.pt
+        if fresh:
+            self._zero_shot(fresh)
+        self.seats.extend(joined)
 
     def _member(self, member_id: str, params: dict[str, Any], cfg: ExperimentConfig) -> Member:
         """A member built as a solo trial builds its model (seeded alike) on this slot's backbone."""
@@ -231,9 +237,10 @@ class PackedSlot:
 
         t = cfg.train
         directory = storage.join(self.run_dir, MEMBER_DIR.format(member=member_id))
+        saved = read_member_state(directory)
         if self.rank == 0:  # first: a member that fails to build is a row too, with its error
             storage.write_text(storage.join(directory, "params.json"), json.dumps(params | {"slot": self.slot}))
-            storage.write_text(storage.join(directory, "result.json"), "")
+            keep_reports(storage.join(directory, "result.json"), saved["state"]["step"] if saved else None)
         torch.manual_seed(t.seed)
         model = build_model(self.backbone, cfg.method, self.label_names, cfg.data.task == "token_classification")
         place(model, self.device, torch.float32, frozen=self.backbone.model)  # fp32 masters, as DeepSpeed keeps
@@ -245,7 +252,17 @@ class PackedSlot:
         trains = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trains, lr=t.lr, weight_decay=t.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup, t.max_steps))
-        rows = len(self.data["train"]["labels"])
+        state, best = RunState(), None
+        if saved:  # where its last report left it
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in saved["weights"]:
+                        p.copy_(saved["weights"][n])
+            optimizer.load_state_dict(saved["optimizer"])
+            schedule.load_state_dict(saved["schedule"])
+            state, best = RunState(**saved["state"]), saved["best"]
+            state.resumed_from = state.step
+        rows, skip = len(self.data["train"]["labels"]), state.step * t.grad_accum  # the batches it trained on
         member = Member(
             id=member_id,
             cfg=cfg,
@@ -253,9 +270,11 @@ class PackedSlot:
             params=trains,
             optimizer=optimizer,
             schedule=schedule,
-            batches=train_batches(rows, t.micro_batch_size, self.rank, self.world, t.seed),
+            batches=train_batches(rows, t.micro_batch_size, self.rank, self.world, t.seed, skip=skip),
             directory=directory,
             started=time.perf_counter(),
+            state=state,
+            best=best,
         )
         member.facts = self.facts | {
             "trainable_params": sum(p.numel() for p in trains),
@@ -401,6 +420,8 @@ class PackedSlot:
         for member, decision in zip(members, decisions, strict=True):
             if decision != "continue":
                 self.seats = [m for m in self.seats if m is not member]
+                if self.rank == 0:
+                    drop_member_state(member.directory)
 
     def _end(self, member_id: str, report: dict | None, error: str | None) -> None:
         """A member that failed: its error where a solo trial's goes, and the broker told."""
@@ -409,6 +430,7 @@ class PackedSlot:
         if self.rank == 0:
             directory = storage.join(self.run_dir, MEMBER_DIR.format(member=member_id))
             storage.write_text(storage.join(directory, "error.txt"), error or "failed")
+            drop_member_state(directory)
             ray.get(self.broker.end.remote(member_id, report, error))
 
     def _metrics(self, member: Member, val: dict[str, float]) -> dict[str, Any]:
@@ -450,6 +472,52 @@ class PackedSlot:
         path = storage.join(member.directory, "result.json")
         lines = storage.read_text(path) if storage.exists(path) else ""
         storage.write_text(path, lines + json.dumps(report) + "\n")
+        if not report.get("done"):
+            write_member_state(member)
+
+
+def write_member_state(member: Member) -> None:
+    """A running member's ``resume.pt``: what ``PackedSlot._member`` needs to take it up at this step
+    (written whole, then moved over the last one, so a kill leaves the old or the new)."""
+    import dataclasses
+    import os
+
+    path = storage.location(storage.join(member.directory, RESUME))
+    state = {
+        "weights": trainable_state(member),
+        "optimizer": member.optimizer.state_dict(),
+        "schedule": member.schedule.state_dict(),
+        "state": dataclasses.asdict(member.state),
+        "best": member.best,
+    }
+    torch.save(state, f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def read_member_state(directory: str) -> dict[str, Any] | None:
+    path = storage.location(storage.join(directory, RESUME))
+    return torch.load(path, weights_only=True) if storage.exists(path) else None
+
+
+def drop_member_state(directory: str) -> None:
+    path = storage.join(directory, RESUME)
+    if storage.exists(path):
+        storage.remove(path)
+
+
+def keep_reports(path: str, through: int | None) -> None:
+    """A member's result.json as its resumed state left it: its reports through step ``through``
+    (the ones after were made by steps it will run again); emptied for a member starting at step 0."""
+    lines = storage.read_text(path).splitlines() if through is not None and storage.exists(path) else []
+    kept = [line for line in lines if _step_of(line) <= through]
+    storage.write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def _step_of(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:  # cut by a crash: dropped
+        return float("inf")
 
 
 def trainable_state(member: Member) -> dict[str, torch.Tensor]:
