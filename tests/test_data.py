@@ -280,3 +280,12 @@ def test_skray_train_on_an_empty_text_is_one_line_and_exit_2(tmp_path, capsys):
         f"skray: error: {path}: the file has 1 row(s) with no 'text' (first: 20; 1-based data rows of the file, "
         f"header not counted); fill them in or set data.drop_missing: true"
     )
+
+
+def test_a_step_that_takes_more_rows_than_the_train_split_has_is_refused_with_the_fix(tiny_experiment):
+    from skray.train.rows import check_train_rows
+
+    cfg = tiny_experiment(train__micro_batch_size=8)
+    check_train_rows(cfg, 16, world=2)
+    with pytest.raises(DataError, match=r"takes 16 training rows per step but the train split has 15; lower"):
+        check_train_rows(cfg, 15, world=2)

@@ -110,11 +110,9 @@ class PackedSlot:
 
         from skray.backbones import load_backbone
         from skray.data import load_splits
-        from skray.data.collate import encode
-        from skray.data.splits import SPLITS
         from skray.partitioned import dtype_of
-        from skray.train.evaluate import balanced_weights, majority_scores
         from skray.train.recipe import settle_precision, setup_env, worker_device
+        from skray.train.rows import check_train_rows, encode_task
 
         cfg = self.cfg
         setup_env(cfg.train.use_gpu)
@@ -127,24 +125,16 @@ class PackedSlot:
         assert dist.is_initialized(), "Ray Train sets up the process group"
         self.cfg = cfg = cfg.model_copy(update={"train": settle_precision(cfg.train, self.device, self.rank == 0)})
         splits = load_splits(cfg.data)
+        check_train_rows(cfg, len(splits["train"]), self.world)
         self.label_names = splits.label_names
         self.backbone = load_backbone(cfg.backbone, dtype_of(cfg.train.precision))
         self.backbone.model.to(self.device)
-        self.data = {
-            s: encode(splits[s], self.backbone.tokenizer, cfg.data, add_special_tokens=not self.backbone.is_decoder)
-            for s in SPLITS
-        }
-        train_labels = self.data["train"]["labels"]
-        self.class_weight = (
-            balanced_weights(train_labels, len(self.label_names)) if cfg.train.class_weights == "balanced" else None
-        )
-        majority = majority_scores(self.data["test"]["labels"], len(self.label_names))
+        rows = encode_task(cfg, splits, self.backbone)
+        self.data, self.class_weight = rows.data, rows.class_weight
         self.facts = {
             "backbone_params": self.backbone.num_parameters,
             "backbone_bytes": self.backbone.byte_size,
-            "majority_test_acc": majority["acc"],
-            "majority_test_f1": majority["f1"],
-            "test_rows": len(self.data["test"]["labels"]),
+            **rows.facts,
             "world_size": self.world,
             "zero_stage": 0,
             "offload": "none",

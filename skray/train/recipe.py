@@ -141,16 +141,14 @@ class SKTuningRecipe:
 
         from skray.backbones import load_backbone
         from skray.data import load_splits
-        from skray.data.collate import encode, take
-        from skray.data.splits import SPLITS
+        from skray.data.collate import take
         from skray.devices import place
-        from skray.errors import DataError
         from skray.methods import build_model
         from skray.partitioned import ParamPeak, dtype_of
         from skray.train.checkpoint import read_resume_state, read_run_state
         from skray.train.deepspeed import build_engine, held_param_bytes, process_group_backend
-        from skray.train.evaluate import balanced_weights, majority_scores
         from skray.train.memory import runtime_bytes, settle_zero
+        from skray.train.rows import check_train_rows, encode_task
 
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -160,13 +158,7 @@ class SKTuningRecipe:
         self.key = selection_metric(cfg.data.task, cfg.train.select_by)
 
         splits = load_splits(cfg.data)
-        rows, per_step = len(splits["train"]), cfg.train.micro_batch_size * self.world
-        if rows < per_step:
-            raise DataError(
-                f"train.micro_batch_size {cfg.train.micro_batch_size} x {self.world} workers takes {per_step} "
-                f"training rows per step but the train split has {rows}; lower train.micro_batch_size or raise "
-                f"data.max_train_samples"
-            )
+        check_train_rows(cfg, len(splits["train"]), self.world)
         self.label_names = splits.label_names
         runtime = runtime_bytes(self.device)  # before the backbone: what the estimate adds to the model
         # The group first: at ZeRO 3 the backbone is built partitioned over it (zero.Init), on this
@@ -184,24 +176,14 @@ class SKTuningRecipe:
         model = build_model(backbone, cfg.method, self.label_names, token_level)
         # Adapter, head and prompt cache in the backbone's dtype: DeepSpeed keeps fp32 masters of what trains.
         self.model = place(model, self.device, dtype_of(cfg.train.precision), frozen=backbone.model)
-        special = not backbone.is_decoder
-        self.data = {s: encode(splits[s], backbone.tokenizer, cfg.data, add_special_tokens=special) for s in SPLITS}
+        rows = encode_task(cfg, splits, backbone)
+        self.data, self.class_weight = rows.data, rows.class_weight
+        self.facts.update(rows.facts)
         if cfg.method.calibrate:  # before any checkpoint is read: a restart's bias comes from its state
             from skray.methods.base import content_free_input
 
-            free = content_free_input(backbone.tokenizer, cfg.data, special)
+            free = content_free_input(backbone.tokenizer, cfg.data, not backbone.is_decoder)
             self.model.calibrate(free["input_ids"], free["attention_mask"])
-        train_labels = self.data["train"]["labels"]
-        self.class_weight = (
-            balanced_weights(train_labels, len(self.label_names)) if cfg.train.class_weights == "balanced" else None
-        )
-        if not token_level:  # what any classifier must beat, on the very rows its test score comes from
-            majority = majority_scores(self.data["test"]["labels"], len(self.label_names))
-            self.facts.update(
-                majority_test_acc=majority["acc"],
-                majority_test_f1=majority["f1"],
-                test_rows=len(self.data["test"]["labels"]),
-            )
 
         rows_of_one_batch = torch.arange(cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
         first = {k: v.to(self.device) for k, v in take(self.data["train"], rows_of_one_batch).items()}
