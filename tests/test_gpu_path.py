@@ -155,3 +155,47 @@ def test_placing_in_bf16_keeps_the_rotary_frequencies_of_the_cached_prompt():
     assert rotary.inv_freq.dtype == torch.float32
     assert torch.equal(rotary(probe, positions)[0], before)
     assert model.prompt_keys.dtype == model.adapters.parameters().__next__().dtype == torch.bfloat16
+
+
+def test_a_packed_slot_steps_and_evaluates_its_members_on_the_gpu(tiny_experiment):
+    """A packed slot on the GPU: the backbone moved there at set-up, members of every joining kind (past
+    keys/values of different m, prepended embeddings, PEFT's prompt, the linear probe) built on it and
+    placed there; a packed step (forward, per-member losses, clipping, AdamW) and a packed evaluation
+    meet no CPU tensor."""
+    from skray.train.packed import PackedSlot, evaluate_packed
+
+    backbone = Backbone(tiny_llama(), minilm_tokenizer(), True)
+    backbone.model.to(GPU)  # as PackedSlot.setup moves it
+    slot = object.__new__(PackedSlot)  # no Ray, one rank
+    slot.device, slot.rank, slot.world, slot.slot, slot.backbone = GPU, 0, 1, 0, backbone
+    slot.label_names, slot.facts, slot.class_weight = LABELS, {}, torch.tensor([0.4, 0.6])
+    data = {k: v.cpu() for k, v in _batch(torch.device("cpu"), rows=8).items()}
+    slot.data = {"train": data}
+    specs = [
+        {"kind": "sk_prefix", "prefix_length": 4},
+        {"kind": "sk_prompt", "prefix_length": 6, "head": "linear"},
+        {"kind": "prompt_tuning", "prefix_length": 3},
+        {"kind": "linear_probe", "head": "linear"},
+    ]
+    with SameDevice():
+        slot.seats = []
+        for i, spec in enumerate(specs):
+            method = {"wording": WORDING, "adapter_rank": 2, "label_words": WORDS} | spec
+            cfg = tiny_experiment(
+                train__micro_batch_size=2, train__num_workers=1, **{f"method__{k}": v for k, v in method.items()}
+            )
+            slot.run_dir = cfg.storage_path
+            slot.seats.append(slot._member(f"m0000000{i}", {}, cfg))
+        slot._step()
+        scores = evaluate_packed(
+            backbone.model,
+            [m.model for m in slot.seats],
+            data,
+            batch_size=4,
+            rank=0,
+            world=1,
+            device=GPU,
+            label_names=LABELS,
+        )
+    assert len(scores) == len(specs)
+    assert all(p.device == GPU for m in slot.seats for p in m.params)
