@@ -178,6 +178,49 @@ def test_a_member_taken_up_from_its_resume_state_goes_on_as_if_it_had_never_stop
     assert whole.schedule.get_last_lr() == again.schedule.get_last_lr()
 
 
+def test_seats_hold_what_memory_holds_beside_what_the_worker_holds_and_never_fewer_than_one():
+    from skray.train.memory import gpu_reserve_bytes, seats_that_fit
+
+    assert seats_that_fit(4, [2, 2, 2], budget_bytes=10, use_gpu=False) == 3
+    assert seats_that_fit(4, [2, 3, 2], budget_bytes=10, use_gpu=False) == 2  # in order: the third waits
+    assert seats_that_fit(9, [2], budget_bytes=10, use_gpu=False) == 1  # alone, as a solo trial would run
+    gib = 2**30
+    budget = 80 * gib
+    room = budget - gpu_reserve_bytes(budget) - 20 * gib
+    assert seats_that_fit(20 * gib, [gib] * 100, budget, use_gpu=True) == room // gib
+
+
+def test_a_slot_seats_the_members_its_memory_holds_and_queues_the_rest_until_a_seat_frees(
+    decoder, tiny_experiment, monkeypatch, capsys
+):
+    """Members are built and their step's memory measured as they come; those beyond what the worker's
+    budget holds wait (one line says so) and take the seat of one that leaves."""
+    cfg = tiny_experiment(train__num_workers=1)
+    slot = object.__new__(PackedSlot)  # no Ray, one rank
+    slot.device, slot.rank, slot.world, slot.slot, slot.pack, slot.backbone = torch.device("cpu"), 0, 1, 0, 3, decoder
+    slot.data, slot.label_names, slot.run_dir, slot.facts = {"train": _data(decoder)}, ["fresh", "rotten"], "", {}
+    slot.run_dir, slot.cfg, slot.seats, slot.waiting, slot.members, slot.said_memory = (
+        cfg.storage_path,
+        cfg,
+        [],
+        [],
+        0,
+        False,
+    )
+    scored: list[str] = []
+    monkeypatch.setattr(slot, "_zero_shot", lambda members: scored.extend(m.id for m in members))
+    slot._build([(f"m0000000{i}", {}, cfg.model_dump()) for i in range(3)])
+    costs = [m.step_bytes for m in slot.waiting]
+    assert all(c > 0 for c in costs), costs  # measured: a real training pass of each on this CPU
+    slot.held, slot.budget = 10 * 2**30, 10 * 2**30 + costs[0] + costs[1]  # room for two of them
+    assert [m.id for m in slot._admit()] == ["m00000000", "m00000001"]
+    assert [m.id for m in slot.waiting] == ["m00000002"]
+    assert "memory holds 2 members at once, not 3" in capsys.readouterr().out
+    slot.seats.pop(0)  # one ends
+    assert [m.id for m in slot._admit()] == ["m00000002"]
+    assert scored == ["m00000000", "m00000001", "m00000002"]  # step 0, once each, when seated
+
+
 def test_packed_evaluation_scores_and_predicts_each_member_as_evaluate_does_alone(decoder):
     data = _data(decoder)
     members = [_member(decoder, spec) for spec, _ in MEMBERS]
@@ -291,7 +334,7 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
     from tests.test_faults import _wait
 
     cfg = tiny_experiment(
-        search__pack=2, search__num_trials=3, search__grace_period=100, train__max_steps=300, train__eval_every=20
+        search__pack=2, search__num_trials=3, search__grace_period=100, train__max_steps=160, train__eval_every=20
     )
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1})})
     path = tmp_path / "exp.yaml"
@@ -336,7 +379,7 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
         assert (run_dir / name / "result.json").read_text() == text  # kept as it was, not run again
     for member in table.trial:
         steps = [r["step"] for r in reports(run_dir / f"train_{member}" / "result.json")]
-        assert steps == list(range(0, 301, 20)), steps
+        assert steps == list(range(0, 161, 20)), steps
     # Taken up at its last report (the one before, if the kill came between the report and its state;
     # a later one, if the dying run's workers wrote on for a moment): not from step 0.
     resumed = {name: reports(run_dir / name / "result.json")[-1]["resumed_from"] for name in running}

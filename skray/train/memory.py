@@ -326,6 +326,30 @@ def choose(
     )
 
 
+def seats_that_fit(held_bytes: int, member_bytes: list[int], budget_bytes: int, use_gpu: bool) -> int:
+    """How many of these members, in order, a packed slot trains at once: what it holds without them
+    (backbone, data, runtime) plus each one's measured step peak, within the worker's budget (on a
+    GPU less ``gpu_reserve_bytes``). At least 1: a lone member needs what a solo trial does, which the
+    run's plan let through."""
+    room = budget_bytes - (gpu_reserve_bytes(budget_bytes) if use_gpu else 0) - held_bytes
+    seats = 0
+    for cost in member_bytes:
+        if cost > room:
+            break
+        room -= cost
+        seats += 1
+    return max(1, seats)
+
+
+def held_bytes(device: torch.device) -> int:
+    """What this worker holds now: its allocations on a GPU, its resident set on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
 def worker_budget_bytes(use_gpu: bool, workers_per_node: int, device: torch.device | None = None) -> int:
     """Memory one worker may use in all, what it already holds included (the estimate counts the
     model it has loaded, so free memory alone would count that twice): its own GPU ``device``'s free

@@ -79,6 +79,7 @@ class Member:
     started: float
     state: RunState = field(default_factory=RunState)
     best: dict[str, torch.Tensor] | None = None
+    step_bytes: int = 0  # what a step of it adds to a worker's peak memory (``PackedSlot._step_bytes``)
     losses: list[float] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +100,8 @@ class PackedSlot:
         self.run_dir = run_dir
         self.started = time.perf_counter()
         self.seats: list[Member] = []
+        self.waiting: list[Member] = []  # built, but beyond what memory holds at once: seated as seats free
+        self.said_memory = False  # the line saying memory holds fewer than ``pack`` went out
         self.members = 0  # members this slot took
         self.step0: dict[str, tuple[dict, dict]] = {}  # step-0 model -> its (validation, test) scores
         self.timing = {"setup_s": 0.0, "steps_s": 0.0, "eval_s": 0.0, "write_s": 0.0}
@@ -142,17 +145,18 @@ class PackedSlot:
             "param_bytes_per_worker": sum(p.numel() * p.element_size() for p in self.backbone.model.parameters()),
             "slot": self.slot,
         }
+        self.held, self.budget = self._memory(ctx.get_local_world_size())
         self.timing["setup_s"] = time.perf_counter() - self.started
 
     # -- the slot's loop ---------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Fill the seats (first with the members a failed worker group was training: they start again),
-        step every member, evaluate those due, replace those that ended; until the broker has no
-        configuration left and every seat is empty."""
+        """Fill the seats (first with the members a failed worker group was training: they go on from
+        their last reports), step every member, evaluate those due, replace those that ended; until the
+        broker has no configuration left and every seat is empty."""
         import ray
 
-        self._seat(self._agree(ray.get(self.broker.rejoin.remote(self.slot)) if self.rank == 0 else None))
+        self._build(self._agree(ray.get(self.broker.rejoin.remote(self.slot)) if self.rank == 0 else None))
         self._fill()
         while self.seats:
             start = time.perf_counter()
@@ -187,36 +191,94 @@ class PackedSlot:
             dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def _memory(self, local_world: int) -> tuple[int, int]:
+        """What a worker holds before any member, and what it may use in all (``train.memory_per_worker_gb``
+        where set): the most held and the least budget of any rank, so that every rank seats alike."""
+        import torch.distributed as dist
+
+        from skray.train.evaluate import all_reduce
+        from skray.train.memory import held_bytes, worker_budget_bytes
+
+        budget = float(worker_budget_bytes(self.cfg.train.use_gpu, local_world, self.device))
+        if self.cfg.train.memory_per_worker_gb is not None:
+            budget = min(budget, self.cfg.train.memory_per_worker_gb * 2**30)
+        (held,) = all_reduce([float(held_bytes(self.device))], op=dist.ReduceOp.MAX)
+        (budget,) = all_reduce([budget], op=dist.ReduceOp.MIN)
+        return int(held), int(budget)
+
     def _fill(self) -> None:
-        """Ask the broker for configurations until the seats are full or it has none left; the new
-        members' step-0 evaluation (validation and test) runs packed."""
+        """Seat members until the seats are full, memory holds no more, or the broker has none left:
+        first the ones waiting, then new ones from the broker, built and measured as they come. The
+        newly seated members' step-0 evaluation (validation and test) runs packed."""
         import ray
 
-        while len(self.seats) < self.pack:
+        while True:
             offers = []
-            while len(self.seats) + len(offers) < self.pack:
+            while len(self.seats) + len(self.waiting) + len(offers) < self.pack:
                 offer = self._agree(ray.get(self.broker.ask.remote(self.slot)) if self.rank == 0 else None)
                 if offer is None:
                     break
                 offers.append(offer)
-            if not offers:
+            self._build(offers)
+            seated = self._admit()
+            if not offers or not seated:  # the broker has no more, or the seats or memory are full
                 return
-            self._seat(offers)
 
-    def _seat(self, offers: list[tuple]) -> None:
+    def _build(self, offers: list[tuple]) -> None:
         """Build the members offered (one the method refuses fails alone, e.g. m != k for adapter
-        linear) and run their step-0 evaluation, packed."""
-        joined = []
+        linear), measure what a step of each adds to a worker's peak memory, and queue them."""
         for member_id, params, experiment in offers:
             try:
-                joined.append(self._member(member_id, params, ExperimentConfig.model_validate(experiment)))
+                member = self._member(member_id, params, ExperimentConfig.model_validate(experiment))
             except Exception as err:
                 self._end(member_id, None, f"{type(err).__name__}: {err}")
-        self.members += len(joined)
-        fresh = [m for m in joined if not m.state.zero_shot]  # the others go on from their resume.pt
+                continue
+            member.step_bytes = self._step_bytes(member)
+            self.waiting.append(member)
+            self.members += 1
+
+    def _step_bytes(self, member: Member) -> int:
+        """What one micro batch of this member's training pass adds to a worker's memory (the most of any
+        rank): on a GPU the peak it raises; on a CPU what autograd keeps for backward, since the
+        allocator reuses what an earlier member's pass freed and the resident peak would not move."""
+        import torch.distributed as dist
+
+        from skray.data.collate import take
+        from skray.train.evaluate import all_reduce
+        from skray.train.memory import measure_activation_bytes, measure_step_peak_bytes
+
+        rows = torch.arange(member.cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
+        batch = {k: v.to(self.device) for k, v in take(self.data["train"], rows).items()}
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        measured = measure_step_peak_bytes(member.model, ids, mask) if self.device.type == "cuda" else None
+        if measured is None:
+            measured = measure_activation_bytes(member.model, ids, mask)
+        (measured,) = all_reduce([float(measured)], op=dist.ReduceOp.MAX)
+        return int(measured)
+
+    def _admit(self) -> list[Member]:
+        """Seat the waiting members that memory holds beside the seated ones (``seats_that_fit``), in
+        order, and run their step-0 evaluation; returns them. A member taken up from its resume.pt has
+        had its step 0."""
+        from skray.train.memory import seats_that_fit
+
+        costs = [m.step_bytes for m in self.seats + self.waiting]
+        fit = seats_that_fit(self.held, costs, self.budget, self.device.type == "cuda") - len(self.seats)
+        if fit < len(self.waiting) and self.rank == 0 and not self.said_memory:
+            self.said_memory = True
+            print(
+                f"skray: slot {self.slot}: memory holds {len(self.seats) + max(fit, 0)} members at once, not "
+                f"{self.pack} (a step of each adds about {max(costs) / 2**30:.2f} GiB to the "
+                f"{self.held / 2**30:.2f} GiB a worker holds, of {self.budget / 2**30:.2f} GiB); the others wait "
+                f"for a seat",
+                flush=True,
+            )
+        seated, self.waiting = self.waiting[: max(fit, 0)], self.waiting[max(fit, 0) :]
+        fresh = [m for m in seated if not m.state.zero_shot]  # the others go on from their resume.pt
         if fresh:
             self._zero_shot(fresh)
-        self.seats.extend(joined)
+        self.seats.extend(seated)
+        return seated
 
     def _member(self, member_id: str, params: dict[str, Any], cfg: ExperimentConfig) -> Member:
         """A member built as a solo trial builds its model (seeded alike) on this slot's backbone."""
