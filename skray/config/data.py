@@ -19,8 +19,8 @@ class DataConfig(Section):
 
     name: str = Field(
         default="rotten_tomatoes_critics",
-        description="The labelled data: an embedded set (rotten_tomatoes_critics, crowdflower_tweets), "
-        "a .csv/.jsonl/.parquet file, a folder of per-split files, or a hub dataset id",
+        description="The labelled data: an embedded set (rotten_tomatoes_critics, crowdflower_tweets, "
+        "trec_questions), a .csv/.jsonl/.parquet file, a folder of per-split files, or a hub dataset id",
     )
     task: Literal["classification", "token_classification"] = Field(
         default="classification",
