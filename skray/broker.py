@@ -121,10 +121,10 @@ class Broker:
 
     def _resume(self, run_dir: str) -> int:
         """Members a run made before its driver was killed (their folders): the ones that ended stay as
-        they are; the ones still running go on under the same Optuna trial, from their last report's
-        state (``skray.train.packed``'s resume.pt; from step 0 where they had none). ASHA hears every
-        member's logged reports again, so its rungs hold what they held. Returns how many members were
-        handed out before."""
+        they are (and Optuna is told of an end it missed); the ones still running go on under the same
+        Optuna trial, from their last report's state (``skray.train.packed``'s resume.pt; from step 0
+        where they had none). ASHA hears every member's logged reports again, so its rungs hold what
+        they held. Returns how many members were handed out before."""
         import json
 
         from skray import storage
@@ -132,15 +132,18 @@ class Broker:
 
         made = [d for d in storage.subdirs(run_dir) if _member_of(d)]
         for directory in made:
-            member = _member_of(directory)
-            if storage.exists(storage.join(directory, "error.txt")):
+            member, reports = _member_of(directory), _reports(directory)
+            failed, ended = storage.exists(storage.join(directory, "error.txt")), _ended(directory)
+            if ended and self.searcher is not None and self.searcher.adopt(member):
+                # the slot writes a member's end, then tells the broker: the driver died in between
+                self.searcher.on_trial_complete(member, None if failed else reports[-1], error=failed)
+            if failed:
                 continue
-            reports = _reports(directory)
             self.asha.on_trial_add(None, _Member(member))
             for report in reports:  # the decisions were taken when they were made
                 self.asha.on_trial_result(None, _Member(member), report)
             params_path = storage.join(directory, "params.json")
-            running = not _ended(directory) and storage.exists(params_path)
+            running = not ended and storage.exists(params_path)
             if running and (self.searcher is None or self.searcher.adopt(member)):
                 params = {k: v for k, v in json.loads(storage.read_text(params_path)).items() if k != "slot"}
                 cfg = trial_experiment(self.command, self.experiment, params)

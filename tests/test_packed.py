@@ -5,6 +5,7 @@ The solo path (each method's own ``forward``, DeepSpeed's engine) and the packed
 each other step by step, since batching changes float summation order and AdamW amplifies that.
 """
 
+import contextlib
 import copy
 import json
 import os
@@ -13,6 +14,7 @@ import threading
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import torch
 
@@ -334,7 +336,7 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
     from tests.test_faults import _wait
 
     cfg = tiny_experiment(
-        search__pack=2, search__num_trials=3, search__grace_period=100, train__max_steps=160, train__eval_every=20
+        search__pack=2, search__num_trials=3, search__grace_period=100, train__max_steps=300, train__eval_every=20
     )
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1})})
     path = tmp_path / "exp.yaml"
@@ -354,8 +356,12 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         _wait(ended_and_running, "one member ended and one mid-run")
-    finally:
+    finally:  # the driver and the whole local Ray it started, workers included, as when its machine goes
+        ray_processes = psutil.Process(proc.pid).children(recursive=True)
         os.killpg(proc.pid, signal.SIGKILL)
+        for child in ray_processes:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
         proc.wait()
     before = {
         p.parent.name: p.read_text()
@@ -379,7 +385,7 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
         assert (run_dir / name / "result.json").read_text() == text  # kept as it was, not run again
     for member in table.trial:
         steps = [r["step"] for r in reports(run_dir / f"train_{member}" / "result.json")]
-        assert steps == list(range(0, 161, 20)), steps
+        assert steps == list(range(0, 301, 20)), steps
     # Taken up at its last report (the one before, if the kill came between the report and its state;
     # a later one, if the dying run's workers wrote on for a moment): not from step 0.
     resumed = {name: reports(run_dir / name / "result.json")[-1]["resumed_from"] for name in running}
