@@ -133,7 +133,8 @@ class Broker:
         made = [d for d in storage.subdirs(run_dir) if _member_of(d)]
         for directory in made:
             member, reports = _member_of(directory), _reports(directory)
-            failed, ended = storage.exists(storage.join(directory, "error.txt")), _ended(directory)
+            failed = storage.exists(storage.join(directory, "error.txt"))
+            ended = failed or bool(reports) and reports[-1].get("done", False)
             if ended and self.searcher is not None and self.searcher.adopt(member):
                 # the slot writes a member's end, then tells the broker: the driver died in between
                 self.searcher.on_trial_complete(member, None if failed else reports[-1], error=failed)
@@ -243,16 +244,6 @@ def _reports(directory: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             pass
     return reports
-
-
-def _ended(directory: str) -> bool:
-    """Whether a member's folder says it ended: failed, or its last report ended it."""
-    from skray import storage
-
-    if storage.exists(storage.join(directory, "error.txt")):
-        return True
-    reports = _reports(directory)
-    return bool(reports) and reports[-1].get("done", False)
 
 
 def _brief(params: dict[str, Any]) -> str:
