@@ -132,7 +132,7 @@ class Broker:
 
         made = [d for d in storage.subdirs(run_dir) if _member_of(d)]
         for directory in made:
-            member, reports = _member_of(directory), _reports(directory)
+            member, reports = _member_of(directory), storage.read_reports(storage.join(directory, "result.json"))
             failed = storage.exists(storage.join(directory, "error.txt"))
             ended = failed or bool(reports) and reports[-1].get("done", False)
             if ended and self.searcher is not None and self.searcher.adopt(member):
@@ -228,22 +228,6 @@ def _member_of(directory: str) -> str | None:
     """The member a run's folder belongs to (``train_<member>``, as ``skray.train.packed`` names it)."""
     found = re.fullmatch(r"train_(m[0-9a-f]{5}\d{3,})", directory.rstrip("/").rsplit("/", 1)[-1])
     return found.group(1) if found else None
-
-
-def _reports(directory: str) -> list[dict[str, Any]]:
-    """A member's logged reports (its result.json), a line cut by a crash left out."""
-    import json
-
-    from skray import storage
-
-    path = storage.join(directory, "result.json")
-    reports = []
-    for line in storage.read_text(path).splitlines() if storage.exists(path) else []:
-        try:
-            reports.append(json.loads(line))
-        except json.JSONDecodeError:
-            pass
-    return reports
 
 
 def _brief(params: dict[str, Any]) -> str:

@@ -85,17 +85,6 @@ SHOWN = [
 ]
 
 
-def _read_reports(path: str) -> list[dict]:
-    rows = []
-    if storage.exists(path):
-        for line in storage.read_text(path).splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
 def _status(reports: list[dict], trial_dir: str, finished: bool) -> str:
     if storage.exists(storage.join(trial_dir, "error.txt")):
         return "error"
@@ -118,7 +107,7 @@ def load_curves(run_dir: str, key: str = "acc") -> pd.DataFrame:
     """Every evaluation of every trial: trial, step and validation ``key`` (for learning curves)."""
     rows = []
     for trial_dir in storage.subdirs(str(run_dir)):
-        for report in _read_reports(storage.join(trial_dir, "result.json")):
+        for report in storage.read_reports(storage.join(trial_dir, "result.json")):
             if "trial_id" in report and f"val_{key}" in report:
                 rows.append({"trial": report["trial_id"], "step": report["step"], f"val_{key}": report[f"val_{key}"]})
     return pd.DataFrame(rows, columns=["trial", "step", f"val_{key}"])
@@ -144,7 +133,7 @@ def load_results(run_dir: str) -> pd.DataFrame:
             continue  # not a trial directory (e.g. Ray Train's checkpoints), or a half-written one
         if "slot" in params and "method" not in params:
             continue  # a packed run's slot (skray.broker): its members are the rows
-        reports = _read_reports(storage.join(trial_dir, "result.json"))
+        reports = storage.read_reports(storage.join(trial_dir, "result.json"))
         last = reports[-1] if reports else {}
         name = trial_dir.rsplit("/", 1)[-1]
         row = {

@@ -223,13 +223,12 @@ class TrialReports(JsonLoggerCallback):
         if trial not in self._trial_configs:
             self.log_trial_start(trial)
         path = storage.join(self.run_dir, trial.storage.trial_dir_name, "result.json")
-        lines = storage.read_text(path).splitlines() if storage.exists(path) else []
-        step = result.get("step")
-        if result.get(REPLAYED) and step in {_step(line) for line in lines}:
+        reports, step = storage.read_reports(path), result.get("step")
+        if result.get(REPLAYED) and step in {report.get("step", -math.inf) for report in reports}:
             return
         if step is not None:
-            lines = [line for line in lines if _step(line) < step]
-        lines.append(json.dumps(result, cls=SafeFallbackEncoder))
+            reports = [report for report in reports if report.get("step", -math.inf) < step]
+        lines = [json.dumps(report, cls=SafeFallbackEncoder) for report in [*reports, result]]
         storage.write_text(path, "".join(f"{line}\n" for line in lines))
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
@@ -238,24 +237,13 @@ class TrialReports(JsonLoggerCallback):
 
 def _ended_at(path: str) -> dict | None:
     """A trial's last logged report if it ended the trial (``done``), else None."""
-    lines = storage.read_text(path).splitlines() if storage.exists(path) else []
-    try:
-        last = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:  # cut by a crash: not an end
-        return None
-    return last if last.get("done") else None
+    reports = storage.read_reports(path)
+    return reports[-1] if reports and reports[-1].get("done") else None
 
 
 def _logged_steps(path: str) -> set[float]:
     """The steps of the reports in a trial's ``result.json`` (none before its first)."""
-    return {_step(line) for line in storage.read_text(path).splitlines()} if storage.exists(path) else set()
-
-
-def _step(line: str) -> float:
-    try:
-        return json.loads(line).get("step", -math.inf)
-    except json.JSONDecodeError:  # a line cut by a crash (Tune's own writer appended): dropped
-        return math.inf
+    return {report.get("step", -math.inf) for report in storage.read_reports(path)}
 
 
 def _runs_named(root: str, cfg: ExperimentConfig, command: str) -> list[str]:

@@ -6,6 +6,7 @@ skray's own files (experiment.json, the table, the end marker) go the same way.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,6 +55,18 @@ def read_text(path: str) -> str:
     fs, p = filesystem(path)
     with fs.open_input_stream(p) as f:
         return f.read().decode()
+
+
+def read_reports(path: str) -> list[dict]:
+    """A trial's logged reports (its ``result.json``, one JSON object a line); none if it has no file
+    yet, and a line cut by a crash left out, so a killed run's log reads as the reports it finished."""
+    reports = []
+    for line in read_text(path).splitlines() if exists(path) else []:
+        try:
+            reports.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return reports
 
 
 def write_bytes(path: str, data: bytes) -> None:

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from skray.results import _read_reports
 from skray.search import ReplayFilter, TrialReports
+from skray.storage import read_reports
 from skray.train.checkpoint import REPLAYED, RunState
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -133,9 +133,9 @@ def test_result_json_keeps_each_step_once_when_a_restored_trial_sends_it_again(t
     for report in KEPT:
         resumed.log_trial_result(1, trial, replayed(report) | {"timestamp": 2})
     assert Path(path).read_text().startswith(before)
-    assert [(r["step"], r["timestamp"]) for r in _read_reports(path)] == [(0, 1), (2, 1), (4, 2)]
+    assert [(r["step"], r["timestamp"]) for r in read_reports(path)] == [(0, 1), (2, 1), (4, 2)]
     resumed.log_trial_result(1, trial, replayed(KEPT[2]) | {"timestamp": 3})
-    assert [(r["step"], r["timestamp"]) for r in _read_reports(path)] == [(0, 1), (2, 1), (4, 2)]
+    assert [(r["step"], r["timestamp"]) for r in read_reports(path)] == [(0, 1), (2, 1), (4, 2)]
 
 
 def test_ray_trains_callback_passes_on_only_the_resent_reports_the_driver_did_not_log(tmp_path):

@@ -201,8 +201,8 @@ def test_trial_reports_keep_what_came_before_a_resume_and_a_rerun_step_replaces_
     appends in storage, so the curve keeps its start; a trial restarted from step 0 starts it again."""
     from types import SimpleNamespace
 
-    from skray.results import _read_reports
     from skray.search import TrialReports
+    from skray.storage import read_reports
 
     class Trial:  # what the logger reads of Tune's Trial (hashable, like Tune's)
         config = {"lr": 0.1}
@@ -220,9 +220,9 @@ def test_trial_reports_keep_what_came_before_a_resume_and_a_rerun_step_replaces_
     assert json.loads((staging / "params.json").read_text()) == {"lr": 0.1}
     resumed = TrialReports(str(tmp_path / "run"))  # a new driver: resumed from step 20's checkpoint
     resumed.log_trial_result(1, trial, {"step": 30})
-    assert [r["step"] for r in _read_reports(path)] == [0, 10, 20, 30]
+    assert [r["step"] for r in read_reports(path)] == [0, 10, 20, 30]
     resumed.log_trial_result(1, trial, {"step": 0})  # restarted from scratch
-    assert [r["step"] for r in _read_reports(path)] == [0]
+    assert [r["step"] for r in read_reports(path)] == [0]
 
 
 def test_compare_without_a_compare_section_is_a_clear_error(tiny_experiment, tmp_path):

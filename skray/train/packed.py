@@ -560,16 +560,9 @@ def drop_member_state(directory: str) -> None:
 def keep_reports(path: str, through: int | None) -> None:
     """A member's result.json as its resumed state left it: its reports through step ``through``
     (the ones after were made by steps it will run again); emptied for a member starting at step 0."""
-    lines = storage.read_text(path).splitlines() if through is not None and storage.exists(path) else []
-    kept = [line for line in lines if _step_of(line) <= through]
-    storage.write_text(path, "".join(f"{line}\n" for line in kept))
-
-
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line).get("step", 0)
-    except json.JSONDecodeError:  # cut by a crash: dropped
-        return float("inf")
+    reports = storage.read_reports(path) if through is not None else []
+    kept = [report for report in reports if report.get("step", 0) <= through]
+    storage.write_text(path, "".join(f"{json.dumps(report)}\n" for report in kept))
 
 
 def trainable_state(member: Member) -> dict[str, torch.Tensor]:
