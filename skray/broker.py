@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray import tune
 
+from skray import storage
 from skray.config import ExperimentConfig, selection_metric
 from skray.errors import ConfigError
 
@@ -60,8 +63,8 @@ def packing_refusal(cfg: ExperimentConfig, kinds: list[str], is_decoder: bool) -
         return "packed members need a decoder backbone"
     if cfg.data.task != "classification":
         return f"data.task {cfg.data.task} is not packed yet (classification is)"
-    if cfg.tracking.tensorboard or cfg.tracking.mlflow:
-        return "tracking logs each Tune trial, and packed members are not Tune trials (not tracked yet)"
+    if cfg.tracking.tensorboard and storage.is_uri(cfg.storage_path):
+        return "tracking.tensorboard writes members' event files on the driver; storage_path is not a local folder"
     if t.zero_stage == 3 or t.offload != "none":
         return "ZeRO 3 and offload partition or move the backbone per trial; a packed slot holds it whole"
     return None
@@ -178,8 +181,8 @@ class Broker:
         return offer
 
     def events(self, since: int) -> list[tuple[str, str, dict | None]]:
-        """What happened to members since event ``since``: the driver's progress lines
-        (``skray.console.MemberProgress``)."""
+        """What happened to members since event ``since``: the driver's progress lines and trackers
+        (``MemberCallbacks``)."""
         return self.log[since:]
 
     def rejoin(self, slot: int) -> list[tuple]:
@@ -222,6 +225,95 @@ class Broker:
             print(f"skray: member {member} failed: {error}", file=sys.stderr, flush=True)
         if self.searcher is not None:
             self.searcher.on_trial_complete(member, report, error=error is not None)
+
+
+class MemberCallbacks(tune.Callback):
+    """Tune callbacks written for trials (skray's progress lines, Ray's TensorBoard and MLflow
+    loggers) in a packed run: each member is a trial to them, from the broker's story (polled on each
+    turn of Tune's loop), and a solo trial beside the slots (a compare's LoRA) is what it is; a slot,
+    which only holds members, is none of theirs."""
+
+    def __init__(self, callbacks: list[tune.Callback], run_dir: str) -> None:
+        self.callbacks, self.run_dir = callbacks, run_dir
+        self.seen, self.members = 0, {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.seen, self.members = 0, {}  # a resumed run's broker is new, and tells its story from the start
+
+    def setup(self, **info: Any) -> None:
+        for c in self.callbacks:
+            c.setup(**info)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._solo("on_trial_start", iteration, trials, trial, **info)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._solo("on_trial_result", iteration, trials, trial, result=result, **info)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._solo("on_trial_complete", iteration, trials, trial, **info)
+        self.on_step_end(iteration, trials)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._solo("on_trial_error", iteration, trials, trial, **info)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.on_step_end(0, trials)
+
+    def _solo(self, hook: str, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if not _is_slot(trial):
+            solo = [t for t in trials if not _is_slot(t)]  # the members are counted from the broker's story
+            for c in self.callbacks:
+                getattr(c, hook)(iteration, solo, trial, **info)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        from skray.train.packed import MEMBER_DIR
+
+        try:
+            events = ray.get(ray.get_actor(broker_name(self.run_dir), namespace=NAMESPACE).events.remote(self.seen))
+        except ValueError:  # no broker (yet, or any more)
+            return
+        self.seen += len(events)
+        for kind, member, payload in events:
+            if kind == "start":
+                folder = storage.join(self.run_dir, MEMBER_DIR.format(member=member))
+                self.members[member] = MemberTrial(member, payload, storage.location(folder))
+            trial = self.members[member]
+            if kind == "result":
+                trial.last_result = payload | {"training_iteration": trial.reports + 1}  # what Tune adds
+                trial.reports += 1
+            elif kind == "end":
+                trial.last_result = payload
+            for c in self.callbacks:
+                if kind == "start":
+                    c.on_trial_start(iteration, [], trial)
+                elif kind == "result":
+                    c.on_trial_result(iteration, [], trial, trial.last_result)
+                elif kind == "end":
+                    c.on_trial_complete(iteration, [], trial)
+                else:
+                    c.on_trial_error(iteration, [], trial)
+
+
+class MemberTrial:
+    """What Tune's callbacks read of a trial, for a member: its id (also its name, as an MLflow run's),
+    what was searched (its config), its last report, and its folder (where TensorBoard writes)."""
+
+    def __init__(self, trial_id: str, config: dict[str, Any], local_path: str) -> None:
+        self.trial_id, self.config, self.evaluated_params, self.local_path = trial_id, config, config, local_path
+        self.last_result: dict[str, Any] | None = None
+        self.reports = 0
+
+    def init_local_path(self) -> None:
+        os.makedirs(self.local_path, exist_ok=True)
+
+    def __str__(self) -> str:
+        return self.trial_id
+
+
+def _is_slot(trial: Any) -> bool:
+    return "slot" in (trial.config or {})
 
 
 def _member_of(directory: str) -> str | None:

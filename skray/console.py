@@ -9,7 +9,6 @@ The lines are written on the driver by a Tune callback, so they read the same on
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sys
 import time
@@ -127,77 +126,6 @@ class Progress(tune.Callback):
         self.done_before += self.steps_per_trial - self.steps.get(trial.trial_id, 0)
         self.steps[trial.trial_id] = self.steps_per_trial
         self._say(f"trial {trial.trial_id} {line}{self._where()}")
-
-
-class MemberProgress(Progress):
-    """``Progress`` for a packed run: the lines are its members' (what the run's broker saw happen,
-    polled on each turn of Tune's loop), not its slots'; a solo trial beside the slots (a compare's
-    LoRA) has its own, as in a run that is not packed."""
-
-    def __init__(self, trials: int, steps_per_trial: int, key: str, broker: str, namespace: str) -> None:
-        super().__init__(trials, steps_per_trial, key)
-        self.broker, self.namespace, self.seen = broker, namespace, 0
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self.seen = 0  # a resumed run's broker is new, and tells its story from the start
-
-    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        if not _is_slot(trial):
-            super().on_trial_start(iteration, _solo(trials), trial, **info)
-
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        if not _is_slot(trial):
-            super().on_trial_result(iteration, _solo(trials), trial, result, **info)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        if not _is_slot(trial):
-            super().on_trial_complete(iteration, _solo(trials), trial, **info)
-        self.on_step_end(iteration, trials)
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        if not _is_slot(trial):
-            super().on_trial_error(iteration, _solo(trials), trial, **info)
-
-    def on_experiment_end(self, trials: list, **info) -> None:
-        self.on_step_end(0, trials)
-
-    def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        import ray
-
-        try:
-            events = ray.get(ray.get_actor(self.broker, namespace=self.namespace).events.remote(self.seen))
-        except ValueError:  # no broker (yet, or any more)
-            return
-        self.seen += len(events)
-        for kind, member, payload in events:
-            trial = _Member(member, payload if kind == "start" else {}, payload)
-            if kind == "start":
-                super().on_trial_start(iteration, [], trial)
-            elif kind == "result":
-                super().on_trial_result(iteration, [], trial, payload)
-            elif kind == "end":
-                super().on_trial_complete(iteration, [], trial)
-            else:
-                super().on_trial_error(iteration, [], trial)
-
-
-def _is_slot(trial) -> bool:
-    return "slot" in (trial.config or {})
-
-
-def _solo(trials: list) -> list:
-    """A packed run's Tune trials less its slots (whose members are counted from the broker's story)."""
-    return [t for t in trials if not _is_slot(t)]
-
-
-@dataclasses.dataclass
-class _Member:
-    """What ``Progress`` reads of a trial, for a packed run's member."""
-
-    trial_id: str
-    config: dict
-    last_result: dict | None
 
 
 @contextlib.contextmanager

@@ -17,11 +17,11 @@ from ray import tune
 
 from skray import storage
 from skray.backbones import inspect_backbone
-from skray.broker import NAMESPACE, broker_name, pack_size, slot_count, start_broker
+from skray.broker import MemberCallbacks, broker_name, pack_size, slot_count, start_broker
 from skray.cluster import capacity, connect
 from skray.commands import COMMANDS, Command
-from skray.config import ExperimentConfig, TrainConfig, resolve_device, selection_metric
-from skray.console import MemberProgress, tune_output
+from skray.config import ExperimentConfig, TrainConfig, resolve_device
+from skray.console import tune_output
 from skray.preflight import check_memory, preflight
 from skray.report import rebuild
 from skray.search import (
@@ -33,6 +33,7 @@ from skray.search import (
     ran_to_end,
     run_trial,
     trackers,
+    trackers_only,
     unfinished_run,
 )
 
@@ -80,7 +81,7 @@ def run_experiment(
     cfg = prepare_trials(run, plan, cmd)
     packing = plan_packing(run, cfg, plan, cmd)
     tuner = build_tuner(run, cfg, plan, cmd, retry_errored, verbose, packing)
-    with tune_output(verbose):
+    with tune_output(verbose), trackers_only():
         results = tuner.fit()
     mark_finished(run.path, ran_to_end(results, len(packing.trials) if packing else cmd.trials(cfg)))
     return run.path, rebuild(run.path)
@@ -227,14 +228,8 @@ def build_tuner(
         return tune.Tuner.restore(
             run.path, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
-    callbacks = [TrialReports(run.path), *trackers(cfg, run.path)]
-    if not verbose:
-        key = selection_metric(cfg.data.task, cfg.train.select_by)
-        name = broker_name(run.path)
-        steps = cfg.train.max_steps
-        callbacks.append(
-            MemberProgress(cmd.trials(cfg), steps, key, name, NAMESPACE) if packing else progress(cfg, cmd)
-        )
+    per_trial = [*trackers(cfg, run.path), *([] if verbose else [progress(cfg, cmd)])]
+    callbacks = [TrialReports(run.path), *([MemberCallbacks(per_trial, run.path)] if packing else per_trial)]
     if packing:  # each slot and solo point one trial, in that order
         space = {}
         tune_config = tune.TuneConfig(

@@ -7,10 +7,12 @@ that ``skray.results`` reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +201,21 @@ def trackers(cfg: ExperimentConfig, run_dir: str) -> list[tune.Callback]:
             MLflowLoggerCallback(tracking_uri=m.tracking_uri, experiment_name=m.experiment_name or cfg.name)
         )
     return callbacks
+
+
+@contextlib.contextmanager
+def trackers_only() -> Iterator[None]:
+    """Tune's loggers for the block: only those skray adds (``trackers``, ``TrialReports``). Tune adds
+    its CSV and TensorBoard loggers to every trial unless told not to (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS):
+    tracking.tensorboard false still gave event files, and a packed run's slots got them too."""
+    if "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" in os.environ:  # the user's own setting wins
+        yield
+        return
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
 
 
 class TrialReports(JsonLoggerCallback):

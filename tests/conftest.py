@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
@@ -166,3 +168,31 @@ def tiny_experiment(tiny_llama_dir, tmp_path):
         return parse_config(raw)
 
     return make
+
+
+def assert_one_mlflow_run_per_trial(store: str, experiment: str, table: pd.DataFrame) -> None:
+    """tracking.mlflow: a run per trial in the experiment named after the run, its settings as
+    params and its validation accuracy logged at every evaluation."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == len(table)
+    assert sorted(float(r.data.params["lr"]) for r in runs) == pytest.approx(sorted(table.lr))
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "val_acc")
+        assert len(history) >= 2  # step 0 and at least one evaluation after training steps
+
+
+def tensorboard_tags(path: Path) -> set[str]:
+    """The scalar tags of a TensorBoard event file (TFRecord framing: length, crc, event, crc)."""
+    from tensorboardX.proto import event_pb2
+
+    data, i, tags = path.read_bytes(), 0, set()
+    while i < len(data):
+        (n,) = struct.unpack("<Q", data[i : i + 8])
+        event = event_pb2.Event()
+        event.ParseFromString(data[i + 12 : i + 12 + n])
+        tags |= {v.tag for v in event.summary.value}
+        i += 12 + n + 4
+    return tags

@@ -106,7 +106,6 @@ RAY_WRITES = [
     "search_gen_state-*.json",
     "searcher-state-*.pkl",
     "params.pkl",
-    "progress.csv",
     "events.out.tfevents.*",
     "error.pkl",
     "checkpoint_manager_snapshot.json",

@@ -26,7 +26,7 @@ from skray.train.batches import train_batches
 from skray.train.deepspeed import build_engine, lr_factor
 from skray.train.evaluate import evaluate, task_loss
 from skray.train.packed import Member, PackedSlot, evaluate_packed
-from tests.conftest import assert_study_matches, study_of
+from tests.conftest import assert_one_mlflow_run_per_trial, assert_study_matches, study_of, tensorboard_tags
 
 LABELS = ["neg", "pos"]
 WORDS = {"neg": " negative", "pos": " positive"}
@@ -243,12 +243,17 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
     ray_cluster, tiny_experiment, tmp_path, capsys
 ):
     """Four configurations in one slot of two seats (streaming: two join when two end): each is its own
-    row (with its slot), Optuna trial in the state its row says, curve, checkpoint and progress lines,
-    and `skray predict`/`export` read the best one as they read a solo trial's."""
+    row (with its slot), Optuna trial in the state its row says, curve, checkpoint, progress lines and
+    trackers' runs (TensorBoard's event file, MLflow's run), and `skray predict`/`export` read the best
+    one as they read a solo trial's."""
     from skray.cli import main
+    from skray.config import MlflowConfig, TrackingConfig
     from skray.run import run_experiment
 
     cfg = tiny_experiment(search__pack=2, search__num_trials=4, train__max_steps=6, train__eval_every=2)
+    mlflow_store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = TrackingConfig(tensorboard=True, mlflow=MlflowConfig(tracking_uri=mlflow_store))
+    cfg = cfg.model_copy(update={"tracking": tracking})
     run_dir, table = run_experiment(cfg, "tune", verbose=False)
     out = capsys.readouterr().out
     for member in table.trial:
@@ -276,6 +281,11 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
             assert trial.values == [pytest.approx(row.best_val_acc)]
     # Start-up once for the slot: later members join a running worker group.
     assert len(list(run_dir.glob("slot_*"))) == 1
+    # Trackers see members, never the slot: an event file in each member's folder, an MLflow run each.
+    events = sorted(run_dir.glob("*/events.out.tfevents.*"))
+    assert sorted(e.parent.name for e in events) == sorted(f"train_{member}" for member in table.trial)
+    assert "ray/tune/val_acc" in tensorboard_tags(events[0])
+    assert_one_mlflow_run_per_trial(mlflow_store, cfg.name, table)
 
     out = tmp_path / "predictions.csv"
     rows = tmp_path / "rows.csv"
@@ -425,6 +435,7 @@ def test_a_packed_compare_packs_what_it_can_runs_lora_solo_beside_and_a_member_t
     assert set(table[table.status == "completed"].method) == {"sk_prefix", "lora"}
     assert "[6/6 trials ended" in out, out  # members and solo trials, each one line when it ends
     assert (Path(run_dir) / "finished").exists()
+    assert not list(Path(run_dir).rglob("events.out.tfevents.*"))  # tracking.tensorboard is off: no event files
 
 
 def test_members_whose_step0_models_agree_share_one_step0_key_and_no_others_do(decoder):

@@ -3,7 +3,6 @@
 import json
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from skray.errors import ResourceError
 from skray.results import load_results
 from skray.run import run_experiment
 from skray.train.checkpoint import load_trained
-from tests.conftest import assert_study_matches
+from tests.conftest import assert_one_mlflow_run_per_trial, assert_study_matches, tensorboard_tags
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +147,9 @@ def test_tune_runs_three_optuna_trials_and_report_rebuilds(ray_cluster, tiny_exp
     """Two objectives: the study on disk holds every trial as the table does (ASHA-stopped ones
     PRUNED, never COMPLETE with truncated scores), and pareto.csv exactly the non-dominated trials."""
     cfg = tiny_experiment(
-        search__objectives={"best_val_acc": "max", "trainable_params": "min"}, search__screen={"keep": 2}
+        search__objectives={"best_val_acc": "max", "trainable_params": "min"},
+        search__screen={"keep": 2},
+        search__pack=1,
     )
     mlflow_store = f"sqlite:///{tmp_path}/mlflow.db"
     tracking = TrackingConfig(tensorboard=True, mlflow=MlflowConfig(tracking_uri=mlflow_store))
@@ -284,31 +285,3 @@ def test_private_ray_finds_itself_beside_another_ray(ray_cluster):
     finally:
         other.kill()
         other.wait()
-
-
-def assert_one_mlflow_run_per_trial(store: str, experiment: str, table: pd.DataFrame) -> None:
-    """tracking.mlflow: a run per trial in the experiment named after the run, its settings as
-    params and its validation accuracy logged at every evaluation."""
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=store)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    assert len(runs) == len(table)
-    assert sorted(float(r.data.params["lr"]) for r in runs) == pytest.approx(sorted(table.lr))
-    for run in runs:
-        history = client.get_metric_history(run.info.run_id, "val_acc")
-        assert len(history) >= 2  # step 0 and at least one evaluation after training steps
-
-
-def tensorboard_tags(path: Path) -> set[str]:
-    """The scalar tags of a TensorBoard event file (TFRecord framing: length, crc, event, crc)."""
-    from tensorboardX.proto import event_pb2
-
-    data, i, tags = path.read_bytes(), 0, set()
-    while i < len(data):
-        (n,) = struct.unpack("<Q", data[i : i + 8])
-        event = event_pb2.Event()
-        event.ParseFromString(data[i + 12 : i + 12 + n])
-        tags |= {v.tag for v in event.summary.value}
-        i += 12 + n + 4
-    return tags
