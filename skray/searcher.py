@@ -116,6 +116,11 @@ class Space:
             point["adapter_rank"] = round(at(quantile[rank_at[i]], *self.adapter_rank, log=True))
         return point
 
+    def covering(self, i: int) -> dict[str, Any]:
+        """Trial ``i``'s head where the first trials take each searched head once, in order: a short
+        search (a random start-up, 4 trials) could otherwise never try the head that suits the task."""
+        return {"head": self.heads[i]} if len(self.heads) > 1 and i < len(self.heads) else {}
+
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's points: every choice, and the low, middle and high of each range
         (geometric middle for log ranges); SearchConfig's check of num_trials counts the same."""
@@ -294,8 +299,11 @@ class OptunaSearcher(Searcher):
         self._announce_model()
         # A rerun's copy (``_rerun``) took no start-up point of its own.
         asked = sum("retry_of" not in t.user_attrs for t in self.study.get_trials(deepcopy=False))
-        if self._spread and asked < self._startup:  # fixed values the trial's suggest_* calls return
-            self.study.enqueue_trial(self._space.spread(asked, self._startup, self._seed))
+        fixed = self._space.spread(asked, self._startup, self._seed) if self._spread and asked < self._startup else {}
+        if self._sampler_name != "grid":
+            fixed |= self._space.covering(asked)
+        if fixed:  # values the trial's suggest_* calls return
+            self.study.enqueue_trial(fixed)
         trial = self.study.ask()
         trial.set_user_attr("trial", trial_id)  # the results table's trial column, for the dashboard
         self._live[trial_id] = trial

@@ -152,7 +152,12 @@ def tiny_experiment(tiny_llama_dir, tmp_path):
             "storage_path": str(tmp_path),
             "backbone": {"name": tiny_llama_dir},
             "data": {"max_length": 32, "max_train_samples": 64, "max_eval_samples": 24, "max_test_samples": 24},
-            "method": {"prefix_length": 4, "adapter_rank": 2, "label_words": {"fresh": " good", "rotten": " bad"}},
+            "method": {
+                "prefix_length": 4,
+                "adapter_rank": 2,
+                "head": "verbalizer",  # named, so a search keeps it (test_packed.py searches it, as unnamed)
+                "label_words": {"fresh": " good", "rotten": " bad"},
+            },
             "train": {"num_workers": 2, "micro_batch_size": 4, "max_steps": 4, "eval_every": 2, "eval_batch_size": 8},
             "search": {
                 "num_trials": 3,

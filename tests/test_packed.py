@@ -247,10 +247,14 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
     trackers' runs (TensorBoard's event file, MLflow's run), and `skray predict`/`export` read the best
     one as they read a solo trial's."""
     from skray.cli import main
-    from skray.config import MlflowConfig, TrackingConfig
+    from skray.commands.tune import SEARCHED_HEADS
+    from skray.config import MlflowConfig, TrackingConfig, parse_config
     from skray.run import run_experiment
 
-    cfg = tiny_experiment(search__pack=2, search__num_trials=4, train__max_steps=6, train__eval_every=2)
+    raw = tiny_experiment(search__pack=2, search__num_trials=4, train__max_steps=6, train__eval_every=2)
+    raw = raw.model_dump(exclude_unset=True)
+    del raw["method"]["head"]  # no head named: the search chooses it, members of different heads side by side
+    cfg = parse_config(raw)
     mlflow_store = f"sqlite:///{tmp_path}/mlflow.db"
     tracking = TrackingConfig(tensorboard=True, mlflow=MlflowConfig(tracking_uri=mlflow_store))
     cfg = cfg.model_copy(update={"tracking": tracking})
@@ -267,6 +271,7 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
     assert set(table.status) <= {"completed", "early_stopped"}
     assert "completed" in set(table.status)
     assert set(table.slot) == {0}
+    assert set(table["head"]) <= set(SEARCHED_HEADS)
     assert table.trainable_params.gt(0).all()
     by_trial = assert_study_matches(run_dir, table)
     for row in table.itertuples():

@@ -245,6 +245,18 @@ def test_spread_startup_covers_each_range_evenly_then_the_model_takes_over(tmp_p
     assert [c["lr"] for c in random] != [c["lr"] for c in startup]
 
 
+@pytest.mark.parametrize("spread", [False, True])
+def test_the_first_trials_try_each_searched_head_once(spread):
+    """Seed 0's random start-up draws linear four times running: a 4-trial search would never have
+    tried the verbalizer. The first trials take each head in turn; the spread's numbers still apply."""
+    heads = ("verbalizer", "linear", "word_linear")
+    space = Space(wordings=SPACE.wordings, prefix_length=(4, 16), lr=(1e-4, 1e-2), heads=heads)
+    configs = run(OptunaSearcher(space, ONE, seed=0, startup_trials=4, spread=spread), 5)
+    assert [c["head"] for c in configs[:3]] == list(heads)
+    if spread:
+        assert [c["lr"] for c in configs[:4]] == pytest.approx([10 ** (-4 + 2 * q / 8) for q in (1, 3, 5, 7)])
+
+
 def test_conditional_parameters():
     space = Space(
         wordings=("a", "b"),
@@ -381,3 +393,31 @@ def test_screen_correlation_reads_the_ranking_honestly(tmp_path):
     trials["best_val_acc"] = [0.5, 0.6, 0.9, 0.95]
     assert screen_correlation(trials, str(tmp_path), "acc").endswith("screening did not clearly pay")
     assert screen_correlation(trials, str(tmp_path / "none"), "acc") is None
+
+
+def test_a_search_chooses_the_head_where_the_config_names_none(tiny_llama_dir, tmp_path):
+    """No head named (method.head, search.heads): tune searches verbalizer, linear and word_linear; a
+    named head stays fixed, and so does a task or backbone where the word heads do not apply."""
+    from skray.commands.tune import SEARCHED_HEADS, searched_heads
+
+    raw = {
+        "name": "heads",
+        "storage_path": str(tmp_path),
+        "backbone": {"name": tiny_llama_dir},
+        "method": {"label_words": {"fresh": " good", "rotten": " bad"}},
+        "search": {
+            "num_trials": 3,
+            "wordings": ["good or bad?"],
+            "prefix_length": {"low": 2, "high": 4},
+            "lr": {"low": 1e-4, "high": 1e-2},
+        },
+    }
+    assert searched_heads(parse_config(raw)).search.heads == list(SEARCHED_HEADS)
+    named = parse_config(raw | {"method": raw["method"] | {"head": "verbalizer"}})
+    assert searched_heads(named).search.heads is None
+    chosen = parse_config(raw | {"search": raw["search"] | {"heads": ["linear", "word_linear"]}})
+    assert searched_heads(chosen).search.heads == ["linear", "word_linear"]
+    encoder = parse_config(raw | {"backbone": {"name": "minilm-l6"}})
+    assert searched_heads(encoder).search.heads is None
+    probe = parse_config(raw | {"method": {"kind": "linear_probe", "head": "linear"}})
+    assert searched_heads(probe).search.heads is None

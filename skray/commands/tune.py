@@ -12,6 +12,10 @@ from ray.tune.schedulers import ASHAScheduler
 from skray.commands.base import Command, SubSearch
 from skray.config import ExperimentConfig, method_variant, selection_metric
 
+# What a search chooses the head among when the config names none (``searched_heads``): the frozen
+# verbalizer, a fresh linear head, and word_linear (the verbalizer's rows, trained; calibrated by default).
+SEARCHED_HEADS = ("verbalizer", "linear", "word_linear")
+
 
 class Tune(Command):
     name = "tune"
@@ -34,7 +38,9 @@ class Tune(Command):
         return {}  # the searcher's Space: each trial's params.json holds what it suggested
 
     def prepare(self, cfg: ExperimentConfig, run_dir: str, cpus: float, search: SubSearch) -> ExperimentConfig:
-        """With search.screen: the wordings' zero-shot screen, and only the kept ones are searched."""
+        """The head searched where the config names none (``searched_heads``); with search.screen, the
+        wordings' zero-shot screen, and only the kept ones are searched."""
+        cfg = searched_heads(cfg)
         if cfg.search.screen is None:
             return cfg
         from skray.screen import run_screen
@@ -86,6 +92,23 @@ class Tune(Command):
                 names = ", ".join(f"{m} ({d})" for m, d in objectives)
                 print(f"skray: Pareto front of {names}: {len(front)} trials, hypervolume {volume:.4g}")
         return trials
+
+
+def searched_heads(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``search.heads`` set to ``SEARCHED_HEADS`` where the config names no head (neither
+    method.head nor search.heads): no head won on every task measured (docs/RESULTS.md, "Heads on three
+    tasks"), and packed trials make the choice cheap to search. Only where each of them applies: a
+    decoder's classification, a kind with a head to choose, a sampler that is not a planned grid."""
+    from skray.backbones import inspect_backbone
+
+    s = cfg.search
+    if s.heads is not None or "head" in cfg.method.model_fields_set or s.sampler == "grid":
+        return cfg
+    if cfg.data.task != "classification" or set(s.kinds or [cfg.method.kind]) == {"linear_probe"}:
+        return cfg
+    if not inspect_backbone(cfg.backbone).is_decoder:
+        return cfg
+    return cfg.model_copy(update={"search": s.model_copy(update={"heads": list(SEARCHED_HEADS)})})
 
 
 def asha(cfg: ExperimentConfig) -> ASHAScheduler:

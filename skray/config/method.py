@@ -86,10 +86,11 @@ class MethodConfig(Section):
         "linear: a trained layer over pooled states (any backbone); mean_linear: the authors' head, a trained "
         "layer averaged over all positions; word_linear: a trained layer that starts as the verbalizer",
     )
-    calibrate: bool = Field(
-        default=False,
+    calibrate: bool | None = Field(
+        default=None,
         description="word_linear only: before training, take a content-free input's ('N/A' in the template) "
-        "label scores off the head's bias (contextual calibration)",
+        "label scores off the head's bias (contextual calibration); unset: on for word_linear (it was better "
+        "calibrated on every task measured, docs/RESULTS.md)",
     )
     label_words: dict[str, str] | None = Field(
         default=None,
@@ -102,6 +103,11 @@ class MethodConfig(Section):
         description="The modules LoRA adapts, by name (e.g. [q_proj, v_proj]); PEFT's default for the "
         "architecture if unset",
     )
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the head's bias is calibrated before training (``calibrate``, or its default)."""
+        return self.calibrate if self.calibrate is not None else self.head == "word_linear"
 
     @model_validator(mode="after")
     def _probe_is_linear(self) -> MethodConfig:

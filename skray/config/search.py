@@ -108,7 +108,10 @@ class SearchConfig(Section):
         "parameters it reads; unset: method.kind alone",
     )
     heads: list[HeadKind] | None = Field(
-        default=None, min_length=2, description="Heads Optuna chooses among; unset: method.head alone"
+        default=None,
+        min_length=2,
+        description="Heads Optuna chooses among, each tried once first; unset: verbalizer, linear and "
+        "word_linear where the config names no method.head (a decoder's classification), else method.head alone",
     )
     adapter_rank: IntRange | None = Field(
         default=None,

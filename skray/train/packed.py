@@ -296,7 +296,7 @@ class PackedSlot:
         torch.manual_seed(t.seed)
         model = build_model(self.backbone, cfg.method, self.label_names, cfg.data.task == "token_classification")
         place(model, self.device, torch.float32, frozen=self.backbone.model)  # fp32 masters, as DeepSpeed keeps
-        if cfg.method.calibrate:
+        if cfg.method.calibrated:
             from skray.methods.base import content_free_input
 
             free = content_free_input(self.backbone.tokenizer, cfg.data, not self.backbone.is_decoder)

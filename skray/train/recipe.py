@@ -14,7 +14,8 @@ the test rows' predictions (``test_predictions.csv``, for compare's paired tests
 Ray Train restarts after a failure resumes from it: same step, optimizer and data position.
 
 "Best" is ``train.select_by`` on validation (``skray.config.selection_metric``). With
-``method.calibrate`` the head's bias is calibrated on a content-free row once the model is built.
+``method.calibrate`` (on by default for word_linear) the head's bias is calibrated on a
+content-free row once the model is built.
 
 Metric names are the results table's (``skray.results.COLUMNS``): written once, here.
 
@@ -179,7 +180,7 @@ class SKTuningRecipe:
         rows = encode_task(cfg, splits, backbone)
         self.data, self.class_weight = rows.data, rows.class_weight
         self.facts.update(rows.facts)
-        if cfg.method.calibrate:  # before any checkpoint is read: a restart's bias comes from its state
+        if cfg.method.calibrated:  # before any checkpoint is read: a restart's bias comes from its state
             from skray.methods.base import content_free_input
 
             free = content_free_input(backbone.tokenizer, cfg.data, not backbone.is_decoder)
