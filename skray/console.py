@@ -159,11 +159,19 @@ def tune_output(verbose: bool):
     """Ray Tune's console output for the block: its own (verbose), or none. Tune's new output engine
     prints an experiment header at any verbosity, so the quiet mode takes its legacy reporter, which
     at verbosity 0 prints nothing (a user's own RAY_AIR_NEW_OUTPUT wins)."""
-    if verbose or "RAY_AIR_NEW_OUTPUT" in os.environ:
+    with contextlib.nullcontext() if verbose else environment_default("RAY_AIR_NEW_OUTPUT", "0"):
+        yield
+
+
+@contextlib.contextmanager
+def environment_default(name: str, value: str):
+    """The environment variable ``name`` set to ``value`` for the block, where the user has not set it
+    (their setting wins, and stays)."""
+    if name in os.environ:
         yield
         return
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ[name] = value
     try:
         yield
     finally:
-        os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        os.environ.pop(name, None)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import posixpath
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ from skray import storage
 from skray.cluster import Capacity
 from skray.commands import COMMANDS, Command
 from skray.config import ExperimentConfig, selection_metric
+from skray.console import environment_default
 from skray.errors import ResourceError
 from skray.results import experiment
 from skray.train.checkpoint import REPLAYED
@@ -203,19 +203,11 @@ def trackers(cfg: ExperimentConfig, run_dir: str) -> list[tune.Callback]:
     return callbacks
 
 
-@contextlib.contextmanager
-def trackers_only() -> Iterator[None]:
-    """Tune's loggers for the block: only those skray adds (``trackers``, ``TrialReports``). Tune adds
+def trackers_only() -> contextlib.AbstractContextManager:
+    """Tune's loggers for a block: only those skray adds (``trackers``, ``TrialReports``). Tune adds
     its CSV and TensorBoard loggers to every trial unless told not to (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS):
     tracking.tensorboard false still gave event files, and a packed run's slots got them too."""
-    if "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" in os.environ:  # the user's own setting wins
-        yield
-        return
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    try:
-        yield
-    finally:
-        os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
+    return environment_default("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
 class TrialReports(JsonLoggerCallback):

@@ -97,6 +97,10 @@ def test_quiet_tune_takes_rays_legacy_reporter_for_the_block_only(monkeypatch):
     assert "RAY_AIR_NEW_OUTPUT" not in os.environ
     with tune_output(verbose=True):
         assert "RAY_AIR_NEW_OUTPUT" not in os.environ
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # the user's own setting wins, and stays
+    with tune_output(verbose=False):
+        assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
+    assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
 
 
 def test_progress_names_the_selecting_metric_first_and_the_other_beside_it(capsys):
