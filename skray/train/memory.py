@@ -12,6 +12,8 @@ assumes every parameter trains.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import itertools
 import os
@@ -219,7 +221,22 @@ def measure_activation_bytes(model: nn.Module, input_ids: torch.Tensor, attentio
         module_by_module(model),  # a backbone loaded partitioned (ZeRO 3) runs one module whole at a time
     ):
         model(input_ids, attention_mask)
-    return sum(s.nbytes() for s in saved.values())
+    measured = sum(s.nbytes() for s in saved.values())
+    saved.clear()
+    if input_ids.device.type == "cpu":
+        release_freed_heap()
+    return measured
+
+
+def release_freed_heap() -> None:
+    """Give the heap pages freed since back to the OS (glibc's ``malloc_trim``; a no-op where the C
+    library has none). A packed slot's measuring passes left ~1 GB freed but kept on a CPU worker, and
+    every later pass there ran slower: the demo's evaluation 15% and its steps 6%, 50 s of 7 min
+    (docs/SCALING.md, "What measuring a member cost")."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    if trim is not None:
+        trim(0)
 
 
 # device -> this process's peak before a reset wiped it (loading, the prompt pass): ``peak_memory_mb`` counts it
