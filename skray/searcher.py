@@ -117,9 +117,15 @@ class Space:
         return point
 
     def covering(self, i: int) -> dict[str, Any]:
-        """Trial ``i``'s head where the first trials take each searched head once, in order: a short
-        search (a random start-up, 4 trials) could otherwise never try the head that suits the task."""
-        return {"head": self.heads[i]} if len(self.heads) > 1 and i < len(self.heads) else {}
+        """Trial ``i``'s kind and head where the first trials take each searched kind and each searched
+        head once, in order: a short search (a random start-up, 4 trials) could otherwise never try the
+        one that suits the task."""
+        fixed: dict[str, Any] = {}
+        if len(self.kinds) > 1 and i < len(self.kinds):
+            fixed["method"] = self.kinds[i]
+        if len(self.heads) > 1 and i < len(self.heads):
+            fixed["head"] = self.heads[i]
+        return fixed
 
     def grid(self) -> dict[str, list[Any]]:
         """The grid sampler's points: every choice, and the low, middle and high of each range

@@ -1,8 +1,10 @@
 """skray's Optuna searcher driven as Ray Tune drives it (suggest, results, completion), with fake
 results and no Ray cluster; and the search section's new keys."""
 
+import json
 import pickle
 import re
+from pathlib import Path
 
 import optuna
 import pytest
@@ -246,13 +248,15 @@ def test_spread_startup_covers_each_range_evenly_then_the_model_takes_over(tmp_p
 
 
 @pytest.mark.parametrize("spread", [False, True])
-def test_the_first_trials_try_each_searched_head_once(spread):
+def test_the_first_trials_try_each_searched_kind_and_head_once(spread):
     """Seed 0's random start-up draws linear four times running: a 4-trial search would never have
-    tried the verbalizer. The first trials take each head in turn; the spread's numbers still apply."""
-    heads = ("verbalizer", "linear", "word_linear")
-    space = Space(wordings=SPACE.wordings, prefix_length=(4, 16), lr=(1e-4, 1e-2), heads=heads)
+    tried the verbalizer. The first trials take each kind and each head in turn; the spread's numbers
+    still apply."""
+    heads, kinds = ("verbalizer", "linear", "word_linear"), ("sk_prefix", "sk_prompt")
+    space = Space(wordings=SPACE.wordings, prefix_length=(4, 16), lr=(1e-4, 1e-2), kinds=kinds, heads=heads)
     configs = run(OptunaSearcher(space, ONE, seed=0, startup_trials=4, spread=spread), 5)
     assert [c["head"] for c in configs[:3]] == list(heads)
+    assert [c["method"] for c in configs[:2]] == list(kinds)
     if spread:
         assert [c["lr"] for c in configs[:4]] == pytest.approx([10 ** (-4 + 2 * q / 8) for q in (1, 3, 5, 7)])
 
@@ -421,3 +425,40 @@ def test_a_search_chooses_the_head_where_the_config_names_none(tiny_llama_dir, t
     assert searched_heads(encoder).search.heads is None
     probe = parse_config(raw | {"method": {"kind": "linear_probe", "head": "linear"}})
     assert searched_heads(probe).search.heads is None
+
+
+def test_compare_tune_searches_the_head_of_each_method_that_names_none(tiny_llama_dir, tmp_path):
+    """compare.tune's per-method searches follow tune's rule: an entry with no head (and none in the
+    method section) searches it, an entry naming one keeps it, the probe has none to choose; the seeds
+    then run the head its search chose."""
+    from skray.commands.compare import method_search, tuned_entry
+    from skray.commands.tune import SEARCHED_HEADS
+    from skray.run import search_or_reuse
+
+    raw = {
+        "name": "heads",
+        "storage_path": str(tmp_path),
+        "backbone": {"name": tiny_llama_dir},
+        "method": {"label_words": {"fresh": " good", "rotten": " bad"}},
+        "compare": {"methods": ["sk_prefix"], "seeds": [0], "tune": {"trials": 3, "lr": {"low": 1e-4, "high": 1e-2}}},
+    }
+    cfg = parse_config(raw)
+    run_dir = str(tmp_path / "heads-compare-20261203-000000")
+    search = method_search(cfg, "sk_prefix", "sk_prefix", run_dir)
+    assert search.search.heads == list(SEARCHED_HEADS)
+    assert method_search(cfg, "x", {"kind": "sk_prefix", "head": "linear"}, run_dir).search.heads is None
+    assert method_search(cfg, "linear_probe", "linear_probe", run_dir).search.heads is None
+    named = parse_config(raw | {"method": raw["method"] | {"head": "verbalizer"}})
+    assert method_search(named, "sk_prefix", "sk_prefix", run_dir).search.heads is None
+
+    searched = Path(run_dir) / "tuning" / f"{search.name}-tune-20261203-000000"
+    trial = searched / "run_trial_abc12345_1"
+    trial.mkdir(parents=True)
+    (searched / "experiment.json").write_text(json.dumps({"command": "tune", "config": search.model_dump()}))
+    (searched / "finished").write_text("2026-12-03T00:00:00")
+    params = {"method": "sk_prefix", "wording": cfg.method.wording, "prefix_length": 8, "lr": 0.002}
+    (trial / "params.json").write_text(json.dumps(params | {"head": "word_linear"}))
+    report = {"trial_id": "abc12345", "step": 4, "val_acc": 0.7, "best_val_acc": 0.7, "test_acc": 0.6, "done": True}
+    (trial / "result.json").write_text(json.dumps(report) + "\n")
+    chosen, _ = tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir, search_or_reuse)  # read back, not run
+    assert chosen == {"kind": "sk_prefix", "lr": 0.002, "head": "word_linear"}

@@ -18,6 +18,7 @@ from ray import tune
 
 from skray import storage
 from skray.commands.base import Command, SubSearch
+from skray.commands.tune import SEARCHED_HEADS, head_searchable
 from skray.config import (
     LR_RANGES,
     ExperimentConfig,
@@ -148,15 +149,16 @@ def searched_ranges(started: dict[str, Any], run_dir: str) -> dict[str, str]:
 
 def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> ExperimentConfig:
     """The ``skray tune`` run that searches one method for compare.tune: ``compare.tune.trials``
-    trials over its learning rate (``lr_range``), and m where it has virtual positions, at the first
-    seed, the start-up spread over the ranges, ASHA's first rung at the evaluation nearest half the
-    steps, stored in RUN_DIR/tuning/."""
+    trials over its learning rate (``lr_range``), m where it has virtual positions, and the head where
+    neither the method section nor the entry names one (as ``skray tune`` does), at the first seed,
+    the start-up spread over the ranges, ASHA's first rung at the evaluation nearest half the steps,
+    stored in RUN_DIR/tuning/."""
     t = cfg.compare.tune
     method = method_variant(cfg.method, entry)
     m = IntRange(low=method.prefix_length, high=method.prefix_length)
     fixed_m = method.kind in ("sk_prefix", "sk_prompt") and method.adapter != "mixer"  # m = k: not searched
     searched = m if fixed_m else t.prefix_length or m
-    return cfg.model_copy(
+    sub = cfg.model_copy(
         update={
             "name": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}").strip("_"),
             "storage_path": storage.join(run_dir, "tuning"),
@@ -173,6 +175,10 @@ def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any]
             "compare": None,
         }
     )
+    named = "head" in cfg.method.model_fields_set or (isinstance(entry, dict) and "head" in entry)
+    if named or not head_searchable(sub):
+        return sub
+    return sub.model_copy(update={"search": sub.search.model_copy(update={"heads": list(SEARCHED_HEADS)})})
 
 
 def lr_range(cfg: ExperimentConfig, entry: str | dict[str, Any]) -> LogRange:
@@ -209,10 +215,13 @@ def tuned_entry(
     chosen["lr"] = float(best["lr"])
     if searched.low < searched.high and pd.notna(best.get("prefix_length")):
         chosen["prefix_length"] = int(best["prefix_length"])
+    if sub.search.heads and pd.notna(best.get("head")):
+        chosen["head"] = str(best["head"])
     print(
         f"skray: compare.tune: {label}: best of {len(table)} trials (validation {key[9:]} {best[key]:.3f}): "
         f"lr {chosen['lr']:.3g} (searched {sub.search.lr.low:g}-{sub.search.lr.high:g})"
         + (f", m {chosen['prefix_length']}" if "prefix_length" in chosen else "")
+        + (f", head {chosen['head']}" if "head" in chosen else "")
         + f"; {tuned_dir}/",
         flush=True,
     )

@@ -99,16 +99,22 @@ def searched_heads(cfg: ExperimentConfig) -> ExperimentConfig:
     method.head nor search.heads): no head won on every task measured (docs/RESULTS.md, "Heads on three
     tasks"), and packed trials make the choice cheap to search. Only where each of them applies: a
     decoder's classification, a kind with a head to choose, a sampler that is not a planned grid."""
+    if cfg.search.heads is not None or "head" in cfg.method.model_fields_set or not head_searchable(cfg):
+        return cfg
+    return cfg.model_copy(update={"search": cfg.search.model_copy(update={"heads": list(SEARCHED_HEADS)})})
+
+
+def head_searchable(cfg: ExperimentConfig) -> bool:
+    """Whether a search over ``cfg`` could choose the head: a decoder's classification, a kind with a
+    head to choose (not only the linear probe), a sampler that is not a planned grid."""
     from skray.backbones import inspect_backbone
 
     s = cfg.search
-    if s.heads is not None or "head" in cfg.method.model_fields_set or s.sampler == "grid":
-        return cfg
-    if cfg.data.task != "classification" or set(s.kinds or [cfg.method.kind]) == {"linear_probe"}:
-        return cfg
-    if not inspect_backbone(cfg.backbone).is_decoder:
-        return cfg
-    return cfg.model_copy(update={"search": s.model_copy(update={"heads": list(SEARCHED_HEADS)})})
+    if s.sampler == "grid" or cfg.data.task != "classification":
+        return False
+    if set(s.kinds or [cfg.method.kind]) == {"linear_probe"}:
+        return False
+    return inspect_backbone(cfg.backbone).is_decoder
 
 
 def asha(cfg: ExperimentConfig) -> ASHAScheduler:
