@@ -13,6 +13,7 @@ it for the next member whenever a seat is free; it answers None once every trial
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import re
@@ -22,6 +23,9 @@ from typing import Any
 
 import ray
 from ray import tune
+from ray.tune.result import AUTO_RESULT_KEYS
+from ray.tune.schedulers import FIFOScheduler
+from ray.tune.search import Searcher
 
 from skray import storage
 from skray.config import ExperimentConfig, selection_metric
@@ -117,9 +121,11 @@ class Broker:
         self.key = metric
         # Member ids are unique beyond the run (a compare takes members of several searches into one table).
         self.token = hashlib.sha1(run_dir.rstrip("/").rsplit("/", 1)[-1].encode()).hexdigest()[:5]
-        self.live: dict[str, tuple[int, tuple]] = {}  # member -> (its slot, what it was handed)
+        # member -> (its slot; None for one running solo, as a Tune trial of its own; what it was handed)
+        self.live: dict[str, tuple[int | None, tuple]] = {}
         self.log: list[tuple[str, str, dict | None]] = []  # (start | result | end | error, member, payload)
-        self.pending: list[tuple] = []  # members a killed driver left running: handed out again first
+        self.pending: list[tuple] = []  # members a killed driver left running in slots: handed out again first
+        self.waiting: dict[str, list[tuple]] = {"slot": [], "solo": []}  # asked of Optuna for the other lane
         self.asked = self._resume(run_dir)
 
     def _resume(self, run_dir: str) -> int:
@@ -128,14 +134,14 @@ class Broker:
         Optuna trial, from their last report's state (``skray.train.packed``'s resume.pt; from step 0
         where they had none). ASHA hears every member's logged reports again, so its rungs hold what
         they held. Returns how many members were handed out before."""
-        import json
-
         from skray import storage
         from skray.search import trial_experiment
 
         made = [d for d in storage.subdirs(run_dir) if _member_of(d)]
         for directory in made:
             member, reports = _member_of(directory), storage.read_reports(storage.join(directory, "result.json"))
+            params_path = storage.join(directory, "params.json")
+            params = json.loads(storage.read_text(params_path)) if storage.exists(params_path) else {}
             failed = storage.exists(storage.join(directory, "error.txt"))
             ended = failed or bool(reports) and reports[-1].get("done", False)
             if ended and self.searcher is not None and self.searcher.adopt(member):
@@ -146,10 +152,12 @@ class Broker:
             self.asha.on_trial_add(None, _Member(member))
             for report in reports:  # the decisions were taken when they were made
                 self.asha.on_trial_result(None, _Member(member), report)
-            params_path = storage.join(directory, "params.json")
-            running = not ended and storage.exists(params_path)
-            if running and (self.searcher is None or self.searcher.adopt(member)):
-                params = {k: v for k, v in json.loads(storage.read_text(params_path)).items() if k != "slot"}
+            running = not ended and bool(params)
+            if running and "member" in params:  # a solo member: Tune restores its trial, which goes on
+                if self.searcher is None or self.searcher.adopt(member):
+                    self.live[member] = (None, (member, params, None))
+            elif running and (self.searcher is None or self.searcher.adopt(member)):
+                params = {k: v for k, v in params.items() if k != "slot"}
                 cfg = trial_experiment(self.command, self.experiment, params)
                 self.pending.append((member, params, cfg.model_dump()))
             elif reports:
@@ -157,28 +165,69 @@ class Broker:
             else:
                 self.asha.on_trial_remove(None, _Member(member))
         if self.searcher is not None:  # asked for a member whose folder was never made: it will not run
-            self.searcher.fail_running(keep={member for member, _, _ in self.pending})
+            self.searcher.fail_running(keep={member for member, _, _ in self.pending} | set(self.live))
         return len(made)
 
     def ask(self, slot: int) -> tuple[str, dict[str, Any], dict] | None:
         """The next member for ``slot``: its id, what Optuna sampled (its params.json) and the experiment
-        it runs; None once ``search.num_trials`` members were handed out."""
-        from skray.search import trial_experiment
-
+        it runs; None once ``search.num_trials`` members were handed out. Optuna's picks of a kind that
+        trains the backbone wait for ``solo``, and Optuna is asked again."""
         if self.pending:
             offer = self.pending.pop(0)
-        elif self.asked >= self.num_trials:
-            return None
+        elif self.waiting["slot"]:
+            offer = self.waiting["slot"].pop(0)
         else:
-            self.asked += 1
-            member = f"m{self.token}{self.asked:03d}"
-            params = self.points[self.asked - 1] if self.searcher is None else self.searcher.suggest(member)
-            self.asha.on_trial_add(None, _Member(member))
-            offer = (member, params, trial_experiment(self.command, self.experiment, params).model_dump())
+            offer = None
+            while offer is None and self.asked < self.num_trials:
+                offer = self._new()
+                if not self._packable(offer):
+                    self.waiting["solo"].append(offer)
+                    offer = None
+            if offer is None:
+                return None
         self.live[offer[0]] = (slot, offer)
         self.log.append(("start", offer[0], offer[1]))
         print(f"skray: slot {slot}: member {offer[0]} starts: {_brief(offer[1])}", file=sys.stderr, flush=True)
         return offer
+
+    def solo(self) -> tuple[str, dict[str, Any]] | str | None:
+        """The next member of a kind that trains the backbone (a tune's LoRA), to run solo as a Tune trial
+        of its own beside the slots: its id and params; "wait" while Optuna's last pick waits for a
+        slot's seat (so that Optuna is asked one trial at a time, as results come in); None once no
+        more will come."""
+        if self.waiting["solo"]:
+            offer = self.waiting["solo"].pop(0)
+        elif self.asked >= self.num_trials:
+            return None
+        elif self.waiting["slot"]:
+            return "wait"
+        else:
+            offer = self._new()
+            if self._packable(offer):
+                self.waiting["slot"].append(offer)
+                return "wait"
+        self.live[offer[0]] = (None, offer)
+        return offer[0], offer[1]
+
+    def _new(self) -> tuple[str, dict[str, Any], dict]:
+        """A new member: the grid's next point, or Optuna's next trial (ASHA hears of it)."""
+        from skray.search import trial_experiment
+
+        self.asked += 1
+        member = f"m{self.token}{self.asked:03d}"
+        params = self.points[self.asked - 1] if self.searcher is None else self.searcher.suggest(member)
+        self.asha.on_trial_add(None, _Member(member))
+        return member, params, trial_experiment(self.command, self.experiment, params).model_dump()
+
+    @staticmethod
+    def _packable(offer: tuple) -> bool:
+        from skray.methods.packed import PACKABLE
+
+        return ExperimentConfig.model_validate(offer[2]).method.kind in PACKABLE
+
+    def exhausted(self) -> bool:
+        """Whether every trial was handed out (a run that reaches its end with this false was cut)."""
+        return self.asked >= self.num_trials and not self.pending and not any(self.waiting.values())
 
     def events(self, since: int) -> list[tuple[str, str, dict | None]]:
         """What happened to members since event ``since``: the driver's progress lines and trackers
@@ -192,10 +241,15 @@ class Broker:
 
     def tell(self, member: str, report: dict[str, Any]) -> str:
         """An evaluation of a running member: "continue", or "stop" where ASHA stops it (Optuna is then
-        told it was pruned, as Tune tells it of a trial ASHA stopped)."""
+        told it was pruned, as Tune tells it of a trial ASHA stopped). A solo member's own Tune trial
+        shows its story to the callbacks; the log tells the slots' members'."""
+        if member not in self.live:  # an ended solo member's last report, sent again by its restored trial
+            return "continue"
         if self.searcher is not None:
             self.searcher.on_trial_result(member, report)
-        self.log.append(("result", member, report))
+        slotted = self.live[member][0] is not None
+        if slotted:
+            self.log.append(("result", member, report))
         decision = self.asha.on_trial_result(None, _Member(member), report)
         print(
             f"skray: member {member} step {report['step']}: {self.key} {report.get(self.key, float('nan')):.4f}"
@@ -204,7 +258,8 @@ class Broker:
             flush=True,
         )
         if decision == "STOP":
-            self.log.append(("end", member, report))
+            if slotted:
+                self.log.append(("end", member, report))
             self.live.pop(member, None)
             self.asha.on_trial_complete(None, _Member(member), report)
             if self.searcher is not None:
@@ -213,9 +268,13 @@ class Broker:
         return "continue"
 
     def end(self, member: str, report: dict[str, Any] | None, error: str | None) -> None:
-        """A member that reached its last step (``report``: its final one) or failed (``error``)."""
-        self.live.pop(member, None)
-        self.log.append(("end", member, report) if error is None else ("error", member, {"error": error}))
+        """A member that reached its last step (``report``: its final one) or failed (``error``); once
+        (the end of a member ASHA stopped was taken when it stopped it)."""
+        ended = self.live.pop(member, None)
+        if ended is None:
+            return
+        if ended[0] is not None:
+            self.log.append(("end", member, report) if error is None else ("error", member, {"error": error}))
         if error is None and report is not None:
             self.asha.on_trial_complete(None, _Member(member), report)
             test = report.get("test_acc", float("nan"))
@@ -225,6 +284,81 @@ class Broker:
             print(f"skray: member {member} failed: {error}", file=sys.stderr, flush=True)
         if self.searcher is not None:
             self.searcher.on_trial_complete(member, report, error=error is not None)
+
+
+class Lanes(Searcher):
+    """Tune's trials in a packed run: the slots first, then the trials that run solo beside them: a
+    compare's points listed up front, or, with ``broker``, a tune's members of a kind that trains the
+    backbone, asked of the broker whenever Tune has room for a trial (``Broker.solo``). Unlike Tune's
+    ``points_to_evaluate``, the configurations need no space, and ``max_concurrent_trials`` holds."""
+
+    def __init__(self, configs: list[dict[str, Any]], broker: str | None = None) -> None:
+        super().__init__()
+        self.configs, self.handed, self.broker = configs, 0, broker
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if self.handed < len(self.configs):
+            self.handed += 1
+            return dict(self.configs[self.handed - 1])
+        if self.broker is None:
+            return Searcher.FINISHED
+        offer = ray.get(ray.get_actor(self.broker, namespace=NAMESPACE).solo.remote())
+        if offer is None:
+            return Searcher.FINISHED
+        if offer == "wait":
+            return None
+        member, params = offer
+        return {"member": member, **params}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # the broker hears of a solo member's end (``MemberJudge``); the others run whatever happened
+
+    def save(self, checkpoint_path: str) -> None:
+        storage.write_text(checkpoint_path, json.dumps({"configs": self.configs, "handed": self.handed}))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = json.loads(storage.read_text(checkpoint_path))
+        self.configs, self.handed = state["configs"], state["handed"]
+
+
+class MemberJudge(FIFOScheduler):
+    """Tune's scheduler in a packed tune: a member that runs solo as a Tune trial of its own is judged
+    by the run's broker as the slots' members are (ASHA's rungs, Optuna told of each evaluation and of
+    its end); slots and a compare's solo points run to their ends."""
+
+    def __init__(self, broker: str) -> None:
+        super().__init__()
+        self.broker = broker
+
+    def _tell(self, method: str, *args: Any) -> Any:
+        return ray.get(getattr(ray.get_actor(self.broker, namespace=NAMESPACE), method).remote(*args))
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        member = (trial.config or {}).get("member")
+        if member is None or "step" not in result:
+            return FIFOScheduler.CONTINUE
+        report = {k: v for k, v in result.items() if k not in AUTO_RESULT_KEYS and k != "config"}
+        return FIFOScheduler.STOP if self._tell("tell", member, report) == "stop" else FIFOScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        member = (trial.config or {}).get("member")
+        if member is not None:
+            report = {k: v for k, v in (result or {}).items() if k not in AUTO_RESULT_KEYS and k != "config"}
+            self._tell("end", member, report or None, None)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        member = (trial.config or {}).get("member")
+        if member is not None:
+            self._tell("end", member, None, "its trial failed (the error is in its folder)")
+
+
+def member_dirname(trial: Any) -> str:
+    """A Tune trial's folder name: a solo member's is the member's, as a slot's members' are
+    (``train_<member>``); "" leaves Tune's own."""
+    from skray.train.packed import MEMBER_DIR
+
+    member = (trial.config or {}).get("member")
+    return MEMBER_DIR.format(member=member) if member else ""
 
 
 class MemberCallbacks(tune.Callback):
@@ -263,9 +397,9 @@ class MemberCallbacks(tune.Callback):
 
     def _solo(self, hook: str, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not _is_slot(trial):
-            solo = [t for t in trials if not _is_slot(t)]  # the members are counted from the broker's story
+            solo = [_named(t) for t in trials if not _is_slot(t)]  # the slots' members: from the broker's story
             for c in self.callbacks:
-                getattr(c, hook)(iteration, solo, trial, **info)
+                getattr(c, hook)(iteration, solo, _named(trial), **info)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         from skray.train.packed import MEMBER_DIR
@@ -310,6 +444,34 @@ class MemberTrial:
 
     def __str__(self) -> str:
         return self.trial_id
+
+
+class SoloMember:
+    """A Tune trial that runs one member solo (a tune's LoRA beside the slots), as callbacks see it: by
+    the member's id, as its row, folder and Optuna trial name it."""
+
+    def __init__(self, trial: Any) -> None:
+        self._trial = trial
+
+    @property
+    def trial_id(self) -> str:
+        return self._trial.config["member"]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SoloMember) and other.trial_id == self.trial_id
+
+    def __hash__(self) -> int:
+        return hash(self.trial_id)
+
+    def __str__(self) -> str:
+        return self.trial_id
+
+
+def _named(trial: Any) -> Any:
+    return SoloMember(trial) if "member" in (trial.config or {}) else trial
 
 
 def _is_slot(trial: Any) -> bool:

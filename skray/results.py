@@ -133,6 +133,7 @@ def load_results(run_dir: str) -> pd.DataFrame:
             continue  # not a trial directory (e.g. Ray Train's checkpoints), or a half-written one
         if "slot" in params and "method" not in params:
             continue  # a packed run's slot (skray.broker): its members are the rows
+        params.pop("member", None)  # a solo member's id (skray.broker.Lanes): the trial column says it
         reports = storage.read_reports(storage.join(trial_dir, "result.json"))
         last = reports[-1] if reports else {}
         name = trial_dir.rsplit("/", 1)[-1]

@@ -7,17 +7,28 @@ object's (``skray.commands``); how a Tune trial runs a TorchTrainer is ``skray.s
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+import ray
 from ray import tune
 
 from skray import storage
 from skray.backbones import inspect_backbone
-from skray.broker import MemberCallbacks, broker_name, pack_size, slot_count, start_broker
+from skray.broker import (
+    Lanes,
+    MemberCallbacks,
+    MemberJudge,
+    broker_name,
+    member_dirname,
+    pack_size,
+    slot_count,
+    start_broker,
+)
 from skray.cluster import capacity, connect
 from skray.commands import COMMANDS, Command
 from skray.config import ExperimentConfig, TrainConfig, resolve_device
@@ -25,7 +36,6 @@ from skray.console import tune_output
 from skray.preflight import check_memory, preflight
 from skray.report import rebuild
 from skray.search import (
-    Listed,
     TrialReports,
     finished_run,
     plan_resources,
@@ -83,7 +93,7 @@ def run_experiment(
     tuner = build_tuner(run, cfg, plan, cmd, retry_errored, verbose, packing)
     with tune_output(verbose), trackers_only():
         results = tuner.fit()
-    mark_finished(run.path, ran_to_end(results, len(packing.trials) if packing else cmd.trials(cfg)))
+    mark_finished(run.path, packing.ended(results) if packing else ran_to_end(results, cmd.trials(cfg)))
     return run.path, rebuild(run.path)
 
 
@@ -148,17 +158,26 @@ def prepare_trials(run: RunDir, plan: RunPlan, cmd: Command) -> ExperimentConfig
 @dataclass(frozen=True)
 class Packing:
     """A packed run: ``slots`` Tune trials of ``pack`` seats each, fed by the ``broker`` actor, and beside
-    them the ``solo`` points of a grid whose methods train the backbone, one Tune trial each."""
+    them, one Tune trial each, the ``solo`` points of a grid whose methods train the backbone, or with
+    ``solo_asked`` a search's members of such kinds, as the broker hands them out."""
 
     broker: Any  # held while the run lasts, so the actor lives; slots and the console find it by name
     pack: int
     slots: int
     solo: list[dict[str, Any]]
+    solo_asked: bool = False
 
     @property
     def trials(self) -> list[dict[str, Any]]:
-        """What Tune runs: the slots, then the solo points."""
+        """What Tune runs first: the slots, then the solo points."""
         return [{"slot": i} for i in range(self.slots)] + self.solo
+
+    def ended(self, results: Any) -> bool:
+        """Whether every trial ended (``ran_to_end``): the ones listed, and with ``solo_asked`` every
+        member the broker handed out."""
+        if self.solo_asked:
+            return ran_to_end(results, len(results)) and ray.get(self.broker.exhausted.remote())
+        return ran_to_end(results, len(self.trials))
 
 
 def plan_packing(run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command) -> Packing | None:
@@ -174,25 +193,36 @@ def plan_packing(run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command
     setting, kinds = packing
     points, key = cmd.points(cfg), f"{cmd.section}.pack"
     solo: list[dict[str, Any]] = []
+    trials = len(points) if points else cmd.trials(cfg)
     if points:  # a grid: where some of its methods can be packed, the others run solo beside them
         point_kinds = [cmd.trial_config(cfg, point).method.kind for point in points]
         if any(k in PACKABLE for k in point_kinds) and any(k not in PACKABLE for k in point_kinds):
             solo = [p for p, k in zip(points, point_kinds, strict=True) if k not in PACKABLE]
             points = [p for p, k in zip(points, point_kinds, strict=True) if k in PACKABLE]
             kinds = [k for k in point_kinds if k in PACKABLE]
-    trials = len(points) if points else cmd.trials(cfg)
+            trials = len(points)
+    solo_kinds = [k for k in kinds if k not in PACKABLE]
+    solo_asked = not points and len(solo_kinds) < len(kinds) and bool(solo_kinds)
+    if solo_asked:  # a search over kinds of both sorts: members of the packable ones (about their share) packed
+        kinds = [k for k in kinds if k in PACKABLE]
+        trials = math.ceil(trials * len(kinds) / (len(kinds) + len(solo_kinds)))
     is_decoder = inspect_backbone(cfg.backbone).is_decoder
     pack = pack_size(cfg, setting, kinds, trials, plan.max_concurrent, is_decoder, key)
     if pack == 1:
         return None
     slots = slot_count(trials, pack, plan.max_concurrent)
-    beside = f"; {len(solo)} trials run solo beside them (their methods train the backbone)" if solo else ""
+    beside = ""
+    if solo:
+        beside = f"; {len(solo)} trials run solo beside them (their methods train the backbone)"
+    elif solo_asked:
+        beside = f"; trials of {', '.join(solo_kinds)} run solo beside them (they train the backbone)"
+    what = f"about {trials}" if solo_asked else f"{trials}"
     print(
-        f"skray: {key}: {trials} trials as members of {slots} slot(s) of {pack}, each slot loading the backbone "
+        f"skray: {key}: {what} trials as members of {slots} slot(s) of {pack}, each slot loading the backbone "
         f"once{beside}",
         file=sys.stderr,
     )
-    return Packing(start_broker(cfg, run.path, cmd.name, points), pack, slots, solo)
+    return Packing(start_broker(cfg, run.path, cmd.name, points), pack, slots, solo, solo_asked)
 
 
 def build_tuner(
@@ -230,12 +260,15 @@ def build_tuner(
         )
     per_trial = [*trackers(cfg, run.path), *([] if verbose else [progress(cfg, cmd)])]
     callbacks = [TrialReports(run.path), *([MemberCallbacks(per_trial, run.path)] if packing else per_trial)]
-    if packing:  # each slot and solo point one trial, in that order
-        space = {}
+    if packing:  # each slot and solo point one trial, in that order, then the solo members asked for
+        space, solo_beside = {}, bool(packing.solo) or packing.solo_asked
+        asks = broker_name(run.path) if packing.solo_asked else None
         tune_config = tune.TuneConfig(
-            search_alg=Listed(packing.trials),
-            num_samples=len(packing.trials),
-            max_concurrent_trials=packing.slots if not packing.solo else plan.max_concurrent,
+            search_alg=Lanes(packing.trials, asks),
+            scheduler=MemberJudge(asks) if asks else None,
+            num_samples=len(packing.trials) + (cmd.trials(cfg) if asks else 0),
+            max_concurrent_trials=plan.max_concurrent if solo_beside else packing.slots,
+            trial_dirname_creator=member_dirname,
         )
     else:
         space, tune_config = cmd.param_space(cfg), cmd.tune_config(cfg, plan.max_concurrent, run.path)

@@ -20,7 +20,6 @@ from ray.tune.experiment import Trial
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
-from ray.tune.search import Searcher
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from skray import storage
@@ -83,32 +82,6 @@ def plan_resources(cfg: ExperimentConfig, room: Capacity, command: Command = COM
     return Plan(per_worker, concurrent)
 
 
-class Listed(Searcher):
-    """Tune's trials as a list of configurations, in order: a packed run's slots, then the grid's points
-    that run solo beside them (a grid over the two kinds of trials would cross them). Unlike Tune's
-    ``points_to_evaluate``, the configurations need no space, and ``max_concurrent_trials`` holds."""
-
-    def __init__(self, configs: list[dict[str, Any]]) -> None:
-        super().__init__()
-        self.configs, self.handed = configs, 0
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        if self.handed >= len(self.configs):
-            return Searcher.FINISHED
-        self.handed += 1
-        return dict(self.configs[self.handed - 1])
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        pass  # every configuration runs once, whatever the others did
-
-    def save(self, checkpoint_path: str) -> None:
-        storage.write_text(checkpoint_path, json.dumps({"configs": self.configs, "handed": self.handed}))
-
-    def restore(self, checkpoint_path: str) -> None:
-        state = json.loads(storage.read_text(checkpoint_path))
-        self.configs, self.handed = state["configs"], state["handed"]
-
-
 def run_trial(
     params: dict,
     experiment: dict,
@@ -143,8 +116,9 @@ def run_trial(
         cfg = trial_experiment("train", experiment, {})
         slot = {"broker": broker, "slot": params["slot"], "pack": pack, "run_dir": storage_path}
     else:
-        cfg = trial_experiment(command, experiment, params)
-    name = f"{'slot' if slot else 'train'}_{context.get_trial_id()}"
+        cfg = trial_experiment(command, experiment, {k: v for k, v in params.items() if k != "member"})
+    # A solo member's checkpoints go where a slot's members' do, the folder named for it (MEMBER_DIR)
+    name = f"{'slot' if slot else 'train'}_{params.get('member') or context.get_trial_id()}"
     with output_to(f"{log_dir}/{name}.log" if log_dir else None):
         trainer = build_trainer(cfg, cpus_per_worker, storage_path, name, [ReplayFilter(logged)], log_dir, slot)
         trainer.fit()
@@ -231,6 +205,8 @@ class TrialReports(JsonLoggerCallback):
     def log_trial_result(self, iteration: int, trial: Trial, result: dict) -> None:
         if trial not in self._trial_configs:
             self.log_trial_start(trial)
+        if "member" in trial.config:  # a packed tune's solo member: its row and Optuna trial go by its id
+            result = result | {"trial_id": trial.config["member"]}
         path = storage.join(self.run_dir, trial.storage.trial_dir_name, "result.json")
         reports, step = storage.read_reports(path), result.get("step")
         if result.get(REPLAYED) and step in {report.get("step", -math.inf) for report in reports}:
@@ -261,7 +237,17 @@ def _runs_named(root: str, cfg: ExperimentConfig, command: str) -> list[str]:
 
 
 def _started_with(run: str, cfg: ExperimentConfig, command: str) -> bool:
-    return experiment(run) == json.loads(json.dumps({"command": command, "config": cfg.model_dump()}))
+    """Whether ``run`` was started by ``command`` with ``cfg``, read through today's config model: a
+    setting added to skray since, at its default, leaves the run the same (a long run goes on across
+    an upgrade); one removed or renamed makes it another."""
+    started = experiment(run)
+    if started.get("command") != command:
+        return False
+    try:
+        then = ExperimentConfig.model_validate(started.get("config"))
+    except ValueError:
+        return False
+    return json.loads(json.dumps(then.model_dump())) == json.loads(json.dumps(cfg.model_dump()))
 
 
 def _has_failed_trials(run: str) -> bool:

@@ -129,14 +129,17 @@ def study_of(run_dir) -> optuna.Study:
 
 def assert_study_matches(run_dir, table) -> dict:
     """Each row of a tune run's table is one Optuna trial, in the state its status says (ASHA-stopped:
-    PRUNED, never COMPLETE), with the row's wording, m and lr; returns the trials by row id."""
+    PRUNED, never COMPLETE), with the row's kind, wording and m (where searched) and lr; returns the
+    trials by row id."""
     states = {"completed": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
     by_trial = {t.user_attrs["trial"]: t for t in study_of(run_dir).trials}
     assert set(by_trial) == set(table.trial)
     for row in table.itertuples():
         trial = by_trial[row.trial]
         assert trial.state == states[row.status]
-        assert (trial.params["wording"], trial.params["prefix_length"]) == (row.wording, row.prefix_length)
+        for name in ("method", "wording", "prefix_length"):
+            if name in trial.params:
+                assert trial.params[name] == getattr(row, name)
         assert trial.params["lr"] == pytest.approx(row.lr)
     return by_trial
 

@@ -242,35 +242,45 @@ def test_packed_evaluation_scores_and_predicts_each_member_as_evaluate_does_alon
 def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_checkpoint(
     ray_cluster, tiny_experiment, tmp_path, capsys
 ):
-    """Four configurations in one slot of two seats (streaming: two join when two end): each is its own
-    row (with its slot), Optuna trial in the state its row says, curve, checkpoint, progress lines and
-    trackers' runs (TensorBoard's event file, MLflow's run), and `skray predict`/`export` read the best
-    one as they read a solo trial's."""
+    """Five configurations of a search over SK-Prefix and LoRA: the SK-Prefix ones in one slot of two
+    seats (streaming: members join as others end), LoRA's solo beside it, asked of the same study.
+    Each is its own row (a member with its slot), Optuna trial in the state its row says, curve,
+    checkpoint in its folder, progress lines and trackers' runs (TensorBoard's event file, MLflow's
+    run), all by its member id; `skray predict`/`export` read the best one as they read a solo trial's."""
     from skray.cli import main
     from skray.commands.tune import SEARCHED_HEADS
     from skray.config import MlflowConfig, TrackingConfig, parse_config
     from skray.run import run_experiment
 
-    raw = tiny_experiment(search__pack=2, search__num_trials=4, train__max_steps=6, train__eval_every=2)
+    raw = tiny_experiment(search__pack=2, search__num_trials=5, train__max_steps=6, train__eval_every=2)
     raw = raw.model_dump(exclude_unset=True)
     del raw["method"]["head"]  # no head named: the search chooses it, members of different heads side by side
+    raw["search"]["kinds"] = ["sk_prefix", "lora"]  # the first trials take each kind once (Space.covering)
     cfg = parse_config(raw)
     mlflow_store = f"sqlite:///{tmp_path}/mlflow.db"
     tracking = TrackingConfig(tensorboard=True, mlflow=MlflowConfig(tracking_uri=mlflow_store))
     cfg = cfg.model_copy(update={"tracking": tracking})
     run_dir, table = run_experiment(cfg, "tune", verbose=False)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "trials of lora run solo beside them" in err, err
     for member in table.trial:
-        assert re.search(rf"^trial {member} started: method='sk_prefix', wording=", out, re.M), out
+        assert re.search(rf"^trial {member} started: method='(sk_prefix|lora)', ", out, re.M), out
         assert re.search(rf"^trial {member} step 2/6: val acc 0\.\d+", out, re.M), out
         assert re.search(rf"^trial {member} (completed: test acc|stopped early at step)", out, re.M), out
-    assert "[4/4 trials ended" in out
+    assert "[5/5 trials ended" in out
     run_dir = Path(run_dir)
     assert (run_dir / "finished").exists()
-    assert len(table) == 4
+    assert len(table) == 5
     assert set(table.status) <= {"completed", "early_stopped"}
     assert "completed" in set(table.status)
-    assert set(table.slot) == {0}
+    packed, solo = table[table.method == "sk_prefix"], table[table.method == "lora"]
+    assert len(packed)
+    assert len(solo)
+    assert set(packed.slot) == {0}
+    assert solo.slot.isna().all()
+    assert table.trial.str.fullmatch(r"m[0-9a-f]{5}\d{3}").all()  # members all, whichever lane ran them
+    for member in solo.trial:
+        assert list((run_dir / f"train_{member}").glob("checkpoint_*/*"))  # where predict looks
     assert set(table["head"]) <= set(SEARCHED_HEADS)
     assert table.trainable_params.gt(0).all()
     by_trial = assert_study_matches(run_dir, table)
@@ -295,9 +305,11 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
     out = tmp_path / "predictions.csv"
     rows = tmp_path / "rows.csv"
     pd.DataFrame({"text": ["a fine film", "dull"]}).to_csv(rows, index=False)
-    assert main(["predict", str(run_dir), str(rows), "--out", str(out)]) == 0
+    assert main(["predict", str(run_dir), str(rows), "--out", str(out)]) == 0  # the best, of either lane
     assert len(pd.read_csv(out)) == 2
-    assert main(["export", str(run_dir), "--out", str(tmp_path / "export")]) == 0
+    member = packed.trial.iloc[0]  # export takes SK-Tuning (a LoRA checkpoint is PEFT already)
+    (checkpoint,) = (run_dir / f"train_{member}").glob("checkpoint_*")
+    assert main(["export", str(checkpoint), "--out", str(tmp_path / "export")]) == 0
 
 
 @pytest.mark.slow

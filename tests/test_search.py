@@ -325,6 +325,14 @@ def test_which_earlier_run_the_same_command_resumes_or_reuses(tiny_experiment, t
     run("0-000004", config=json.dumps({"command": "tune", "config": other.model_dump()}))
     assert unfinished_run(str(tmp_path), cfg, "tune") is None  # the newest was started with another config
     assert finished_run(str(tmp_path), other, "tune") is None
+    older = cfg.model_dump()  # as an older skray wrote it: a setting added since at its default is missing
+    del older["train"]["select_by"]
+    upgraded = run("0-000005", config=json.dumps({"command": "tune", "config": older}))
+    assert unfinished_run(str(tmp_path), cfg, "tune") == str(upgraded)
+    renamed = cfg.model_dump()
+    renamed["train"]["selection"] = renamed["train"].pop("select_by")  # a setting skray no longer knows
+    run("0-000006", config=json.dumps({"command": "tune", "config": renamed}))
+    assert unfinished_run(str(tmp_path), cfg, "tune") is None
 
 
 def _finished_search(root: Path, cfg, lr: float, m: int) -> Path:
