@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
@@ -122,6 +123,18 @@ def inspect_backbone(cfg: BackboneConfig) -> BackboneInfo:
     tokenizer.padding_side = "right"
     is_decoder = any(a.endswith("ForCausalLM") for a in (config.architectures or []))
     return BackboneInfo(source, config, tokenizer, is_decoder)
+
+
+def is_decoder(cfg: BackboneConfig) -> bool:
+    """Whether the backbone is a causal LM, from its config alone (no tokenizer, no weights), read once
+    per driver: a run's planning asks several times (the head searched, packing, each compare method)."""
+    return _is_decoder(resolve(cfg.name), cfg.trust_remote_code)
+
+
+@functools.lru_cache(maxsize=8)
+def _is_decoder(source: str, trust_remote_code: bool) -> bool:
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    return any(a.endswith("ForCausalLM") for a in (config.architectures or []))
 
 
 def count_parameters(info: BackboneInfo, trust_remote_code: bool = False) -> int:

@@ -18,7 +18,7 @@ import ray
 from ray import tune
 
 from skray import storage
-from skray.backbones import inspect_backbone
+from skray.backbones import is_decoder
 from skray.broker import (
     Lanes,
     MemberCallbacks,
@@ -206,8 +206,7 @@ def plan_packing(run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command
     if solo_asked:  # a search over kinds of both sorts: members of the packable ones (about their share) packed
         kinds = [k for k in kinds if k in PACKABLE]
         trials = math.ceil(trials * len(kinds) / (len(kinds) + len(solo_kinds)))
-    is_decoder = inspect_backbone(cfg.backbone).is_decoder
-    pack = pack_size(cfg, setting, kinds, trials, plan.max_concurrent, is_decoder, key)
+    pack = pack_size(cfg, setting, kinds, trials, plan.max_concurrent, is_decoder(cfg.backbone), key)
     if pack == 1:
         return None
     slots = slot_count(trials, pack, plan.max_concurrent)

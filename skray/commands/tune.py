@@ -107,14 +107,14 @@ def searched_heads(cfg: ExperimentConfig) -> ExperimentConfig:
 def head_searchable(cfg: ExperimentConfig) -> bool:
     """Whether a search over ``cfg`` could choose the head: a decoder's classification, a kind with a
     head to choose (not only the linear probe), a sampler that is not a planned grid."""
-    from skray.backbones import inspect_backbone
+    from skray.backbones import is_decoder
 
     s = cfg.search
     if s.sampler == "grid" or cfg.data.task != "classification":
         return False
     if set(s.kinds or [cfg.method.kind]) == {"linear_probe"}:
         return False
-    return inspect_backbone(cfg.backbone).is_decoder
+    return is_decoder(cfg.backbone)
 
 
 def asha(cfg: ExperimentConfig) -> ASHAScheduler:
