@@ -50,6 +50,10 @@ def test_over_seeds_the_gap_is_the_difference_of_mean_accuracies_and_rows_are_re
     assert pooled["gap"] == pytest.approx(0.1)
     assert (pooled["ci_low"], pooled["ci_high"]) == pytest.approx((one["ci_low"], one["ci_high"]))
     assert pooled["ci_low"] > 0  # 10 rows right against none the other way: beyond chance
+    few = paired_gap(np.array([[True] * 4 + [False] * 12]), np.array([[False] * 16]))  # 4 rows to none
+    assert few["ci_low"] > 0
+    assert few["p"] > 0.05
+    assert gap_verdict(few) == "within chance"
     flipped = paired_gap(np.stack([rows % 2 == 0, rows % 2 == 1]), (rows < 50)[None])
     assert flipped["gap"] == pytest.approx(0.0)
     assert gap_verdict(flipped) == "within chance"
