@@ -69,8 +69,8 @@ def packing_refusal(cfg: ExperimentConfig, kinds: list[str], is_decoder: bool) -
         return f"data.task {cfg.data.task} is not packed yet (classification is)"
     if cfg.tracking.tensorboard and storage.is_uri(cfg.storage_path):
         return "tracking.tensorboard writes members' event files on the driver; storage_path is not a local folder"
-    if t.zero_stage == 3 or t.offload != "none":
-        return "ZeRO 3 and offload partition or move the backbone per trial; a packed slot holds it whole"
+    if t.offload != "none" and t.zero_stage != 3:
+        return "offload without ZeRO 3 moves only what trains; a packed slot's members train outside DeepSpeed"
     return None
 
 

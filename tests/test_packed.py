@@ -478,3 +478,40 @@ def test_members_whose_step0_models_agree_share_one_step0_key_and_no_others_do(d
     with torch.no_grad():
         next(p for p in model.parameters() if p.requires_grad).add_(0.1)
     assert step0_key(model) != before
+
+
+@pytest.mark.slow
+def test_a_packed_slot_at_zero3_holds_the_backbone_partitioned_and_trains_each_member_as_at_zero2(
+    ray_cluster, tiny_experiment
+):
+    """A compare packed at ZeRO 3 with the backbone's partitions offloaded (two workers): the slot builds
+    the backbone partitioned once and its members train through DeepSpeed's gathering hooks, holding
+    half the parameter bytes per worker; every member's scores at every step are the ones it gets in
+    a slot at ZeRO 2, which holds the backbone whole."""
+    from skray.config import parse_config
+    from skray.run import run_experiment
+
+    raw = tiny_experiment(train__max_steps=4, train__eval_every=2).model_dump()
+    compare = {"methods": ["sk_prefix", "sk_prompt"], "seeds": [0]}
+    runs = {}
+    for name, zero in {"zero2": {"zero_stage": 2}, "zero3": {"zero_stage": 3, "offload": "params"}}.items():
+        cfg = parse_config(raw | {"name": name, "compare": compare, "train": raw["train"] | zero})
+        run_dir, _ = run_experiment(cfg, "compare", verbose=False)
+        runs[name] = {
+            p.parent.name: [json.loads(line) for line in p.read_text().splitlines()]
+            for p in Path(run_dir).glob("train_m*/result.json")
+        }
+        reports = [r for member in runs[name].values() for r in member]
+        assert len(runs[name]) == 2
+        assert all(r["slot"] == 0 for r in reports)
+    zero2 = sorted(runs["zero2"].values(), key=lambda r: r[0]["trainable_params"])
+    zero3 = sorted(runs["zero3"].values(), key=lambda r: r[0]["trainable_params"])
+    for solo_like, partitioned in zip(zero2, zero3, strict=True):
+        assert [r["step"] for r in partitioned] == [0, 2, 4]
+        assert all(r["zero_stage"] == 3 and r["offload"] == "params" for r in partitioned)
+        held = partitioned[0]["param_bytes_per_worker"] / solo_like[0]["param_bytes_per_worker"]
+        assert 0.45 < held < 0.55, held  # each of the two workers holds half of every weight
+        for a, b in zip(solo_like, partitioned, strict=True):
+            assert b["val_acc"] == a["val_acc"]
+            assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+        assert partitioned[-1]["test_acc"] == solo_like[-1]["test_acc"]

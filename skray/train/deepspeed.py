@@ -105,6 +105,18 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig) -> DeepSpeedEngine:
     return engine
 
 
+def hold_frozen(model: torch.nn.Module, cfg: TrainConfig) -> DeepSpeedEngine:
+    """A ZeRO-3 engine with no optimizer around a frozen backbone built partitioned: its hooks gather
+    each module's weights for its forward and backward (gradients flow through to the inputs), and
+    with parameter offload keep the partitions off the GPU. A packed slot's members train outside it."""
+    import deepspeed
+
+    largest = max(full_numel(p) for p in model.parameters())
+    config = deepspeed_config(cfg, 0, largest_module_params(model), largest)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=config)
+    return engine
+
+
 def _trainable(engine: DeepSpeedEngine) -> list[tuple[str, torch.nn.Parameter]]:
     return [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
 

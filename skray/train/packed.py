@@ -11,8 +11,11 @@ worker), data order and seed; its own AdamW, learning-rate schedule counted in i
 gradient clipping at norm 1 (DeepSpeed's ``gradient_clipping``); its loss a mean over its own rows;
 its gradients averaged over the workers as DeepSpeed averages them. Only the backbone pass is shared
 (``skray.methods.packed``). The backbone is frozen, so ZeRO 1-2 would partition nothing but the
-members' optimizer state (kilobytes to megabytes): a slot holds the backbone whole on each worker,
-as ZeRO 0-2 do; ZeRO 3 and offload run solo (``skray.broker.pack_size``).
+members' optimizer state (kilobytes to megabytes): at ZeRO 0-2 a slot holds the backbone whole on each
+worker, as they do. At ZeRO 3 it is built partitioned over the workers once for the slot, as a solo
+trial builds it (``zero.Init``), inside a DeepSpeed engine with no optimizer whose hooks gather each
+module's weights for its forward and backward (and, with ``train.offload`` of the parameters, keep the
+partitions in CPU memory or on NVMe); the members train outside it, as at the other stages.
 
 Each member writes what a solo trial writes, in ``RUN_DIR/train_<member>/``: ``params.json``,
 ``result.json`` (its reports, the table's columns) and ``checkpoint_000000/`` (its best weights and
@@ -114,7 +117,8 @@ class PackedSlot:
         from skray.backbones import load_backbone
         from skray.data import load_splits
         from skray.partitioned import dtype_of
-        from skray.train.recipe import settle_precision, setup_env, worker_device
+        from skray.train.deepspeed import held_param_bytes, hold_frozen, process_group_backend
+        from skray.train.recipe import settle_precision, setup_env, worker_device, zero3_loading_config
         from skray.train.rows import check_train_rows, encode_task
 
         cfg = self.cfg
@@ -130,8 +134,18 @@ class PackedSlot:
         splits = load_splits(cfg.data)
         check_train_rows(cfg, len(splits["train"]), self.world)
         self.label_names = splits.label_names
-        self.backbone = load_backbone(cfg.backbone, dtype_of(cfg.train.precision))
-        self.backbone.model.to(self.device)
+        zero3 = zero3_loading_config(cfg)
+        if zero3 is not None:  # built partitioned over Ray Train's group, as a solo trial's is
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=process_group_backend(cfg.train.use_gpu))
+        self.backbone = load_backbone(cfg.backbone, dtype_of(cfg.train.precision), zero3)
+        if zero3 is None:
+            self.backbone.model.to(self.device)
+            held = sum(p.numel() * p.element_size() for p in self.backbone.model.parameters())
+        else:
+            self.engine = hold_frozen(self.backbone.model, cfg.train)  # kept while the slot runs: its hooks
+            held = held_param_bytes(self.engine)
         rows = encode_task(cfg, splits, self.backbone)
         self.data, self.class_weight = rows.data, rows.class_weight
         self.facts = {
@@ -139,10 +153,10 @@ class PackedSlot:
             "backbone_bytes": self.backbone.byte_size,
             **rows.facts,
             "world_size": self.world,
-            "zero_stage": 0,
-            "offload": "none",
+            "zero_stage": 3 if zero3 is not None else 0,  # below 3 nothing of the backbone is partitioned
+            "offload": cfg.train.offload if zero3 is not None else "none",
             "precision": cfg.train.precision,
-            "param_bytes_per_worker": sum(p.numel() * p.element_size() for p in self.backbone.model.parameters()),
+            "param_bytes_per_worker": held,
             "slot": self.slot,
         }
         self.held, self.budget = self._memory(ctx.get_local_world_size())
