@@ -18,7 +18,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -50,9 +50,10 @@ def start_broker(cfg: ExperimentConfig, run_dir: str, command: str, points: list
 
 @dataclass(frozen=True)
 class _Member:
-    """What Ray's ASHA reads of a trial: its id."""
+    """What Ray's ASHA reads of a trial: its id, and what it was given (its family's rungs: StepASHA)."""
 
     trial_id: str
+    config: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
 def packing_refusal(cfg: ExperimentConfig, kinds: list[str], is_decoder: bool) -> str | None:
@@ -149,7 +150,7 @@ class Broker:
                 self.searcher.on_trial_complete(member, None if failed else reports[-1], error=failed)
             if failed:
                 continue
-            self.asha.on_trial_add(None, _Member(member))
+            self.asha.on_trial_add(None, _Member(member, params))
             for report in reports:  # the decisions were taken when they were made
                 self.asha.on_trial_result(None, _Member(member), report)
             running = not ended and bool(params)
@@ -216,7 +217,7 @@ class Broker:
         self.asked += 1
         member = f"m{self.token}{self.asked:03d}"
         params = self.points[self.asked - 1] if self.searcher is None else self.searcher.suggest(member)
-        self.asha.on_trial_add(None, _Member(member))
+        self.asha.on_trial_add(None, _Member(member, params))
         return member, params, trial_experiment(self.command, self.experiment, params).model_dump()
 
     @staticmethod

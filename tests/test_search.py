@@ -170,6 +170,33 @@ def test_asha_rungs_are_training_steps():
     assert sorted(m for m, _ in scheduler._brackets[0]._rungs) == [20, 40, 80]
 
 
+def test_asha_judges_a_trial_against_its_own_kind_and_head():
+    """A fresh linear head starts at chance: at the first rung it trails the verbalizer trials, which
+    must not stop it; a weaker trial of its own head does not pass. Its family's rungs sit where
+    everyone's do."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from skray.commands.tune import asha
+
+    scheduler = asha(ASHA_80_STEPS)
+    scheduler.set_search_properties("best_val_acc", "max")
+
+    def trial(name: str, head: str) -> SimpleNamespace:
+        t = SimpleNamespace(trial_id=name, config={"method": "sk_prefix", "head": head, "lr": 0.01})
+        scheduler.on_trial_add(None, t)
+        return t
+
+    words = [trial(f"v{i}", "verbalizer") for i in range(3)]
+    for t in words:
+        assert scheduler.on_trial_result(None, t, {"step": 20, "best_val_acc": 0.8}) == TrialScheduler.CONTINUE
+    linear, weaker = trial("linear", "linear"), trial("weaker", "linear")
+    assert scheduler.on_trial_result(None, linear, {"step": 20, "best_val_acc": 0.5}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, weaker, {"step": 20, "best_val_acc": 0.4}) == TrialScheduler.STOP
+    assert sorted(m for m, _ in scheduler._trial_info["linear"]._rungs) == [20, 40, 80]
+
+
 def test_asha_decides_once_when_a_report_passes_rungs_it_has_no_record_at():
     """A killed driver's resume restores a scheduler that predates a trial's last rung records: the
     trial, back at step 40, is judged at rung 40 and not again at rung 20 on its next report (stock

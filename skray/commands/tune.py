@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers.async_hyperband import _Bracket
 
 from skray.commands.base import Command, SubSearch
 from skray.config import ExperimentConfig, method_variant, selection_metric
@@ -121,18 +122,38 @@ def asha(cfg: ExperimentConfig) -> ASHAScheduler:
     """ASHA over training steps, not reports: after a resume (Tuner.restore) a trial's
     ``training_iteration`` starts again at 1 while its training goes on from its checkpoint, so
     only the step makes rungs compare equal amounts of training. Rungs sit at evaluations:
-    ``grace_period`` evaluations, then x ``reduction_factor``."""
+    ``grace_period`` evaluations, then x ``reduction_factor``. A trial is compared with the trials of
+    its own kind and head (``StepASHA``)."""
     s, t = cfg.search, cfg.train
     grace = min(s.grace_period * t.eval_every, t.max_steps)
     return StepASHA(time_attr="step", max_t=t.max_steps, grace_period=grace, reduction_factor=s.reduction_factor)
 
 
 class StepASHA(ASHAScheduler):
-    """ASHA that decides once per report: when a report passes several rungs the trial has no record
-    at, it decides at the highest and marks the lower ones passed (NaN, which cutoffs ignore). Stock
-    ASHA decides at the highest and leaves the lower ones for the trial's next reports, so a trial
-    whose rung records were lost (the scheduler's saved state predates them when a killed driver is
-    resumed) was stopped between rungs, by a rung it had passed before the kill."""
+    """ASHA that compares like with like and decides once per report.
+
+    Rungs per family: a trial is judged against trials of its own method kind and head only. Heads
+    and kinds learn at different paces: a fresh linear head starts at chance and overtakes the
+    verbalizer after the first rung on the tweets (docs/RESULTS.md), so one set of rungs stopped every
+    linear trial of the default head search at its first rung.
+
+    Once per report: when a report passes several rungs the trial has no record at, it decides at the
+    highest and marks the lower ones passed (NaN, which cutoffs ignore). Stock ASHA decides at the
+    highest and leaves the lower ones for the trial's next reports, so a trial whose rung records were
+    lost (the scheduler's saved state predates them when a killed driver is resumed) was stopped
+    between rungs, by a rung it had passed before the kill."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_add(tune_controller, trial)
+        config = getattr(trial, "config", None) or {}
+        if "method" not in config:
+            return  # not a search's trial (the scheduler's own tests): one family
+        families = self.__dict__.setdefault("_families", {})  # a scheduler pickled before families had none
+        family = f"{config['method']}/{config.get('head', '')}"
+        if family not in families:
+            grace = min(rung for rung, _ in self._brackets[0]._rungs)
+            families[family] = _Bracket(grace, self._max_t, self._reduction_factor, 0, self._stop_last_trials)
+        self._trial_info[trial.trial_id] = families[family]
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         bracket = self._trial_info.get(trial.trial_id)
