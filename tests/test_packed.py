@@ -349,10 +349,11 @@ def test_a_killed_slot_worker_restarts_the_slot_with_its_members_from_their_last
 def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running_ones_going_on(
     tiny_experiment, tmp_path
 ):
-    """`skray tune` packed, killed (SIGKILL, with its local Ray) once one member has ended and another is
-    mid-run, then run again: the same run goes on; the ended member is kept as it was, the running one
-    goes on from its last report under its own Optuna trial, and the third runs; every member once in
-    table and study."""
+    """`skray tune` packed over SK-Prefix and LoRA, killed (SIGKILL, with its local Ray) once one member
+    has ended and another is mid-run, then run again: the same run goes on; the ended member is kept as
+    it was, running ones go on from their last reports under their own Optuna trials (a slot's members
+    from their saved state, the solo LoRA member's Tune trial from its checkpoint), the rest run; every
+    member once in table and study."""
     import signal
     import subprocess
     import sys
@@ -365,7 +366,12 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
     cfg = tiny_experiment(
         search__pack=2, search__num_trials=3, search__grace_period=100, train__max_steps=300, train__eval_every=20
     )
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1})})
+    cfg = cfg.model_copy(
+        update={
+            "train": cfg.train.model_copy(update={"num_workers": 1}),
+            "search": cfg.search.model_copy(update={"kinds": ["sk_prefix", "lora"]}),  # one LoRA member at least
+        }
+    )
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg.model_dump()))
     command = [sys.executable, "-m", "skray.cli", "tune", str(path)]
@@ -408,6 +414,8 @@ def test_a_killed_packed_tune_driver_resumes_with_ended_members_kept_and_running
     table = load_results(run_dir)
     assert len(table) == 3
     assert set(table.status) == {"completed"}
+    assert "lora" in set(table.method)
+    assert table[table.method == "lora"].slot.isna().all()
     for name, text in before.items():
         assert (run_dir / name / "result.json").read_text() == text  # kept as it was, not run again
     for member in table.trial:
