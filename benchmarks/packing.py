@@ -4,9 +4,11 @@ ASHA's first rung is the last step), trained solo (``search.pack 1``, today's wa
 8 to a slot, streaming on.
 
     python benchmarks/packing.py [--configs 8] [--steps 48] [--packs 1 2 4 8] [--workers 2] [--seeds 0]
+                                 [--set train.zero_stage=3 --set train.offload=params ...]
 
 Per arm: the sweep's wall time (``run_experiment``, one local Ray for all arms), configurations per
-hour and its ratio to solo, the peak RSS of one worker, and each configuration's test accuracy beside
+hour and its ratio to solo, the peak RSS of one worker, the parameter bytes one worker holds (at
+ZeRO 3 its partitions), and each configuration's test accuracy beside
 its solo run's (the largest gap, and whether the best configuration by validation is the same one).
 The floor is the sweep's compute with no start-up at all: the solo arm's own training steps and
 evaluations (``train_s`` + ``eval_s`` summed over its trials, at the speed it measured), which no
@@ -33,7 +35,9 @@ QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
 KEY = ["wording", "prefix_length", "lr"]
 
 
-def experiment(storage: str, pack: int, configs: int, steps: int, workers: int, seed: int = 0):
+def experiment(
+    storage: str, pack: int, configs: int, steps: int, workers: int, seed: int = 0, overrides: tuple[str, ...] = ()
+):
     from skray.config import load_config
 
     return load_config(
@@ -49,6 +53,7 @@ def experiment(storage: str, pack: int, configs: int, steps: int, workers: int, 
             "search.sampler=random",
             "search.grace_period=4",  # 4 evaluations: ASHA's only rung is the last step, nothing stops early
             f"search.pack={pack}",
+            *overrides,
         ],
     )
 
@@ -69,6 +74,7 @@ def main() -> None:
     p.add_argument("--packs", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every arm")
     args = p.parse_args()
 
     from skray.cluster import start_private_ray
@@ -91,7 +97,7 @@ def compare_arms(args: argparse.Namespace, seed: int) -> pd.DataFrame:
     rows, tables, slots = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="skray-packing-") as storage:
         for pack in args.packs:
-            cfg = experiment(storage, pack, args.configs, args.steps, args.workers, seed)
+            cfg = experiment(storage, pack, args.configs, args.steps, args.workers, seed, tuple(args.set))
             start = time.perf_counter()
             run_dir, table = run_experiment(cfg, "tune", verbose=False)
             wall = time.perf_counter() - start
@@ -105,6 +111,7 @@ def compare_arms(args: argparse.Namespace, seed: int) -> pd.DataFrame:
                     "wall_s": wall,
                     "configs_per_h": args.configs / wall * 3600,
                     "peak_mem_mb": max(r["peak_mem_mb"] for r in members),
+                    "param_mb": max(r["param_bytes_per_worker"] for r in members) / 2**20,
                     "compute_s": sum(r["train_s"] + r["eval_s"] for r in members),
                     "completed": int((table.status == "completed").sum()),
                 }
