@@ -149,7 +149,8 @@ class SearchConfig(Section):
     pack: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = Field(
         default="auto",
         description="Trials trained at once over one shared frozen backbone (a slot); 1: each trial alone; auto: "
-        "the trials spread over the slots that fit, at most 8 each, where every kind searched can share one",
+        "the trials spread over the slots that fit, at most 8 each; picks of a kind that trains the backbone (lora, "
+        "full_finetune) run solo beside the slots",
     )
 
     @model_validator(mode="before")
