@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     pred.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
-    exp = sub.add_parser("export", help="write an SK-Tuning checkpoint (a run's best by default) as a PEFT adapter")
+    exp = sub.add_parser("export", help="write a checkpoint (a run's best by default) as a PEFT adapter")
     exp.add_argument(
         "source", metavar="RUN_DIR|CHECKPOINT", help="a run directory (its best trial's checkpoint) or a checkpoint"
     )

@@ -1,9 +1,12 @@
-"""`skray export --format peft`: an SK-Tuning checkpoint as a plain PEFT adapter, usable without skray.
+"""`skray export --format peft`: a checkpoint's adapter as a plain PEFT adapter, usable without skray.
 
 Once training ends the adapted prompt is a constant: SK-Prompt's m virtual-token embeddings are a
 PEFT prompt-tuning adapter; SK-Prefix's per-layer keys and values are a PEFT prefix-tuning adapter
-(``prefix_projection`` off, so its embedding *is* the prefix). PEFT builds and saves the adapter
-itself, so its layout is PEFT's own; the export then checks that PEFT's scores equal skray's.
+(``prefix_projection`` off, so its embedding *is* the prefix). The PEFT baselines (LoRA, prompt and
+prefix tuning, P-tuning) are PEFT adapters already, trained on the backbone's base model: they are
+re-wrapped for the head's model (a verbalizer reads the LM head), so a mixed search's best exports
+whatever its kind. PEFT builds and saves the adapter itself, so its layout is PEFT's own; the export
+then checks that PEFT's scores equal skray's.
 """
 
 from __future__ import annotations
@@ -14,7 +17,18 @@ import sys
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, TaskType, get_peft_model
+from peft import (
+    PeftConfig,
+    PeftModel,
+    PeftType,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+    get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
+)
 from safetensors.torch import save_file
 
 from skray.errors import ConfigError
@@ -23,7 +37,10 @@ from skray.methods.sk_prefix import flatten_heads
 from skray.predict import find_checkpoint, load_model, tokenizer_of
 from skray.train.checkpoint import META
 
-KINDS = ("sk_prompt", "sk_prefix")
+SK_KINDS = ("sk_prompt", "sk_prefix")
+PEFT_KINDS = ("prompt_tuning", "prompt_tuning_text", "prefix_tuning", "p_tuning", "lora")
+# kinds whose virtual tokens are sequence positions, returned in the output before the input's
+IN_SEQUENCE = ("sk_prompt", "prompt_tuning", "prompt_tuning_text", "p_tuning")
 # The export's own check: max abs score difference per unit of the largest score, by the run's precision
 # (the model loads in it). fp32 noise: ~1e-6. bf16/fp16 round every layer, and PEFT's path rounds other
 # tensors than skray's: SmolLM2 SK-Prefix with rotated keys measured 0.018 (bf16) and 0.0027 (fp16), and
@@ -68,10 +85,15 @@ def _shift(model: torch.nn.Module, keys: torch.Tensor, delta: int) -> torch.Tens
     return shifted[0].transpose(0, 1).reshape(keys.shape)
 
 
-def peft_config(model: torch.nn.Module, kind: str, verbalizer: bool) -> PeftConfig:
+def task_type(verbalizer: bool) -> TaskType:
     """Causal LM for a verbalizer head (it scores label words with the LM head); feature extraction
     (hidden states out, on ``AutoModel``) for a linear head."""
-    task = TaskType.CAUSAL_LM if verbalizer else TaskType.FEATURE_EXTRACTION
+    return TaskType.CAUSAL_LM if verbalizer else TaskType.FEATURE_EXTRACTION
+
+
+def peft_config(model: torch.nn.Module, kind: str, verbalizer: bool) -> PeftConfig:
+    """SK-Tuning's adapted prompt as the PEFT adapter that holds it."""
+    task = task_type(verbalizer)
     if kind == "sk_prompt":
         return PromptTuningConfig(task_type=task, num_virtual_tokens=model.prefix_length)
     return PrefixTuningConfig(task_type=task, num_virtual_tokens=model.prefix_length, prefix_projection=False)
@@ -86,7 +108,7 @@ def head_info(model: torch.nn.Module, meta: dict, kind: str, tokenizer) -> dict:
     info = {
         "labels": meta["label_names"],
         "head": method.head,
-        "virtual_positions_in_output": model.prefix_length if kind == "sk_prompt" else 0,
+        "virtual_positions_in_output": model.prefix_length if kind in IN_SEQUENCE else 0,
         "template": meta.get("template"),
         "max_length": meta.get("max_length"),
         "add_special_tokens": not model.is_decoder,
@@ -133,15 +155,34 @@ def export_peft(source: str, out: str) -> Path:
         raise ConfigError(f"--out {out}: exists and is not an empty folder; name a new one")
     checkpoint = find_checkpoint(source)
     kind = json.loads((checkpoint / META).read_text())["method"]["kind"]
-    if kind not in KINDS:
-        why = "trains no adapter" if kind in ("full_finetune", "linear_probe") else "is a PEFT adapter already"
+    if kind not in SK_KINDS + PEFT_KINDS:
         raise ConfigError(
-            f"{checkpoint}: --format peft exports SK-Tuning (sk_prompt, sk_prefix); method.kind {kind} {why}"
+            f"{checkpoint}: --format peft exports adapters; method.kind {kind} trains none "
+            f"({'the backbone itself' if kind == 'full_finetune' else 'only a head'})"
         )
     model, meta = load_model(checkpoint)
     tokenizer = tokenizer_of(meta)
     info = head_info(model, meta, kind, tokenizer)
+    ids, mask = _probe(info, tokenizer)
+    with torch.no_grad():
+        want = model(ids, mask)  # before a LoRA baseline's layers leave the backbone (_baseline_adapter)
+    proj = getattr(model.head, "proj", None)  # the bare layer in fp32, as the README applies it (verbalizer: none)
+    linear = None if proj is None else copy.deepcopy(proj).float()
     verbalizer = info["head"] == "verbalizer"
+    peft = (_sk_adapter if kind in SK_KINDS else _baseline_adapter)(model, kind, verbalizer, checkpoint)
+    diff = _check(want, peft, info, linear, ids, mask, meta.get("precision", "fp32"))
+    peft.save_pretrained(target)  # PEFT writes a model card as README.md; ours replaces it below
+    if linear is not None:
+        save_file({k: v.contiguous() for k, v in linear.state_dict().items()}, target / "head.safetensors")
+    (target / "head.json").write_text(json.dumps(info, indent=2))
+    peft_type = peft.peft_config["default"].peft_type
+    (target / "README.md").write_text(readme(info, meta["backbone"], kind, peft_type))
+    print(f"skray: exported {checkpoint}; PEFT's scores are skray's within {diff:.1g}", file=sys.stderr)
+    return target
+
+
+def _sk_adapter(model: torch.nn.Module, kind: str, verbalizer: bool, checkpoint: Path) -> PeftModel:
+    """SK-Tuning's adapted prompt, computed once, as the embedding of a new PEFT adapter."""
     with torch.no_grad():
         weight = model.adapter(model.prompt_states) if kind == "sk_prompt" else prefix_embedding(model)
     base = model.backbone if verbalizer else model.backbone.base_model
@@ -154,40 +195,66 @@ def export_peft(source: str, out: str) -> Path:
         )
     with torch.no_grad():
         embedding.copy_(weight)
-    diff = _check(model, peft, info, tokenizer, meta.get("precision", "fp32"))
-    peft.save_pretrained(target)  # PEFT writes a model card as README.md; ours replaces it below
-    if not verbalizer:
-        save_file(
-            {k: v.float().contiguous() for k, v in model.head.proj.state_dict().items()}, target / "head.safetensors"
-        )
-    (target / "head.json").write_text(json.dumps(info, indent=2))
-    (target / "README.md").write_text(readme(info, meta["backbone"], kind))
-    print(f"skray: exported {checkpoint}; PEFT's scores are skray's within {diff:.1g}", file=sys.stderr)
-    return target
+    return peft
 
 
-@torch.no_grad()
-def _check(model: torch.nn.Module, peft: PeftModel, info: dict, tokenizer, precision: str) -> float:
-    """Both scores of a probe batch; an architecture whose PEFT forward differs from skray's (other
-    positions, another cache layout) is refused rather than exported wrong. Returns the difference."""
+def _baseline_adapter(model: torch.nn.Module, kind: str, verbalizer: bool, checkpoint: Path) -> PeftModel:
+    """A PEFT baseline's trained adapter on the model its head reads: the base model (hidden states,
+    as it trained) for a linear head, the causal LM for a verbalizer. PEFT's own state dict carries it
+    across: a prompt learner's final embeddings (P-tuning's encoder output), LoRA's matrices with their
+    module paths moved under the LM's base model prefix. LoRA's layers are taken out of the backbone
+    first (``unload``), since wrapping the LM injects its own."""
+    trained = model.peft
+    state = get_peft_model_state_dict(trained)
+    config = copy.deepcopy(trained.peft_config["default"])
+    config.task_type, config.inference_mode = task_type(verbalizer), True  # inference: the embeddings as saved
+    if isinstance(config, PromptTuningConfig):
+        config.prompt_tuning_init = PromptTuningInit.RANDOM  # the weights are loaded; no tokenizer to start from
+    if config.peft_type == PeftType.LORA:
+        trained.unload()
+        if verbalizer:
+            inner = f"base_model.model.{model.backbone.base_model_prefix}."
+            state = {inner + k.removeprefix("base_model.model."): v for k, v in state.items()}
+    peft = get_peft_model(model.backbone if verbalizer else model.backbone.base_model, config)
+    unexpected = set_peft_model_state_dict(peft, state).unexpected_keys
+    if unexpected and not config.is_prompt_learning:  # a prompt learner's embedding loads apart from these
+        raise ConfigError(f"{checkpoint}: PEFT's {kind} adapter on this backbone has no place for {unexpected[:3]}")
+    return peft.eval()
+
+
+def _probe(info: dict, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """A two-row probe batch through the checkpoint's template (a pair row and a single one)."""
     from skray.data.collate import render
 
     rows = [render(info["template"], PROBE)[0], PROBE["text"]]
     enc = tokenizer(rows, add_special_tokens=info["add_special_tokens"], padding=True, return_tensors="pt")
-    want = model(enc["input_ids"], enc["attention_mask"])
-    proj = getattr(model.head, "proj", None)  # the bare layer in fp32, as the README applies it (verbalizer: none)
-    linear = None if proj is None else copy.deepcopy(proj).float()
-    got = peft_scores(peft, info, linear, enc["input_ids"], enc["attention_mask"])
+    return enc["input_ids"], enc["attention_mask"]
+
+
+@torch.no_grad()
+def _check(
+    want: torch.Tensor,
+    peft: PeftModel,
+    info: dict,
+    linear: torch.nn.Module | None,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    precision: str,
+) -> float:
+    """PEFT's scores of the probe against skray's (``want``); an architecture whose PEFT forward differs
+    from skray's (other positions, another cache layout) is refused rather than exported wrong.
+    Returns the difference."""
+    got = peft_scores(peft, info, linear, ids, mask)
     diff = float((got - want).abs().max())
     if diff > TOLERANCE[precision] * max(1.0, float(want.abs().max())):
         raise ConfigError(
             f"PEFT scores this adapter differently from skray (max abs diff {diff:.2g} on a probe); "
-            f"{type(model.backbone).__name__} cannot be exported exactly"
+            f"{type(peft.get_base_model()).__name__} cannot be exported exactly"
         )
     return diff
 
 
-def readme(info: dict, backbone: str, kind: str) -> str:
+def readme(info: dict, backbone: str, kind: str, peft_type: PeftType) -> str:
     """How to get label scores with transformers and PEFT alone."""
     auto = "AutoModelForCausalLM" if info["head"] == "verbalizer" else "AutoModel"
     drop = info["virtual_positions_in_output"]
@@ -210,7 +277,9 @@ def readme(info: dict, backbone: str, kind: str) -> str:
             f"scores = head({pooled})",
         ]
         about = f"A linear head (head.safetensors) reads the last hidden state ({info['pooling']} pooling)."
-    peft_kind = "prompt-tuning" if kind == "sk_prompt" else "prefix-tuning"
+    peft_kind = {PeftType.LORA: "LoRA", PeftType.P_TUNING: "P-tuning"}.get(
+        peft_type, peft_type.value.lower().replace("_", "-")
+    )
     return "\n".join(
         [
             f"# A PEFT {peft_kind} adapter exported by skray from a {kind} checkpoint",

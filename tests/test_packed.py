@@ -307,9 +307,8 @@ def test_a_packed_tune_gives_every_member_its_own_row_curve_study_trial_and_chec
     pd.DataFrame({"text": ["a fine film", "dull"]}).to_csv(rows, index=False)
     assert main(["predict", str(run_dir), str(rows), "--out", str(out)]) == 0  # the best, of either lane
     assert len(pd.read_csv(out)) == 2
-    member = packed.trial.iloc[0]  # export takes SK-Tuning (a LoRA checkpoint is PEFT already)
-    (checkpoint,) = (run_dir / f"train_{member}").glob("checkpoint_*")
-    assert main(["export", str(checkpoint), "--out", str(tmp_path / "export")]) == 0
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "export")]) == 0  # the best, of either lane
+    assert (tmp_path / "export" / "adapter_config.json").is_file()
 
 
 @pytest.mark.slow

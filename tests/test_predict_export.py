@@ -310,6 +310,13 @@ def peft_label_scores(directory: Path, backbone_dir: str, ids, mask) -> torch.Te
         ("sk_prompt", "mean_linear", 9, "mlp"),
         ("sk_prompt", "word_linear", 5, "mixer"),  # the head that starts as the verbalizer: a linear head in PEFT
         ("sk_prefix", "word_linear", 3, "mixer"),
+        # the PEFT baselines (a mixed search's best can be one), re-wrapped for the head's model
+        ("lora", "verbalizer", 3, "mixer"),
+        ("lora", "linear", 3, "mixer"),
+        ("prompt_tuning", "verbalizer", 4, "mixer"),
+        ("prompt_tuning_text", "word_linear", 4, "mixer"),
+        ("prefix_tuning", "verbalizer", 4, "mixer"),
+        ("p_tuning", "linear", 4, "mixer"),  # its encoder's output is what PEFT saves
     ],
 )
 def test_export_scores_like_skray_in_peft(tmp_path, tiny_llama_dir, kind, head, m, adapter):
@@ -317,8 +324,10 @@ def test_export_scores_like_skray_in_peft(tmp_path, tiny_llama_dir, kind, head, 
     checkpoint = save(tmp_path / "ckpt", tiny_llama_dir, model, cfg, labels)
     export_peft(str(checkpoint), str(tmp_path / "peft"))
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    assert config["peft_type"] == ("PROMPT_TUNING" if kind == "sk_prompt" else "PREFIX_TUNING")
-    assert config["num_virtual_tokens"] == m
+    peft_type = {"sk_prompt": "PROMPT_TUNING", "sk_prefix": "PREFIX_TUNING", "prompt_tuning_text": "PROMPT_TUNING"}
+    assert config["peft_type"] == peft_type.get(kind, kind.upper())
+    assert config["task_type"] == ("CAUSAL_LM" if head == "verbalizer" else "FEATURE_EXTRACTION")
+    assert config.get("num_virtual_tokens", m) == m
     assert "good" in (tmp_path / "peft" / "README.md").read_text() or head != "verbalizer"
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
@@ -333,11 +342,12 @@ def test_export_scores_like_skray_in_peft(tmp_path, tiny_llama_dir, kind, head, 
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_export_refuses_what_is_not_sk_tuning_and_a_used_folder(tmp_path, tiny_llama_dir, capsys):
-    model, cfg, labels = trained(tiny_llama_dir, "lora")
+def test_export_refuses_what_trains_no_adapter_and_a_used_folder(tmp_path, tiny_llama_dir, capsys):
+    model, cfg, labels = trained(tiny_llama_dir, "linear_probe", head="linear")
     checkpoint = save(tmp_path / "ckpt", tiny_llama_dir, model, cfg, labels)
     err = one_line_error(capsys, ["export", str(checkpoint), "--format", "peft", "--out", str(tmp_path / "x")])
-    assert "method.kind lora" in err
+    assert "method.kind linear_probe trains none (only a head)" in err
+    assert not (tmp_path / "x").exists()
     err = one_line_error(capsys, ["export", str(checkpoint), "--out", str(tmp_path)])
     assert "not an empty folder" in err
 
