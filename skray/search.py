@@ -201,6 +201,11 @@ class TrialReports(JsonLoggerCallback):
     def log_trial_start(self, trial: Trial) -> None:
         trial.init_local_path()
         self.update_config(trial, trial.config)  # params.json, as Tune writes it
+        # Tune's closing analysis reads every started trial's file: a slot reports only at its end, and a
+        # run stopped before then printed "Could not fetch metrics ... result.json ... not found"
+        path = storage.join(self.run_dir, trial.storage.trial_dir_name, "result.json")
+        if not storage.exists(path):
+            storage.write_text(path, "")
 
     def log_trial_result(self, iteration: int, trial: Trial, result: dict) -> None:
         if trial not in self._trial_configs:
