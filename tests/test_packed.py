@@ -70,6 +70,16 @@ def _data(backbone) -> dict[str, torch.Tensor]:
     return encode(df, backbone.tokenizer, DataConfig(), add_special_tokens=False)
 
 
+def _bare_slot(backbone, cfg) -> PackedSlot:
+    """A slot without Ray: one rank on this CPU, ``_data``'s rows as every split."""
+    s = object.__new__(PackedSlot)
+    s.device, s.rank, s.world, s.slot, s.class_weight, s.backbone = torch.device("cpu"), 0, 1, 0, None, backbone
+    s.data = dict.fromkeys(("train", "validation", "test"), _data(backbone))
+    s.label_names, s.run_dir, s.facts = ["fresh", "rotten"], cfg.storage_path, {}
+    s.timing, s.step0_val, s.step0_test = {"eval_s": 0.0}, {}, {}
+    return s
+
+
 def _trainable(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -148,10 +158,7 @@ def test_a_member_taken_up_from_its_resume_state_goes_on_as_if_it_had_never_stop
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 1, "grad_accum": 2})})
 
     def slot() -> PackedSlot:
-        s = object.__new__(PackedSlot)  # no Ray, one rank
-        s.device, s.rank, s.world, s.slot, s.class_weight, s.backbone = torch.device("cpu"), 0, 1, 0, None, decoder
-        s.data, s.label_names, s.run_dir, s.facts = {"train": _data(decoder)}, ["fresh", "rotten"], cfg.storage_path, {}
-        return s
+        return _bare_slot(decoder, cfg)
 
     def steps(s: PackedSlot, member: Member, n: int) -> None:
         s.seats = [member]
@@ -178,6 +185,58 @@ def test_a_member_taken_up_from_its_resume_state_goes_on_as_if_it_had_never_stop
     for a, b in zip(whole.optimizer.state.values(), again.optimizer.state.values(), strict=True):
         torch.testing.assert_close(a["exp_avg_sq"], b["exp_avg_sq"], rtol=0, atol=0)
     assert whole.schedule.get_last_lr() == again.schedule.get_last_lr()
+
+
+def test_a_members_step0_test_score_waits_for_its_end_once_per_step0_model(decoder, tiny_experiment, monkeypatch):
+    """The step-0 model is scored on validation when a member joins, on test only when it ends tested,
+    from the step-0 weights it kept (through a resume.pt too): members ASHA stops never pay a test pass,
+    and members with one step-0 model (learning rates of one verbalizer setting) pay one between them."""
+    from skray.train.packed import read_member_state, write_member_state
+
+    base = tiny_experiment(method__kind="sk_prefix", method__head="verbalizer", train__max_steps=4)
+    base = base.model_copy(update={"train": base.train.model_copy(update={"num_workers": 1, "lr": 5e-2})})
+    linear = base.model_copy(update={"method": base.method.model_copy(update={"head": "linear"})})
+    faster = base.model_copy(update={"train": base.train.model_copy(update={"lr": 1e-1})})
+    slot = _bare_slot(decoder, base)
+    passes: list[tuple[str, list[str]]] = []
+    scores = slot._scores
+    monkeypatch.setattr(
+        slot, "_scores", lambda ms, split: passes.append((split, [m.id for m in ms])) or scores(ms, split)
+    )
+    monkeypatch.setattr(slot, "_reports", lambda *args, **kwargs: None)
+    slow, fast, fresh = (slot._member(f"m0000000{i}", {}, c) for i, c in enumerate([base, faster, linear]))
+    untrained = slot._member("m00000009", {}, base)  # the step-0 model, to score alone
+
+    slot._zero_shot([slow, fast, fresh])
+    (split, scored), *_ = passes
+    assert split == "validation"
+    assert len(scored) == 2  # slow and fast: one step-0 model
+    assert "m00000002" in scored
+    assert not any(m.state.zero_shot_test for m in (slow, fast, fresh))
+    slot.seats = [slow, fast, fresh]
+    for _ in range(2):
+        slot._step()
+    write_member_state(fast)  # a report mid-run; the slot then restarts (a killed worker)
+    fast = slot._member("m00000001", {}, faster)
+    assert fast.step0_key == slow.step0_key
+    assert read_member_state(fast.directory)["step0"].keys() == slow.step0.keys()
+
+    slot._zero_shot_test([slow, fast])  # they end tested; ASHA stopped ``fresh``
+    assert [split for split, _ in passes[1:]] == ["test"]
+    assert len(passes[1][1]) == 1
+    alone = evaluate(
+        untrained.model,
+        slot.data["test"],
+        batch_size=4,
+        rank=0,
+        world=1,
+        device=slot.device,
+        label_names=slot.label_names,
+    )
+    for member in (slow, fast):
+        assert member.state.zero_shot_test == pytest.approx(alone)
+        assert member.step0 is None
+    assert not fresh.state.zero_shot_test
 
 
 def test_seats_hold_what_memory_holds_beside_what_the_worker_holds_and_never_fewer_than_one():
