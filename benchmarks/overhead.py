@@ -1,20 +1,29 @@
 """What Ray Train + DeepSpeed cost over a plain torch loop: the same skray model, batches and optimizer.
 
-One worker, ZeRO 0, fp32, all of the machine's cores for each variant, one at a time:
+One worker, ZeRO 0, fp32, all of the machine's cores for each variant, one at a time, as a ladder
+that adds one layer per rung, so the gap to the plain loop splits by where it comes from:
 
 - ``plain``: a torch loop in this process (AdamW over what trains, the same warm-up/decay schedule,
-  gradient clipping at 1.0, as skray's DeepSpeed config);
+  gradient clipping at 1.0, as skray's DeepSpeed config), no Ray running;
 - ``deepspeed``: the same loop through skray's DeepSpeed engine (``build_engine``), in this process;
-- ``skray``: ``skray train`` itself, a Ray Train worker running the engine, its ``steady_samples_per_s``.
+- ``plain_beside_ray``: the plain loop again, with a local Ray up and idle (GCS, raylet, dashboard,
+  agents): what Ray's own processes take from the machine;
+- ``ray_actor``: the plain loop inside a Ray actor holding all the CPUs, the driver waiting on it:
+  what being a Ray worker process costs (its threads, its environment);
+- ``ray_train``: the plain loop as a bare Ray Train worker (``TorchTrainer``, no Tune): Train's
+  controller and its actors running beside it;
+- ``skray``: ``skray train`` itself, a Ray Train worker running the engine under Tune's driver, its
+  ``steady_samples_per_s``.
+
+The three Ray rungs run twice: with Ray's own default for its workers' priority (``RAY_worker_niceness``
+15: 15 nicer than Ray's own processes and this one) and with skray's (0, ``skray.cluster``).
 
 Each variant runs ``--steps`` steps of which the first ``--untimed`` are not timed (skray's own
 steady-state rule); the table gives steady samples/s and the ratio to the plain loop, per round and
-as the median over ``--rounds`` rounds (variants interleaved, so drift hits all alike). The first
-``skray`` run starts a local Ray that stays up, so from the second round on the in-process loops run
-beside Ray's idle processes (GCS, raylet, dashboard): comparing the rounds' plain loops shows what
-those cost a 2-core machine.
+as the median over ``--rounds`` rounds (variants interleaved, so drift hits all alike). Ray is shut
+down at the start of each round, so every round's ``plain`` runs on a machine without it.
 
-    python benchmarks/overhead.py [--rounds 2] [--steps 24]
+    python benchmarks/overhead.py [--rounds 2] [--steps 24] [--untimed 4]
 """
 
 from __future__ import annotations
@@ -53,8 +62,9 @@ def experiment(steps: int, untimed: int, storage: str):
     )
 
 
-def in_process(cfg, engine: bool) -> float:
-    """Steady samples/s of skray's model trained by a plain loop (or by skray's DeepSpeed engine)."""
+def in_process(cfg, engine: bool, threads: int | None = None) -> float:
+    """Steady samples/s of skray's model trained by a plain loop (or by skray's DeepSpeed engine), with
+    ``threads`` torch threads (as a Ray worker sets them from its CPUs; default: as they are)."""
     from skray.backbones import load_backbone
     from skray.data import load_splits
     from skray.data.collate import encode, take
@@ -64,6 +74,8 @@ def in_process(cfg, engine: bool) -> float:
     from skray.train.evaluate import task_loss
 
     t = cfg.train
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(t.seed)
     splits = load_splits(cfg.data)
     backbone = load_backbone(cfg.backbone)
@@ -110,6 +122,44 @@ def through_skray(cfg) -> float:
     return float(row.steady_samples_per_s)
 
 
+def in_ray_actor(cfg, cpus: int) -> float:
+    """The plain loop in a Ray actor that holds ``cpus`` CPUs."""
+    import ray
+
+    runner = ray.remote(num_cpus=cpus)(_Loop).remote()
+    try:
+        return ray.get(runner.run.remote(cfg, cpus))
+    finally:
+        ray.kill(runner)
+
+
+class _Loop:
+    def run(self, cfg, cpus: int) -> float:
+        return in_process(cfg, engine=False, threads=cpus)
+
+
+def in_ray_train(cfg, cpus: int, storage: str) -> float:
+    """The plain loop as the one worker of a bare Ray Train ``TorchTrainer`` (no Tune); the worker
+    writes its number to a file (Train V2 keeps metrics only with a checkpoint)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    out = Path(storage) / f"bare-{time.time_ns()}.txt"
+
+    def loop(config: dict) -> None:
+        speed = in_process(config["cfg"], engine=False, threads=config["cpus"])
+        Path(config["out"]).write_text(str(speed))
+
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config={"cfg": cfg, "cpus": cpus, "out": str(out)},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": cpus}),
+        run_config=ray.train.RunConfig(storage_path=storage, name=out.stem),
+    )
+    trainer.fit()
+    return float(out.read_text())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,19 +176,34 @@ def main() -> None:
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     import deepspeed
+    import ray
+
+    from skray.cluster import connect
 
     deepspeed.init_distributed(dist_backend="gloo")  # a world of one, for the in-process engine
 
     rows = []
+    cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="skray-overhead-") as storage:
         cfg = experiment(args.steps, args.untimed, storage)
         for r in range(args.rounds):
-            plain = in_process(cfg, engine=False)
-            engine = in_process(cfg, engine=True)
-            ray_train = through_skray(cfg)
-            for variant, value in (("plain", plain), ("deepspeed", engine), ("skray", ray_train)):
+            ray.shutdown()
+            measured = {"plain": in_process(cfg, engine=False), "deepspeed": in_process(cfg, engine=True)}
+            for niceness in ("15", "0"):  # Ray's own default for its workers, then skray's (skray.cluster)
+                os.environ["RAY_worker_niceness"] = niceness
+                ray.shutdown()
+                connect(None, quiet=True)  # skray's own private local Ray, which ``skray train`` below joins
+                time.sleep(10)  # its processes past their start-up
+                tag = ", workers nice 15" if niceness == "15" else ""
+                if niceness == "15":
+                    measured["plain_beside_ray"] = in_process(cfg, engine=False)
+                measured[f"ray_actor{tag}"] = in_ray_actor(cfg, cpus)
+                measured[f"ray_train{tag}"] = in_ray_train(cfg, cpus, storage)
+                measured[f"skray{tag}"] = through_skray(cfg)
+            plain = measured["plain"]
+            for variant, value in measured.items():
                 rows.append({"round": r, "variant": variant, "steady_samples_per_s": value, "ratio": value / plain})
-            print(f"round {r}: plain {plain:.2f}, deepspeed {engine:.2f}, skray {ray_train:.2f} samples/s", flush=True)
+            print(f"round {r}: " + ", ".join(f"{k} {v:.2f}" for k, v in measured.items()) + " samples/s", flush=True)
     table = pd.DataFrame(rows)
     summary = table.groupby("variant", sort=False).agg(
         steady_samples_per_s=("steady_samples_per_s", "median"),

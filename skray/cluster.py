@@ -125,6 +125,11 @@ def start_private_ray(**init_kwargs) -> None:
     never freed, so the next run in the session waits for workers forever. The GCS port is chosen
     here and these variables are set while Ray starts (its processes inherit them), then restored
     for this process.
+
+    Its workers run at this process's priority (``RAY_worker_niceness=0``, unless set): Ray starts
+    them 15 nicer than its own processes, so that anything else on the machine came first; the
+    workers are the run itself, and on a 2-core machine a training worker then lost most of its
+    CPU to any other busy process (docs/SCALING.md, framework overhead).
     """
     port = _free_loopback_port()
     lo = _loopback_interface()
@@ -133,6 +138,7 @@ def start_private_ray(**init_kwargs) -> None:
         "RAY_ADDRESS": f"{LOOPBACK}:{port}",
         "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", lo),
         "NCCL_SOCKET_IFNAME": os.environ.get("NCCL_SOCKET_IFNAME", lo),
+        "RAY_worker_niceness": os.environ.get("RAY_worker_niceness", "0"),
     }
     saved = {k: os.environ.get(k) for k in pinned}
     os.environ.update(pinned)

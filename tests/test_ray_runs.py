@@ -1,6 +1,7 @@
 """Real Ray Train + DeepSpeed runs and a real Optuna/ASHA search, on a tiny Llama saved to disk."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -287,3 +288,15 @@ def test_private_ray_finds_itself_beside_another_ray(ray_cluster):
     finally:
         other.kill()
         other.wait()
+
+
+def test_private_rays_workers_run_at_the_drivers_priority(ray_cluster):
+    """Ray starts workers 15 nicer than itself; skray's own Ray keeps them at the driver's priority,
+    so a training worker does not yield its CPU to every other busy process on the machine."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def niceness() -> int:
+        return os.nice(0)
+
+    assert ray.get(niceness.remote(), timeout=120) == os.nice(0)
