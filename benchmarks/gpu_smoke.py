@@ -50,10 +50,13 @@ def one_process_group() -> None:
 
 
 def backbone(size: str, dtype: torch.dtype, device: torch.device) -> Backbone:
-    """The gpu_check Llama, frozen, on ``device`` with its weights in ``dtype`` (its buffers as they are)."""
+    """The gpu_check Llama, frozen, on ``device`` with its weights in ``dtype`` (its buffers as they are,
+    as loading in a precision leaves them)."""
     model, tokenizer = llama(size)
-    model = place(model.eval().requires_grad_(False), device, dtype, frozen=model)
-    return Backbone(model, tokenizer, is_decoder=True)
+    model = model.eval().requires_grad_(False)
+    for p in model.parameters():
+        p.data = p.data.to(dtype)
+    return Backbone(model.to(device), tokenizer, is_decoder=True)
 
 
 def sk_prefix(bb: Backbone, prefix_length: int, rank: int, dtype: torch.dtype) -> torch.nn.Module:

@@ -27,15 +27,16 @@ def compute_device(model: nn.Module) -> torch.device:
 
 
 def place(model: nn.Module, device: torch.device, dtype: torch.dtype, frozen: nn.Module) -> nn.Module:
-    """``model`` on ``device`` with its floating-point parameters, and the buffers of its own (a cached
-    prompt), in ``dtype``; the ``frozen`` backbone's buffers keep the dtype its authors gave them
-    (``model.to(device, dtype)`` would cast the rotary frequencies too). Parameters that ZeRO 3
-    partitioned at load time are already in place and are left to DeepSpeed."""
+    """``model`` on ``device`` with its own floating-point parameters and buffers (a cached prompt) in
+    ``dtype``. The ``frozen`` backbone keeps the dtypes it was loaded with: its weights are in the run's
+    precision already, and a packed slot's backbone is shared by members placed in fp32; its buffers
+    keep the dtype its authors gave them (``model.to(device, dtype)`` would cast the rotary
+    frequencies too). Parameters that ZeRO 3 partitioned at load time are left to DeepSpeed."""
     model.to(device)
-    kept = {id(b) for b in frozen.buffers()}
+    kept = {id(b) for b in frozen.buffers()} | {id(p) for p in frozen.parameters()}
     with torch.no_grad():
         for p in model.parameters():
-            if not hasattr(p, "ds_id") and p.is_floating_point() and p.dtype != dtype:
+            if id(p) not in kept and not hasattr(p, "ds_id") and p.is_floating_point() and p.dtype != dtype:
                 p.data = p.data.to(dtype)
         for module in model.modules():
             for name, buffer in module.named_buffers(recurse=False):

@@ -169,6 +169,7 @@ def test_a_packed_slot_steps_and_evaluates_its_members_on_the_gpu(tiny_experimen
     slot = object.__new__(PackedSlot)  # no Ray, one rank
     slot.device, slot.rank, slot.world, slot.slot, slot.backbone = GPU, 0, 1, 0, backbone
     slot.label_names, slot.facts, slot.class_weight = LABELS, {}, torch.tensor([0.4, 0.6])
+    slot.cfg = tiny_experiment(train__precision="fp32")
     data = {k: v.cpu() for k, v in _batch(torch.device("cpu"), rows=8).items()}
     slot.data = {"train": data}
     specs = [

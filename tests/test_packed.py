@@ -12,12 +12,14 @@ import os
 import re
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import psutil
 import pytest
 import torch
 
+from skray.backbones import Backbone
 from skray.config import DataConfig, MethodConfig, TrainConfig
 from skray.data.collate import encode, take
 from skray.methods import build_model
@@ -26,7 +28,14 @@ from skray.train.batches import train_batches
 from skray.train.deepspeed import build_engine, lr_factor
 from skray.train.evaluate import evaluate, task_loss
 from skray.train.packed import Member, PackedSlot, evaluate_packed
-from tests.conftest import assert_one_mlflow_run_per_trial, assert_study_matches, study_of, tensorboard_tags
+from tests.conftest import (
+    assert_one_mlflow_run_per_trial,
+    assert_study_matches,
+    minilm_tokenizer,
+    study_of,
+    tensorboard_tags,
+    tiny_llama,
+)
 
 LABELS = ["neg", "pos"]
 WORDS = {"neg": " negative", "pos": " positive"}
@@ -76,8 +85,14 @@ def _bare_slot(backbone, cfg) -> PackedSlot:
     s.device, s.rank, s.world, s.slot, s.class_weight, s.backbone = torch.device("cpu"), 0, 1, 0, None, backbone
     s.data = dict.fromkeys(("train", "validation", "test"), _data(backbone))
     s.label_names, s.run_dir, s.facts = ["fresh", "rotten"], cfg.storage_path, {}
+    s.cfg = _settled(cfg)
     s.timing, s.step0_val, s.step0_test = {"eval_s": 0.0}, {}, {}
     return s
+
+
+def _settled(cfg, precision: str = "fp32"):
+    """``cfg`` with its precision decided, as ``PackedSlot.setup`` leaves the slot's."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
 
 
 def _trainable(model) -> list[torch.nn.Parameter]:
@@ -122,7 +137,7 @@ def test_a_packed_slot_step_moves_each_member_as_its_deepspeed_engine_does(one_r
     data = _data(decoder)
     slot = object.__new__(PackedSlot)  # the slot's step alone: no Ray, one rank
     slot.device, slot.world, slot.class_weight, slot.backbone = torch.device("cpu"), 1, None, decoder
-    slot.data = {"train": data}
+    slot.data, slot.cfg = {"train": data}, SimpleNamespace(train=TrainConfig(precision="fp32"))
     slot.seats, engines = [], []
     for i, (spec, lr) in enumerate(MEMBERS[:3]):
         t = TrainConfig(zero_stage=2, micro_batch_size=2, grad_accum=2, max_steps=4, lr=lr, lr_warmup_steps=1)
@@ -262,7 +277,7 @@ def test_a_slot_seats_the_members_its_memory_holds_and_queues_the_rest_until_a_s
     slot.data, slot.label_names, slot.run_dir, slot.facts = {"train": _data(decoder)}, ["fresh", "rotten"], "", {}
     slot.run_dir, slot.cfg, slot.seats, slot.waiting, slot.members, slot.said_memory = (
         cfg.storage_path,
-        cfg,
+        _settled(cfg),
         [],
         [],
         0,
@@ -581,3 +596,49 @@ def test_a_packed_slot_at_zero3_holds_the_backbone_partitioned_and_trains_each_m
             assert b["val_acc"] == a["val_acc"]
             assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
         assert partitioned[-1]["test_acc"] == solo_like[-1]["test_acc"]
+
+
+def test_a_bf16_slot_keeps_its_backbone_in_bf16_and_its_members_as_fp32_masters(tiny_experiment):
+    """In bf16 (real bf16 on this CPU, as a GPU slot runs) members joining a slot leave the shared
+    backbone in bf16 (placing the first one cast it to fp32 for all) and keep fp32 masters of what
+    they train; their passes run in bf16 like a solo trial's (a ZeRO-3 slot on a GPU crashed with
+    fp32 prefix keys beside bf16 queries), and score as the member held in bf16 does."""
+    from skray.devices import place
+
+    backbone = Backbone(
+        place(tiny_llama(), torch.device("cpu"), torch.bfloat16, frozen=torch.nn.Module()), minilm_tokenizer(), True
+    )
+    base = _settled(tiny_experiment(train__num_workers=1, train__micro_batch_size=2), "bf16")
+    slot = _bare_slot(backbone, base)
+    slot.cfg = base
+    specs = [
+        {"kind": "sk_prefix", "prefix_length": 3},
+        {"kind": "sk_prompt", "prefix_length": 5, "head": "linear"},
+        {"kind": "sk_prefix", "prefix_length": 4, "calibrated": True},
+        {"kind": "prefix_tuning", "prefix_length": 2},
+    ]
+    slot.seats = []
+    for i, spec in enumerate(specs):
+        cfg = base.model_copy(update={"method": base.method.model_copy(update=spec)})
+        member = slot._member(f"m0000000{i}", {}, cfg)
+        member.step_bytes = slot._step_bytes(member)
+        slot.seats.append(member)
+    assert {p.dtype for p in backbone.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in slot.seats for p in m.params} == {torch.float32}
+    slot._step()
+    packed = slot._scores(slot.seats, "validation")
+    for member, scores in zip(slot.seats, packed, strict=True):
+        alone = copy.deepcopy(member.model)
+        alone.backbone = backbone.model
+        place(alone, torch.device("cpu"), torch.bfloat16, frozen=backbone.model)  # as a solo trial holds it
+        solo = evaluate(
+            alone,
+            slot.data["validation"],
+            batch_size=4,
+            rank=0,
+            world=1,
+            device=torch.device("cpu"),
+            label_names=slot.label_names,
+        )
+        assert scores["loss"] == pytest.approx(solo["loss"], abs=0.05)
+    assert {p.dtype for p in backbone.model.parameters()} == {torch.bfloat16}

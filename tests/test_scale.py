@@ -107,3 +107,28 @@ def test_gpu_smoke_runs_small_on_cpu():
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("|")]
     statuses = [cells[-2].strip() for cells in rows[2:]]  # below the header and its rule
     assert statuses == ["ok", "ok"], proc.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_gpu_packing_runs_small_without_ray(tiny_llama_dir, tmp_path):
+    """benchmarks/gpu_packing.py where Ray cannot be imported (as on the lent GPU machine): a solo
+    configuration (SKTuningRecipe) and a slot of 2 (PackedSlot) run through, at ZeRO 3, no member fails."""
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_packing.py"
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "ray.py").write_text("raise ImportError('no Ray on this machine')\n")
+    args = ["--backbone", tiny_llama_dir, "--data", "rotten_tomatoes_critics", "--packs", "2", "--solo", "1"]
+    args += ["--steps", "2", "--eval-every", "2", "--set", "train.zero_stage=3"]
+    for key in ("max_train_samples=32", "max_eval_samples=16", "max_test_samples=16", "template={text}"):
+        args += ["--set", f"data.{key}"]
+    env = {**os.environ, "PYTHONPATH": f"{blocked}{os.pathsep}{Path(__file__).parents[1]}"}
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {
+        cells[1].strip(): cells
+        for line in proc.stdout.splitlines()
+        if line.startswith("| ")
+        for cells in [line.split("|")]
+    }
+    assert {"solo", "packed 2"} <= set(rows), proc.stdout[-2000:]
+    assert '"failed": 0' in proc.stdout

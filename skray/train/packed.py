@@ -28,6 +28,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -201,6 +202,14 @@ class PackedSlot:
             print(f"skray: slot {self.slot} timing: {json.dumps(timing)}", flush=True)
         ray.train.report({"done": True, "members": self.members, **timing})
 
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """Members' passes in the run's precision: their weights are fp32 masters (a solo trial's are
+        DeepSpeed's), cast per operation to the backbone's bf16 or fp16 as a solo trial's are held."""
+        from skray.partitioned import dtype_of
+
+        dtype = dtype_of(self.cfg.train.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+
     def _agree(self, value: Any) -> Any:
         """Rank 0's value on every rank (the broker's answers: all ranks must act alike)."""
         import torch.distributed as dist
@@ -269,9 +278,10 @@ class PackedSlot:
         rows = torch.arange(member.cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
         batch = {k: v.to(self.device) for k, v in take(self.data["train"], rows).items()}
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        measured = measure_step_peak_bytes(member.model, ids, mask) if self.device.type == "cuda" else None
-        if measured is None:
-            measured = measure_activation_bytes(member.model, ids, mask)
+        with self._autocast():
+            measured = measure_step_peak_bytes(member.model, ids, mask) if self.device.type == "cuda" else None
+            if measured is None:
+                measured = measure_activation_bytes(member.model, ids, mask)
         (measured,) = all_reduce([float(measured)], op=dist.ReduceOp.MAX)
         return int(measured)
 
@@ -303,6 +313,7 @@ class PackedSlot:
         """A member built as a solo trial builds its model (seeded alike) on this slot's backbone."""
         from skray.devices import place
         from skray.methods import build_model
+        from skray.partitioned import dtype_of
         from skray.train.batches import train_batches
         from skray.train.deepspeed import lr_factor
 
@@ -314,13 +325,17 @@ class PackedSlot:
             keep_reports(storage.join(directory, "result.json"), saved["state"]["step"] if saved else None)
         torch.manual_seed(t.seed)
         model = build_model(self.backbone, cfg.method, self.label_names, cfg.data.task == "token_classification")
-        place(model, self.device, torch.float32, frozen=self.backbone.model)  # fp32 masters, as DeepSpeed keeps
+        place(model, self.device, dtype_of(self.cfg.train.precision), frozen=self.backbone.model)  # as solo
+        trains = [p for p in model.parameters() if p.requires_grad]
+        with torch.no_grad():  # fp32 masters of what trains, from the same rounded values DeepSpeed keeps
+            for p in trains:
+                p.data = p.data.float()
         if cfg.method.calibrated:
             from skray.methods.base import content_free_input
 
             free = content_free_input(self.backbone.tokenizer, cfg.data, not self.backbone.is_decoder)
-            model.calibrate(free["input_ids"], free["attention_mask"])
-        trains = [p for p in model.parameters() if p.requires_grad]
+            with self._autocast():
+                model.calibrate(free["input_ids"], free["attention_mask"])
         optimizer = torch.optim.AdamW(trains, lr=t.lr, weight_decay=t.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, t.warmup, t.max_steps))
         state, best, step0 = RunState(), None, (None, "")
@@ -370,14 +385,16 @@ class PackedSlot:
             batches = [
                 {k: v.to(self.device) for k, v in take(self.data["train"], next(m.batches)).items()} for m in self.seats
             ]
-            logits = packed_forward(
-                self.backbone.model,
-                [m.model for m in self.seats],
-                [(b["input_ids"], b["attention_mask"]) for b in batches],
-            )
-            losses = [
-                task_loss(out, b["labels"], weight=self.class_weight) for out, b in zip(logits, batches, strict=True)
-            ]
+            with self._autocast():
+                logits = packed_forward(
+                    self.backbone.model,
+                    [m.model for m in self.seats],
+                    [(b["input_ids"], b["attention_mask"]) for b in batches],
+                )
+                losses = [
+                    task_loss(out, b["labels"], weight=self.class_weight)
+                    for out, b in zip(logits, batches, strict=True)
+                ]
             (torch.stack(losses).sum() / accum).backward()
             for member, loss, b in zip(self.seats, losses, batches, strict=True):
                 member.losses.append(loss.item())
@@ -412,17 +429,18 @@ class PackedSlot:
         """Each member's scores on ``split``, every batch one packed pass for all of them (and, given
         ``predictions``, each member's per-row predictions there)."""
         start = time.perf_counter()
-        scores = evaluate_packed(
-            self.backbone.model,
-            [m.model for m in members],
-            self.data[split],
-            batch_size=members[0].cfg.train.eval_batch_size,
-            rank=self.rank,
-            world=self.world,
-            device=self.device,
-            label_names=self.label_names,
-            predictions=predictions,
-        )
+        with self._autocast():
+            scores = evaluate_packed(
+                self.backbone.model,
+                [m.model for m in members],
+                self.data[split],
+                batch_size=members[0].cfg.train.eval_batch_size,
+                rank=self.rank,
+                world=self.world,
+                device=self.device,
+                label_names=self.label_names,
+                predictions=predictions,
+            )
         took = time.perf_counter() - start
         self.timing["eval_s"] += took
         for m in members:

@@ -1,0 +1,294 @@
+"""Packed against solo on one GPU: configurations per hour of the quickstart's sweep, with no Ray.
+
+The GPU machine we are lent reaches no package index, and Ray's wheel (79 MB) is more than a call
+there may carry, so this runs skray's own worker code in one process, as one Ray Train worker of a
+world of 1: a solo configuration is ``SKTuningRecipe`` (load the backbone, build the member, its
+DeepSpeed engine, step-0 scores on validation and test, the steps, validation every
+``--eval-every``, the best weights on test, a checkpoint at each report), a slot of K is
+``PackedSlot`` (the backbone once, K members, the same reports) fed by a broker that hands out the
+configurations and stops none. The few ``ray`` calls those make (their context, checkpoints, reports,
+the broker's calls) are answered in process (``without_ray``); Ray's own start-up of a worker group
+(about 10 s a trial on our CPU) is in neither arm: it would add to solo once per configuration and to
+packed once per slot, so the ratio here is a lower bound of what ``skray tune`` gains.
+
+The configurations are the quickstart's space (wording, prefix length, lr; SK-Prefix, verbalizer),
+drawn by a seeded sampler in the same order for every arm. The backbone is ``--backbone`` (a Hugging
+Face folder; without weights in it, random weights of its config are saved first, so that both arms
+load from disk as a trial does; ``--shape`` swaps in another Llama's sizes): random weights measure
+time and memory, not accuracy.
+
+    python benchmarks/gpu_packing.py --backbone DIR --data rows.csv [--packs 16 32] [--solo 3]
+                                     [--shape tinyllama --set train.zero_stage=3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+import torch
+
+GPU = torch.cuda.is_available()
+QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
+SHAPES = {  # LlamaConfig fields over the backbone's own config
+    "tinyllama": {  # TinyLlama-1.1B's sizes (1.1B parameters with SmolLM2's 49,152-word vocabulary)
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "head_dim": 64,
+        "tie_word_embeddings": False,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    },
+}
+
+
+class _Remote:
+    """``actor.method.remote(...)`` answered at once (``ray.get`` of it is the value itself)."""
+
+    def __init__(self, fn):
+        self.remote = fn
+
+
+class Broker:
+    """The run's broker as a slot sees it (``skray.broker``): the configurations in order, none stopped early."""
+
+    def __init__(self, offers: list[tuple]):
+        self.offers, self.ended = list(offers), {}
+        self.ask = _Remote(lambda slot: self.offers.pop(0) if self.offers else None)
+        self.tell = _Remote(lambda member, report: "continue")
+        self.end = _Remote(lambda member, report, error: self.ended.__setitem__(member, (report, error)))
+        self.rejoin = _Remote(lambda slot: [])
+
+
+def without_ray(storage: Path, reports: list[dict]) -> None:
+    """The ``ray`` a Ray Train worker of world size 1 sees: rank 0 of 1, no checkpoint to resume,
+    reports kept in ``reports`` and their checkpoints copied under ``storage`` (as Ray persists them)."""
+    ray, train, train_torch = (types.ModuleType(n) for n in ("ray", "ray.train", "ray.train.torch"))
+    context = types.SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1, get_local_world_size=lambda: 1)
+
+    def report(metrics: dict, checkpoint: str | None = None) -> None:
+        if checkpoint is not None:
+            shutil.copytree(checkpoint, storage / f"checkpoint_{len(reports):06d}")
+        reports.append(dict(metrics))
+
+    train.get_context, train.get_checkpoint, train.report = (lambda: context), (lambda: None), report
+    train.Checkpoint = types.SimpleNamespace(from_directory=lambda directory: directory)
+    train_torch.get_device = lambda: torch.device("cuda", 0) if GPU else torch.device("cpu")
+    ray.get, ray.train, train.torch = (lambda value: value), train, train_torch
+    sys.modules.update({"ray": ray, "ray.train": train, "ray.train.torch": train_torch})
+
+
+def one_process_group() -> None:
+    """World size 1, the backend a Ray Train worker gets (gloo, or gloo + NCCL on GPUs)."""
+    import deepspeed
+
+    from skray.train.deepspeed import process_group_backend
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    deepspeed.init_distributed(dist_backend=process_group_backend(GPU))
+
+
+def backbone_folder(source: Path, shape: str | None, precision: str, into: Path) -> Path:
+    """``source`` itself where it holds weights and no ``shape`` is asked; else its config (resized to
+    ``shape``) with random weights and its tokenizer, saved under ``into``."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if shape is None and any(source.glob("*.safetensors")):
+        return source
+    config = AutoConfig.from_pretrained(source)
+    for key, value in SHAPES.get(shape, {}).items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if precision != "fp32" else torch.float32)
+    target = into / f"backbone-{shape or source.name}"
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(source).save_pretrained(target)
+    print(f"backbone: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, random weights", flush=True)
+    return target
+
+
+def configurations(n: int, seed: int, space: dict) -> list[dict]:
+    """``n`` draws of the quickstart's space (``search`` section): wording, prefix length, log-uniform lr."""
+    rng = random.Random(seed)
+    m, lr = space["prefix_length"], space["lr"]
+    return [
+        {
+            "wording": rng.choice(space["wordings"]),
+            "prefix_length": rng.randint(m["low"], m["high"]),
+            "lr": float(10 ** rng.uniform(*(torch.tensor([lr["low"], lr["high"]]).log10().tolist()))),
+        }
+        for _ in range(n)
+    ]
+
+
+def experiment(base, params: dict, storage: Path):
+    """The run's experiment with one configuration's settings (as ``skray.search.trial_experiment``)."""
+    method = base.method.model_copy(update={"wording": params["wording"], "prefix_length": params["prefix_length"]})
+    train = base.train.model_copy(update={"lr": params["lr"]})
+    return base.model_copy(update={"method": method, "train": train, "storage_path": str(storage)})
+
+
+def peak_mb() -> float:
+    return torch.cuda.max_memory_allocated() / 2**20 if GPU else float("nan")
+
+
+def reset_peak() -> None:
+    if GPU:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def solo(base, params: list[dict], storage: Path) -> list[dict]:
+    """Each configuration alone, one after another, as Tune runs one trial per GPU."""
+    from skray.train.recipe import SKTuningRecipe
+
+    rows = []
+    for i, p in enumerate(params):
+        reports: list[dict] = []
+        directory = storage / f"solo-{i}"
+        directory.mkdir(parents=True)
+        without_ray(directory, reports)
+        reset_peak()
+        start = time.perf_counter()
+        recipe = SKTuningRecipe(experiment(base, p, directory), cpus_per_worker=os.cpu_count() or 1)
+        recipe.setup()
+        recipe.train()
+        wall = time.perf_counter() - start
+        last, s = reports[-1], recipe.state
+        rows.append(
+            {
+                "arm": "solo",
+                "config": i,
+                "wall_s": wall,
+                "steps_s": s.train_s,
+                "eval_s": s.eval_s,
+                "other_s": wall - s.train_s - s.eval_s,
+                "peak_mb": peak_mb(),
+                "test_acc": last.get("test_acc"),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        del recipe
+    return rows
+
+
+def packed(base, params: list[dict], storage: Path) -> dict:
+    """One slot of ``len(params)`` members, fed until every configuration has run."""
+    from skray.train.packed import PackedSlot
+
+    reports: list[dict] = []
+    without_ray(storage, reports)
+    offers = [(f"m{i:08d}", p, experiment(base, p, storage).model_dump()) for i, p in enumerate(params)]
+    broker = Broker(offers)
+    reset_peak()
+    start = time.perf_counter()
+    slot = PackedSlot(experiment(base, params[0], storage), os.cpu_count() or 1, broker, 0, len(params), str(storage))
+    slot.setup()
+    slot.run()
+    wall = time.perf_counter() - start
+    failed = {m: e for m, (_, e) in broker.ended.items() if e}
+    tests = [r["test_acc"] for r, _ in broker.ended.values() if r and "test_acc" in r]
+    row = {
+        "arm": f"packed {len(params)}",
+        "configs": len(params),
+        "wall_s": wall,
+        **{k: slot.timing[k] for k in ("setup_s", "steps_s", "eval_s", "write_s")},
+        "peak_mb": peak_mb(),
+        "failed": len(failed),
+        "test_acc_mean": sum(tests) / len(tests) if tests else float("nan"),
+    }
+    print(json.dumps(row), flush=True)
+    if failed:
+        print(f"failed members: {json.dumps(failed)[:2000]}", flush=True)
+    del slot
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backbone", type=Path, required=True, help="a Hugging Face folder (config and tokenizer at least)")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="another Llama's sizes over the backbone's config")
+    p.add_argument("--data", required=True, help="the rows (a .csv with text, label and split columns)")
+    p.add_argument("--packs", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--solo", type=int, default=3, help="configurations run solo (median wall: one's)")
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--eval-every", type=int, default=12)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    args = p.parse_args()
+
+    os.environ["DS_ACCELERATOR"] = "cuda" if GPU else "cpu"  # before DeepSpeed is imported
+    from skray.config import load_config
+
+    one_process_group()
+    with tempfile.TemporaryDirectory(prefix="skray-gpu-packing-") as tmp:
+        storage = Path(tmp)
+        precision = next((s.split("=", 1)[1] for s in args.set if s.startswith("train.precision=")), "auto")
+        folder = backbone_folder(args.backbone, args.shape, "bf16" if GPU and precision != "fp32" else "fp32", storage)
+        base = load_config(
+            QUICKSTART,
+            [
+                f"backbone.name={folder}",
+                f"data.name={args.data}",
+                "train.num_workers=1",
+                "train.micro_batch_size=8",  # the quickstart's 2 workers x 4 rows, on one device
+                f"train.use_gpu={GPU}",
+                "train.precision=auto",
+                f"train.max_steps={args.steps}",
+                f"train.eval_every={args.eval_every}",
+                *args.set,
+            ],
+        )
+        space = base.search.model_dump()
+        params = configurations(max([*args.packs, args.solo]), 0, space)
+        name = torch.cuda.get_device_name(0) if GPU else "CPU"
+        print(f"device: {name}; torch {torch.__version__}; backbone {args.shape or args.backbone.name}", flush=True)
+        rows = solo(base, params[: args.solo], storage / "solo")
+        import pandas as pd
+
+        solo_rows = pd.DataFrame(rows)
+        per_config = solo_rows.wall_s.median()  # the first also pays the process's warm-up (CUDA context, kernels)
+        table = [
+            {
+                "arm": "solo",
+                "configs": len(rows),
+                "wall_s": solo_rows.wall_s.sum(),
+                "configs_per_hour": 3600 / per_config,
+                "ratio": 1.0,
+                "steps_s": solo_rows.steps_s.sum(),
+                "eval_s": solo_rows.eval_s.sum(),
+                "peak_mb": solo_rows.peak_mb.max(),
+            }
+        ]
+        for k in args.packs:
+            row = packed(base, params[:k], storage / f"packed-{k}")
+            row["configs_per_hour"] = 3600 * k / row["wall_s"]
+            row["ratio"] = row["configs_per_hour"] / table[0]["configs_per_hour"]
+            table.append(row)
+        print(solo_rows.to_markdown(index=False, floatfmt=".4g"))
+        print(pd.DataFrame(table).to_markdown(index=False, floatfmt=".4g"))
+
+
+if __name__ == "__main__":
+    main()
