@@ -18,7 +18,7 @@ load from disk as a trial does; ``--shape`` swaps in another Llama's sizes): ran
 time and memory, not accuracy.
 
     python benchmarks/gpu_packing.py --backbone DIR --data rows.csv [--packs 16 32] [--solo 3]
-                                     [--shape tinyllama --set train.zero_stage=3]
+                                     [--shape 1b --set train.zero_stage=3]
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -36,28 +35,10 @@ import types
 from pathlib import Path
 
 import torch
+from gpu_check import SHAPES  # beside this script: "1b" is TinyLlama-1.1B's sizes
+from gpu_smoke import GPU, one_process_group  # sets DS_ACCELERATOR before DeepSpeed is imported
 
-GPU = torch.cuda.is_available()
 QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
-SHAPES = {  # LlamaConfig fields over the backbone's own config
-    "tinyllama": {  # TinyLlama-1.1B's sizes (1.1B parameters with SmolLM2's 49,152-word vocabulary)
-        "hidden_size": 2048,
-        "intermediate_size": 5632,
-        "num_hidden_layers": 22,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 4,
-        "head_dim": 64,
-        "tie_word_embeddings": False,
-    },
-    "tiny": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-    },
-}
 
 
 class _Remote:
@@ -96,19 +77,6 @@ def without_ray(storage: Path, reports: list[dict]) -> None:
     sys.modules.update({"ray": ray, "ray.train": train, "ray.train.torch": train_torch})
 
 
-def one_process_group() -> None:
-    """World size 1, the backend a Ray Train worker gets (gloo, or gloo + NCCL on GPUs)."""
-    import deepspeed
-
-    from skray.train.deepspeed import process_group_backend
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    deepspeed.init_distributed(dist_backend=process_group_backend(GPU))
-
-
 def backbone_folder(source: Path, shape: str | None, precision: str, into: Path) -> Path:
     """``source`` itself where it holds weights and no ``shape`` is asked; else its config (resized to
     ``shape``) with random weights and its tokenizer, saved under ``into``."""
@@ -119,6 +87,7 @@ def backbone_folder(source: Path, shape: str | None, precision: str, into: Path)
     config = AutoConfig.from_pretrained(source)
     for key, value in SHAPES.get(shape, {}).items():
         setattr(config, key, value)
+    config.head_dim = config.hidden_size // config.num_attention_heads
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if precision != "fp32" else torch.float32)
     target = into / f"backbone-{shape or source.name}"
@@ -238,7 +207,6 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
     args = p.parse_args()
 
-    os.environ["DS_ACCELERATOR"] = "cuda" if GPU else "cpu"  # before DeepSpeed is imported
     from skray.config import load_config
 
     one_process_group()
