@@ -70,6 +70,8 @@ def packing_refusal(cfg: ExperimentConfig, kinds: list[str], is_decoder: bool) -
         return f"data.task {cfg.data.task} is not packed yet (classification is)"
     if cfg.tracking.tensorboard and storage.is_uri(cfg.storage_path):
         return "tracking.tensorboard writes members' event files on the driver; storage_path is not a local folder"
+    if t.precision == "fp16":
+        return "fp16 trains with a loss scale, which packed members (trained outside DeepSpeed) do not keep; use bf16"
     if t.offload != "none" and t.zero_stage != 3:
         return "offload without ZeRO 3 moves only what trains; a packed slot's members train outside DeepSpeed"
     return None

@@ -73,3 +73,18 @@ def test_a_new_broker_keeps_a_running_solo_member_running_and_judges_it(tiny_exp
     (told,) = [t for t in again.searcher.study.trials if t.user_attrs["trial"] == member]
     assert told.state.name == "COMPLETE"
     assert told.values == [pytest.approx(0.7)]
+
+
+def test_fp16_runs_solo_since_packed_members_keep_no_loss_scale(tiny_experiment, capsys):
+    """fp16 needs DeepSpeed's loss scale, which a slot's members (their own AdamW) lack: pack auto runs
+    the trials solo and says why in one line; a pack asked for is refused with how to fix it."""
+    from skray.broker import pack_size
+    from skray.errors import ConfigError
+
+    cfg = tiny_experiment(train__precision="fp16")
+    assert pack_size(cfg, "auto", ["sk_prefix"], 4, 1, True, "search.pack") == 1
+    assert "trials run solo: fp16 trains with a loss scale" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="search.pack 4: fp16 .* use bf16; set search.pack: 1"):
+        pack_size(cfg, 4, ["sk_prefix"], 4, 1, True, "search.pack")
+    bf16 = tiny_experiment(train__precision="bf16")
+    assert pack_size(bf16, "auto", ["sk_prefix"], 4, 1, True, "search.pack") == 4
