@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -77,9 +78,10 @@ def without_ray(storage: Path, reports: list[dict]) -> None:
     sys.modules.update({"ray": ray, "ray.train": train, "ray.train.torch": train_torch})
 
 
-def backbone_folder(source: Path, shape: str | None, precision: str, into: Path) -> Path:
+def backbone_folder(source: Path, shape: str | None, into: Path) -> Path:
     """``source`` itself where it holds weights and no ``shape`` is asked; else its config (resized to
-    ``shape``) with random weights and its tokenizer, saved under ``into``."""
+    ``shape``) with random weights and its tokenizer, saved under ``into`` (bf16 on a GPU: loading
+    casts them to the run's precision either way)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if shape is None and any(source.glob("*.safetensors")):
@@ -89,7 +91,7 @@ def backbone_folder(source: Path, shape: str | None, precision: str, into: Path)
         setattr(config, key, value)
     config.head_dim = config.hidden_size // config.num_attention_heads
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if precision != "fp32" else torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if GPU else torch.float32)
     target = into / f"backbone-{shape or source.name}"
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(source).save_pretrained(target)
@@ -105,15 +107,18 @@ def configurations(n: int, seed: int, space: dict) -> list[dict]:
         {
             "wording": rng.choice(space["wordings"]),
             "prefix_length": rng.randint(m["low"], m["high"]),
-            "lr": float(10 ** rng.uniform(*(torch.tensor([lr["low"], lr["high"]]).log10().tolist()))),
+            "lr": 10 ** rng.uniform(math.log10(lr["low"]), math.log10(lr["high"])),
         }
         for _ in range(n)
     ]
 
 
 def experiment(base, params: dict, storage: Path):
-    """The run's experiment with one configuration's settings (as ``skray.search.trial_experiment``)."""
-    method = base.method.model_copy(update={"wording": params["wording"], "prefix_length": params["prefix_length"]})
+    """The run's experiment with one configuration's settings, validated as a tune trial's method is
+    (``method_variant``; ``skray.commands.tune`` itself imports Ray)."""
+    from skray.config import method_variant
+
+    method = method_variant(base.method, {k: params[k] for k in ("wording", "prefix_length")})
     train = base.train.model_copy(update={"lr": params["lr"]})
     return base.model_copy(update={"method": method, "train": train, "storage_path": str(storage)})
 
@@ -212,8 +217,7 @@ def main() -> None:
     one_process_group()
     with tempfile.TemporaryDirectory(prefix="skray-gpu-packing-") as tmp:
         storage = Path(tmp)
-        precision = next((s.split("=", 1)[1] for s in args.set if s.startswith("train.precision=")), "auto")
-        folder = backbone_folder(args.backbone, args.shape, "bf16" if GPU and precision != "fp32" else "fp32", storage)
+        folder = backbone_folder(args.backbone, args.shape, storage)
         base = load_config(
             QUICKSTART,
             [

@@ -29,7 +29,7 @@ def compute_device(model: nn.Module) -> torch.device:
 def place(model: nn.Module, device: torch.device, dtype: torch.dtype, frozen: nn.Module) -> nn.Module:
     """``model`` on ``device`` with its own floating-point parameters and buffers (a cached prompt) in
     ``dtype``. The ``frozen`` backbone keeps the dtypes it was loaded with: its weights are in the run's
-    precision already, and a packed slot's backbone is shared by members placed in fp32; its buffers
+    precision already, and a packed slot's backbone is shared by every member placed on it; its buffers
     keep the dtype its authors gave them (``model.to(device, dtype)`` would cast the rotary
     frequencies too). Parameters that ZeRO 3 partitioned at load time are left to DeepSpeed."""
     model.to(device)
