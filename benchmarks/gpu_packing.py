@@ -17,7 +17,7 @@ Face folder; without weights in it, random weights of its config are saved first
 load from disk as a trial does; ``--shape`` swaps in another Llama's sizes): random weights measure
 time and memory, not accuracy.
 
-    python benchmarks/gpu_packing.py --backbone DIR --data rows.csv [--packs 16 32] [--solo 3]
+    python benchmarks/gpu_packing.py --backbone DIR --data rows.csv [--packs 16 32] [--auto] [--solo 3]
                                      [--shape 1b --set train.zero_stage=3]
 """
 
@@ -168,8 +168,9 @@ def solo(base, params: list[dict], storage: Path) -> list[dict]:
     return rows
 
 
-def packed(base, params: list[dict], storage: Path) -> dict:
-    """One slot of ``len(params)`` members, fed until every configuration has run."""
+def packed(base, params: list[dict], storage: Path, auto: bool) -> dict:
+    """One slot of ``len(params)`` members (with ``auto``, of the seats its step time pays for, at most
+    that), fed until every configuration has run."""
     from skray.train.packed import PackedSlot
 
     reports: list[dict] = []
@@ -178,7 +179,8 @@ def packed(base, params: list[dict], storage: Path) -> dict:
     broker = Broker(offers)
     reset_peak()
     start = time.perf_counter()
-    slot = PackedSlot(experiment(base, params[0], storage), os.cpu_count() or 1, broker, 0, len(params), str(storage))
+    cfg = experiment(base, params[0], storage)
+    slot = PackedSlot(cfg, os.cpu_count() or 1, broker, 0, len(params), str(storage), auto)
     slot.setup()
     slot.run()
     wall = time.perf_counter() - start
@@ -187,8 +189,9 @@ def packed(base, params: list[dict], storage: Path) -> dict:
     row = {
         "arm": f"packed {len(params)}",
         "configs": len(params),
+        "seats": slot.pack,
         "wall_s": wall,
-        **{k: slot.timing[k] for k in ("setup_s", "steps_s", "eval_s", "write_s")},
+        **{k: slot.timing[k] for k in ("setup_s", "seats_s", "steps_s", "eval_s", "write_s")},
         "peak_mb": peak_mb(),
         "failed": len(failed),
         "test_acc_mean": sum(tests) / len(tests) if tests else float("nan"),
@@ -206,6 +209,7 @@ def main() -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), help="another Llama's sizes over the backbone's config")
     p.add_argument("--data", required=True, help="the rows (a .csv with text, label and split columns)")
     p.add_argument("--packs", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--auto", action="store_true", help="slots keep the seats their step time pays for (pack auto)")
     p.add_argument("--solo", type=int, default=3, help="configurations run solo (median wall: one's)")
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--eval-every", type=int, default=12)
@@ -254,7 +258,7 @@ def main() -> None:
             }
         ]
         for k in args.packs:
-            row = packed(base, params[:k], storage / f"packed-{k}")
+            row = packed(base, params[:k], storage / f"packed-{k}", args.auto)
             row["configs_per_hour"] = 3600 * k / row["wall_s"]
             row["ratio"] = row["configs_per_hour"] / table[0]["configs_per_hour"]
             table.append(row)

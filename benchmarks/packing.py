@@ -1,9 +1,9 @@
 """Packed trials against solo ones, side by side in one run: the same configurations of the quickstart's
 space (a seeded random sampler hands them out in the same order to every arm; no early stopping:
 ASHA's first rung is the last step), trained solo (``search.pack 1``, today's way) and packed 2, 4 and
-8 to a slot, streaming on.
+8 to a slot, streaming on (``auto``: the seats a slot's measured step time pays for, at most 32).
 
-    python benchmarks/packing.py [--configs 8] [--steps 48] [--packs 1 2 4 8] [--workers 2] [--seeds 0]
+    python benchmarks/packing.py [--configs 8] [--steps 48] [--packs 1 2 4 8 auto] [--workers 2] [--seeds 0]
                                  [--set train.zero_stage=3 --set train.offload=params ...]
 
 Per arm: the sweep's wall time (``run_experiment``, one local Ray for all arms), configurations per
@@ -13,7 +13,7 @@ its solo run's (the largest gap, and whether the best configuration by validatio
 The floor is the sweep's compute with no start-up at all: the solo arm's own training steps and
 evaluations (``train_s`` + ``eval_s`` summed over its trials, at the speed it measured), which no
 arm can beat without computing less. Also per packed arm: where the slot's time went (set-up, steps,
-evaluation, writes), from the slot's last report.
+evaluation, writes) and the seats it kept, from the slot's last report.
 
 With several ``--seeds`` (``train.seed``: each member's initialisation and data order; the sampler
 keeps its own seed, so every seed runs the same configurations), every arm runs once per seed, and a
@@ -36,7 +36,13 @@ KEY = ["wording", "prefix_length", "lr"]
 
 
 def experiment(
-    storage: str, pack: int, configs: int, steps: int, workers: int, seed: int = 0, overrides: tuple[str, ...] = ()
+    storage: str,
+    pack: int | str,
+    configs: int,
+    steps: int,
+    workers: int,
+    seed: int = 0,
+    overrides: tuple[str, ...] = (),
 ):
     from skray.config import load_config
 
@@ -71,7 +77,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", type=int, default=8)
     p.add_argument("--steps", type=int, default=48)
-    p.add_argument("--packs", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--packs", type=lambda v: v if v == "auto" else int(v), nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every arm")
@@ -86,7 +92,7 @@ def main() -> None:
             print(f"\n== train.seed {seed}", flush=True)
         spread.append(compare_arms(args, seed))
     if len(args.seeds) > 1:
-        seed_spread(pd.concat(spread))
+        seed_spread(pd.concat(spread), args.packs[0])
 
 
 def compare_arms(args: argparse.Namespace, seed: int) -> pd.DataFrame:
@@ -140,16 +146,16 @@ def compare_arms(args: argparse.Namespace, seed: int) -> pd.DataFrame:
     print(configs.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     for pack, reports in slots.items():
         for r in reports:
-            shown = {k: r.get(k) for k in ("members", "setup_s", "steps_s", "eval_s", "write_s")}
+            shown = {k: r.get(k) for k in ("members", "seats", "setup_s", "seats_s", "steps_s", "eval_s", "write_s")}
             print(f"pack {pack} slot: {shown}")
     return configs[[*KEY, "pack", "test_acc", "test_acc_solo"]].assign(seed=seed)
 
 
-def seed_spread(runs: pd.DataFrame) -> None:
+def seed_spread(runs: pd.DataFrame, solo_arm: int | str) -> None:
     """Each configuration's solo test accuracy over the seeds (mean, sd, range) beside its packed arms'
     gaps to solo, seed by seed."""
     solo = runs.groupby(KEY).test_acc_solo.agg(["mean", "std", "min", "max"]).add_prefix("solo_")
-    packed = runs[runs.pack != runs.pack.min()].assign(gap=lambda d: d.test_acc - d.test_acc_solo)
+    packed = runs[runs.pack != solo_arm].assign(gap=lambda d: d.test_acc - d.test_acc_solo)
     gaps = packed.pivot_table(index=KEY, columns=["pack", "seed"], values="gap")
     gaps.columns = [f"gap_pack{p}_seed{s}" for p, s in gaps.columns]
     table = solo.join(gaps).reset_index()

@@ -31,7 +31,10 @@ from skray import storage
 from skray.config import ExperimentConfig, selection_metric
 from skray.errors import ConfigError
 
-PACK_LIMIT = 8  # search.pack auto's most members per slot
+# search.pack auto's most seats per slot. Each slot keeps fewer where its measured step time says more
+# save nothing (skray.train.step_curve: on a CPU, 1); on an H200, 16 SmolLM2 members ran 13.3x as many
+# configurations an hour as one (docs/SCALING.md), and 32 were not measured.
+PACK_LIMIT = 32
 NAMESPACE = "skray"  # where a run's broker is named (``broker_name``), for slots and the progress lines
 
 
@@ -81,8 +84,9 @@ def pack_size(
     cfg: ExperimentConfig, setting: str | int, kinds: list[str], trials: int, slots: int, is_decoder: bool, key: str
 ) -> int:
     """Members per slot: ``setting`` (``key``, e.g. search.pack) as set, or for ``auto`` the ``trials``
-    spread over the ``slots`` that fit at once, at most ``PACK_LIMIT``; 1 (solo, with one line saying
-    why) where they cannot be packed, and a ConfigError where they were asked to be."""
+    spread over the ``slots`` that fit at once, at most ``PACK_LIMIT`` (each slot then keeps what its
+    step time pays for: ``skray.train.step_curve``); 1 (solo, with one line saying why) where they
+    cannot be packed, and a ConfigError where they were asked to be."""
     refusal = packing_refusal(cfg, kinds, is_decoder)
     if refusal:
         if setting != "auto" and setting > 1:

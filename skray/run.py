@@ -166,6 +166,7 @@ class Packing:
     slots: int
     solo: list[dict[str, Any]]
     solo_asked: bool = False
+    auto: bool = False  # each slot keeps the seats its measured step time pays for, at most ``pack``
 
     @property
     def trials(self) -> list[dict[str, Any]]:
@@ -216,12 +217,13 @@ def plan_packing(run: RunDir, cfg: ExperimentConfig, plan: RunPlan, cmd: Command
     elif solo_asked:
         beside = f"; trials of {', '.join(solo_kinds)} run solo beside them (they train the backbone)"
     what = f"about {trials}" if solo_asked else f"{trials}"
+    seats = f"up to {pack} seats (as many as save step time)" if setting == "auto" else f"{pack}"
     print(
-        f"skray: {key}: {what} trials as members of {slots} slot(s) of {pack}, each slot loading the backbone "
+        f"skray: {key}: {what} trials as members of {slots} slot(s) of {seats}, each slot loading the backbone "
         f"once{beside}",
         file=sys.stderr,
     )
-    return Packing(start_broker(cfg, run.path, cmd.name, points), pack, slots, solo, solo_asked)
+    return Packing(start_broker(cfg, run.path, cmd.name, points), pack, slots, solo, solo_asked, setting == "auto")
 
 
 def build_tuner(
@@ -247,6 +249,7 @@ def build_tuner(
             log_dir=log_dir,
             broker=broker_name(run.path) if packing else None,
             pack=packing.pack if packing else 1,
+            pack_auto=packing.auto if packing else False,
         ),
         {"CPU": 0, "memory": 1},  # a trial only waits on its workers; it must not hold their CPUs
     )

@@ -91,6 +91,7 @@ def run_trial(
     log_dir: str | None,
     broker: str | None = None,
     pack: int = 1,
+    pack_auto: bool = False,
 ) -> None:
     """A Tune trial: build a TorchTrainer for the trial's config; workers report through Tune, less
     the re-sent reports the driver logged already (``ReplayFilter``). With a ``log_dir``, this
@@ -101,7 +102,8 @@ def run_trial(
     Tune again instead, so that Tune ends it as it was.
 
     A packed run's trials are slots (``params``: {"slot": n}): the workers train ``pack`` members at a
-    time that the run's broker (the actor named ``broker``) hands out (``skray.broker``, ``skray.train.packed``)."""
+    time (with ``pack_auto``, up to ``pack``: as many as save step time) that the run's broker (the
+    actor named ``broker``) hands out (``skray.broker``, ``skray.train.packed``)."""
     from skray.console import output_to
     from skray.train.launch import build_trainer
 
@@ -114,7 +116,7 @@ def run_trial(
     slot = None
     if "slot" in params:
         cfg = trial_experiment("train", experiment, {})
-        slot = {"broker": broker, "slot": params["slot"], "pack": pack, "run_dir": storage_path}
+        slot = {"broker": broker, "slot": params["slot"], "pack": pack, "auto": pack_auto, "run_dir": storage_path}
     else:
         cfg = trial_experiment(command, experiment, {k: v for k, v in params.items() if k != "member"})
     # A solo member's checkpoints go where a slot's members' do, the folder named for it (MEMBER_DIR)

@@ -297,6 +297,60 @@ def test_a_slot_seats_the_members_its_memory_holds_and_queues_the_rest_until_a_s
     assert scored == ["m00000000", "m00000001", "m00000002"]  # step 0, once each, when seated
 
 
+def test_pack_auto_doubles_the_seats_while_a_doubling_cuts_each_members_share_of_a_pass():
+    from skray.train.step_curve import grow
+
+    assert grow(32, lambda n: float(n)) == (1, {1: 1.0, 2: 2.0})  # a busy device: more members save nothing
+    saturating = grow(32, lambda n: max(1.0, n / 8))  # a GPU's: free up to 8, then as busy as it gets
+    assert saturating == (8, {1: 1.0, 2: 1.0, 4: 1.0, 8: 1.0, 16: 2.0})
+    assert grow(6, lambda n: 1.0)[0] == 6  # the last try at the cap itself
+    assert grow(1, lambda n: 1.0) == (1, {1: 1.0})
+
+
+@pytest.mark.parametrize(
+    ("times", "memory_seats", "seats", "why"),
+    [
+        ([1.0, 1.1, 1.3], 4, 4, "4 seat(s), the most this slot was given (a pass of 1, 2, 4 member(s): 1, 1.1, 1.3 s)"),
+        ([1.0, 1.96], 4, 1, "1 seat(s), a member's share of the pass is 0.98 s at 2 against 1 s at 1: not 10% less"),
+        ([1.0, 1.1], 2, 2, "2 seat(s), what memory holds"),
+    ],
+    ids=["gains", "busy", "memory"],
+)
+def test_a_pack_auto_slot_keeps_the_seats_its_measured_step_time_pays_for(
+    decoder, tiny_experiment, monkeypatch, capsys, times, memory_seats, seats, why
+):
+    """Before its first member trains, a ``pack: auto`` slot times real training passes of 1, 2, 4
+    copies of it (the clock here reads ``times``) and keeps the seats where a doubling stopped paying,
+    within what memory holds; the passes leave the member's weights, gradients and the random state
+    as they found them, so it trains as it would have."""
+    from skray.train import step_curve
+
+    cfg = tiny_experiment(train__num_workers=1)
+    slot = _bare_slot(decoder, cfg)
+    slot.pack, slot.auto, slot.seats, slot.waiting, slot.members, slot.said_memory = 4, True, [], [], 0, False
+    slot._build([("m00000000", {}, cfg.model_dump())])
+    first = slot.waiting[0]
+    slot.held, slot.budget = 2**30, 2**30 + memory_seats * first.step_bytes
+    weights, rng = {n: p.clone() for n, p in first.model.named_parameters()}, torch.get_rng_state()
+    clock, passes = iter(times), []
+
+    def timed(run, device):
+        run()
+        passes.append(sum(p.grad.abs().sum().item() for p in first.params))  # a real backward reached it
+        return next(clock)
+
+    monkeypatch.setattr(step_curve, "fastest_seconds", timed)
+    slot._choose_seats()
+    assert slot.pack == seats
+    assert why in capsys.readouterr().out
+    assert len(passes) == len(times)
+    assert all(g > 0 for g in passes)
+    assert all(p.grad is None for p in first.params)
+    assert torch.equal(torch.get_rng_state(), rng)
+    for n, p in first.model.named_parameters():
+        assert torch.equal(p, weights[n]), n
+
+
 def test_packed_evaluation_scores_and_predicts_each_member_as_evaluate_does_alone(decoder):
     data = _data(decoder)
     members = [_member(decoder, spec) for spec, _ in MEMBERS]
@@ -520,7 +574,7 @@ def test_a_packed_compare_packs_what_it_can_runs_lora_solo_beside_and_a_member_t
     cfg = parse_config(raw | {"compare": {"methods": ["sk_prefix", bad, "lora"], "seeds": [0, 1]}})
     run_dir, summary = run_experiment(cfg, "compare", verbose=False)
     out, err = capsys.readouterr()
-    assert "4 trials as members of 1 slot(s) of 4" in err, err
+    assert "4 trials as members of 1 slot(s) of up to 4 seats" in err, err
     assert "2 trials run solo beside them" in err, err
     assert len(summary) == 3  # compare's table: a row per method
     table = load_results(run_dir)

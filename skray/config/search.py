@@ -149,8 +149,9 @@ class SearchConfig(Section):
     pack: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = Field(
         default="auto",
         description="Trials trained at once over one shared frozen backbone (a slot); 1: each trial alone; auto: "
-        "the trials spread over the slots that fit, at most 8 each; picks of a kind that trains the backbone (lora, "
-        "full_finetune) run solo beside the slots",
+        "the trials spread over the slots that fit, at most 32 each, and each slot keeps the seats that save step time "
+        "(it times 1, 2, 4, ... members; on a CPU 1); picks of a kind that trains the backbone (lora, full_finetune) "
+        "run solo beside the slots",
     )
 
     @model_validator(mode="before")

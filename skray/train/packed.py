@@ -48,6 +48,7 @@ RESUME = "resume.pt"  # a running member's state at its last report; gone once i
 def packed_loop_per_worker(config: dict) -> None:
     """Ray Train's entry point for a slot: ``{"experiment": the run's ExperimentConfig dump,
     "cpus_per_worker", "log", "broker": the broker actor's name, "slot": this slot's number, "pack": seats,
+    "auto": whether the slot keeps fewer seats where more save no step time (``search.pack: auto``),
     "run_dir": where members write}``."""
     import ray
     import ray.train
@@ -63,6 +64,7 @@ def packed_loop_per_worker(config: dict) -> None:
             config["slot"],
             config["pack"],
             config["run_dir"],
+            config.get("auto", False),
         )
         slot.setup()
         slot.run()
@@ -99,12 +101,22 @@ class Member:
 class PackedSlot:
     """One worker's part of a slot: ``setup()`` (data, backbone), then ``run()`` (members until none is left)."""
 
-    def __init__(self, cfg: ExperimentConfig, cpus_per_worker: float, broker: Any, slot: int, pack: int, run_dir: str):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        cpus_per_worker: float,
+        broker: Any,
+        slot: int,
+        pack: int,
+        run_dir: str,
+        auto: bool = False,
+    ):
         self.cfg = cfg
         self.cpus_per_worker = cpus_per_worker
         self.broker = broker
         self.slot = slot
-        self.pack = pack
+        self.pack = pack  # the most seats: the run's, or with ``auto`` what the measured step time pays for
+        self.auto = auto
         self.run_dir = run_dir
         self.started = time.perf_counter()
         self.seats: list[Member] = []
@@ -113,7 +125,7 @@ class PackedSlot:
         self.members = 0  # members this slot took
         self.step0_val: dict[str, dict] = {}  # step-0 model (``step0_key``) -> its validation scores
         self.step0_test: dict[str, dict] = {}  # -> its test scores, once a member of it ends tested
-        self.timing = {"setup_s": 0.0, "steps_s": 0.0, "eval_s": 0.0, "write_s": 0.0}
+        self.timing = {"setup_s": 0.0, "seats_s": 0.0, "steps_s": 0.0, "eval_s": 0.0, "write_s": 0.0}
 
     def setup(self) -> None:
         """The data and the frozen backbone, once for every member this slot will train."""
@@ -177,6 +189,8 @@ class PackedSlot:
         import ray
 
         self._build(self._agree(ray.get(self.broker.rejoin.remote(self.slot)) if self.rank == 0 else None))
+        if self.auto:
+            self._choose_seats()
         self._fill()
         while self.seats:
             start = time.perf_counter()
@@ -199,8 +213,8 @@ class PackedSlot:
 
         timing = {k: round(v, 2) for k, v in self.timing.items()}
         if self.rank == 0:
-            print(f"skray: slot {self.slot} timing: {json.dumps(timing)}", flush=True)
-        ray.train.report({"done": True, "members": self.members, **timing})
+            print(f"skray: slot {self.slot} timing: {json.dumps(timing)} ({self.pack} seats)", flush=True)
+        ray.train.report({"done": True, "members": self.members, "seats": self.pack, **timing})
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """Members' passes in the run's precision: their weights are fp32 masters (a solo trial's are
@@ -238,12 +252,10 @@ class PackedSlot:
         """Seat members until the seats are full, memory holds no more, or the broker has none left:
         first the ones waiting, then new ones from the broker, built and measured as they come. The
         newly seated members' step-0 evaluation (validation and test) runs packed."""
-        import ray
-
         while True:
             offers = []
             while len(self.seats) + len(self.waiting) + len(offers) < self.pack:
-                offer = self._agree(ray.get(self.broker.ask.remote(self.slot)) if self.rank == 0 else None)
+                offer = self._ask()
                 if offer is None:
                     break
                 offers.append(offer)
@@ -251,6 +263,68 @@ class PackedSlot:
             seated = self._admit()
             if not offers or not seated:  # the broker has no more, or the seats or memory are full
                 return
+
+    def _ask(self) -> tuple | None:
+        """The broker's next configuration for this slot, on every rank (None: it has none left)."""
+        import ray
+
+        return self._agree(ray.get(self.broker.ask.remote(self.slot)) if self.rank == 0 else None)
+
+    def _choose_seats(self) -> None:
+        """``pack: auto``: the seats this slot keeps (``skray.train.step_curve``), timed on its first
+        member before any trains: a training pass of 1, 2, 4, ... copies of it on one micro batch, up to
+        what the run gave the slot and the worker's memory holds. One line says what was measured."""
+        import torch.distributed as dist
+
+        from skray.methods.packed import packed_forward
+        from skray.train.evaluate import all_reduce, task_loss
+        from skray.train.memory import release_freed_heap, seats_that_fit
+        from skray.train.step_curve import SAVING, curve_text, fastest_seconds, grow
+
+        while not self.waiting:  # a member that fails to build is ended; the next one is asked for
+            offer = self._ask()
+            if offer is None:
+                return
+            self._build([offer])
+        start, first = time.perf_counter(), self.waiting[0]
+        memory = seats_that_fit(self.held, [first.step_bytes] * self.pack, self.budget, self.device.type == "cuda")
+        batch = self._micro_batch(first)
+
+        def one_pass(n: int) -> None:
+            with self._autocast():
+                logits = packed_forward(
+                    self.backbone.model, [first.model] * n, [(batch["input_ids"], batch["attention_mask"])] * n
+                )
+                loss = sum(task_loss(out, batch["labels"], weight=self.class_weight) for out in logits)
+            loss.backward()
+
+        def pass_seconds(n: int) -> float:
+            (took,) = all_reduce([fastest_seconds(lambda: one_pass(n), self.device)], op=dist.ReduceOp.MAX)
+            return took
+
+        one_pass(1)  # untimed: the first pass pays for allocations and kernels' first use
+        given = self.pack  # no random draws in these passes: packable members and a frozen backbone have no dropout
+        self.pack, curve = grow(min(given, memory), pass_seconds)  # every rank alike: the times are reduced
+        first.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cpu":
+            release_freed_heap()  # what the passes freed, or every later pass runs slower (``release_freed_heap``)
+        self.timing["seats_s"] = time.perf_counter() - start
+        if self.rank == 0:
+            if self.pack == given:
+                why = "the most this slot was given"
+            elif self.pack == memory:
+                why = "what memory holds"
+            else:
+                n, bigger = self.pack, min(2 * self.pack, given, memory)
+                share = curve[bigger] / bigger, curve[n] / n
+                why = (
+                    f"a member's share of the pass is {share[0]:.3g} s at {bigger} against {share[1]:.3g} s at {n}: "
+                    f"not {SAVING:.0%} less"
+                )
+            print(
+                f"skray: slot {self.slot}: pack auto: {self.pack} seat(s), {why} (a pass of {curve_text(curve)})",
+                flush=True,
+            )
 
     def _build(self, offers: list[tuple]) -> None:
         """Build the members offered (one the method refuses fails alone, e.g. m != k for adapter
@@ -271,12 +345,10 @@ class PackedSlot:
         allocator reuses what an earlier member's pass freed and the resident peak would not move."""
         import torch.distributed as dist
 
-        from skray.data.collate import take
         from skray.train.evaluate import all_reduce
         from skray.train.memory import measure_activation_bytes, measure_step_peak_bytes
 
-        rows = torch.arange(member.cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
-        batch = {k: v.to(self.device) for k, v in take(self.data["train"], rows).items()}
+        batch = self._micro_batch(member)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         with self._autocast():
             measured = measure_step_peak_bytes(member.model, ids, mask) if self.device.type == "cuda" else None
@@ -285,15 +357,23 @@ class PackedSlot:
         (measured,) = all_reduce([float(measured)], op=dist.ReduceOp.MAX)
         return int(measured)
 
+    def _micro_batch(self, member: Member) -> dict[str, torch.Tensor]:
+        """The first ``micro_batch_size`` training rows, on this worker's device: what a step of the
+        member is measured on (its memory, the seats' step time)."""
+        from skray.data.collate import take
+
+        rows = torch.arange(member.cfg.train.micro_batch_size) % len(self.data["train"]["labels"])
+        return {k: v.to(self.device) for k, v in take(self.data["train"], rows).items()}
+
     def _admit(self) -> list[Member]:
-        """Seat the waiting members that memory holds beside the seated ones (``seats_that_fit``), in
-        order, and run their step-0 evaluation; returns them. A member taken up from its resume.pt has
-        had its step 0."""
+        """Seat the waiting members that the seats and memory hold beside the seated ones
+        (``seats_that_fit``), in order, and run their step-0 evaluation; returns them. A member taken up
+        from its resume.pt has had its step 0."""
         from skray.train.memory import seats_that_fit
 
         costs = [m.step_bytes for m in self.seats + self.waiting]
         fit = seats_that_fit(self.held, costs, self.budget, self.device.type == "cuda") - len(self.seats)
-        if fit < len(self.waiting) and self.rank == 0 and not self.said_memory:
+        if fit < min(len(self.waiting), self.pack - len(self.seats)) and self.rank == 0 and not self.said_memory:
             self.said_memory = True
             print(
                 f"skray: slot {self.slot}: memory holds {len(self.seats) + max(fit, 0)} members at once, not "
@@ -302,7 +382,8 @@ class PackedSlot:
                 f"for a seat",
                 flush=True,
             )
-        seated, self.waiting = self.waiting[: max(fit, 0)], self.waiting[max(fit, 0) :]
+        fit = max(0, min(fit, self.pack - len(self.seats)))  # a restarted slot may rejoin more than it seats
+        seated, self.waiting = self.waiting[:fit], self.waiting[fit:]
         fresh = [m for m in seated if not m.state.zero_shot]  # the others go on from their resume.pt
         if fresh:
             self._zero_shot(fresh)
