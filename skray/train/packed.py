@@ -279,7 +279,7 @@ class PackedSlot:
         from skray.methods.packed import packed_forward
         from skray.train.evaluate import all_reduce, task_loss
         from skray.train.memory import release_freed_heap, seats_that_fit
-        from skray.train.step_curve import SAVING, curve_text, fastest_seconds, grow
+        from skray.train.step_curve import fastest_seconds, grow, seats_line
 
         while not self.waiting:  # a member that fails to build is ended; the next one is asked for
             offer = self._ask()
@@ -310,21 +310,7 @@ class PackedSlot:
             release_freed_heap()  # what the passes freed, or every later pass runs slower (``release_freed_heap``)
         self.timing["seats_s"] = time.perf_counter() - start
         if self.rank == 0:
-            if self.pack == given:
-                why = "the most this slot was given"
-            elif self.pack == memory:
-                why = "what memory holds"
-            else:
-                n, bigger = self.pack, min(2 * self.pack, given, memory)
-                share = curve[bigger] / bigger, curve[n] / n
-                why = (
-                    f"a member's share of the pass is {share[0]:.3g} s at {bigger} against {share[1]:.3g} s at {n}: "
-                    f"not {SAVING:.0%} less"
-                )
-            print(
-                f"skray: slot {self.slot}: pack auto: {self.pack} seat(s), {why} (a pass of {curve_text(curve)})",
-                flush=True,
-            )
+            print(f"skray: slot {self.slot}: pack auto: {seats_line(self.pack, curve, given, memory)}", flush=True)
 
     def _build(self, offers: list[tuple]) -> None:
         """Build the members offered (one the method refuses fails alone, e.g. m != k for adapter

@@ -1,9 +1,10 @@
 """How many members a ``pack: auto`` slot seats: as many as make a training step cheaper per member.
 
 A packed step is one backbone pass over every member's rows. Where the device runs one member's small
-batch far below its capacity (a GPU: on an H200 a step of 16 SmolLM2 members cost 2.2x one member's,
-docs/SCALING.md), more members in the pass come almost free until the device is busy; where it is busy
-already (a CPU core: 2 members cost twice one), more seats save no step time, hold more memory and give
+batch far below its capacity (a GPU: on an H200 a step of 16 SmolLM2 members cost 1.6-2.7x one
+member's, docs/SCALING.md), more members in the pass come almost free until the device is busy; where it
+is busy already (a CPU core: 2 members cost 1.74-1.81x one, 4 members 3.6-4x), more seats save little
+or no step time, hold more memory and give
 Optuna its results later (members that run one after another in a seat let each ask learn from the
 last). So a slot times a training pass (forward and backward, no optimizer step) of 1, 2, 4, ...
 copies of its first member on one micro batch, and goes on doubling while a doubling cuts each member's
@@ -48,7 +49,17 @@ def fastest_seconds(run: Callable[[], None], device: torch.device) -> float:
     return min(timed() for _ in range(REPEATS))
 
 
-def curve_text(curve: dict[int, float]) -> str:
-    """``1, 2, 4 members: 0.31, 0.60, 1.22 s`` for a line."""
+def seats_line(seats: int, curve: dict[int, float], given: int, memory: int) -> str:
+    """What a slot kept and why, with the curve: ``2 seat(s), what memory holds (a pass of 1, 2
+    member(s): 0.31, 0.35 s)``; ``given`` the seats the run gave the slot, ``memory`` what fits."""
+    if seats == given:
+        why = "the most this slot was given"
+    elif seats == memory:
+        why = "what memory holds"
+    else:
+        bigger = min(2 * seats, given, memory)
+        share = curve[bigger] / bigger, curve[seats] / seats
+        why = f"a member's share of the pass is {share[0]:.3g} s at {bigger} against {share[1]:.3g} s at {seats}: "
+        why += f"not {SAVING:.0%} less"
     sizes = ", ".join(str(n) for n in curve)
-    return f"{sizes} member(s): {', '.join(f'{s:.3g}' for s in curve.values())} s"
+    return f"{seats} seat(s), {why} (a pass of {sizes} member(s): {', '.join(f'{s:.3g}' for s in curve.values())} s)"
