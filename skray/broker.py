@@ -32,7 +32,7 @@ from skray.config import ExperimentConfig, selection_metric
 from skray.errors import ConfigError
 
 # search.pack auto's most seats per slot. Each slot keeps fewer where its measured step time says more
-# save nothing (skray.train.step_curve: on a CPU, 1); on an H200, 16 SmolLM2 members ran 13.3x as many
+# save nothing (skray.train.step_curve: 1-2 on 2 CPU cores); on an H200, 16 SmolLM2 members ran 13.3x as many
 # configurations an hour as one (docs/SCALING.md), and 32 were not measured.
 PACK_LIMIT = 32
 NAMESPACE = "skray"  # where a run's broker is named (``broker_name``), for slots and the progress lines
