@@ -4,11 +4,11 @@ A packed step is one backbone pass over every member's rows. Where the device ru
 batch far below its capacity (a GPU: on an H200 a step of 16 SmolLM2 members cost 1.6-2.7x one
 member's, docs/SCALING.md), more members in the pass come almost free until the device is busy; where it
 is busy already (a CPU core: 2 members cost 1.74-1.81x one, 4 members 3.6-4x), more seats save little
-or no step time, hold more memory and give
-Optuna its results later (members that run one after another in a seat let each ask learn from the
-last). So a slot times a training pass (forward and backward, no optimizer step) of 1, 2, 4, ...
-copies of its first member on one micro batch, and goes on doubling while a doubling cuts each member's
-share of the pass by at least ``SAVING``; the run's pack and the worker's memory bound it.
+or no step time, hold more memory and give Optuna its results later (members that run one after
+another in a seat let each ask learn from the last). So a slot times a training pass (forward and
+backward, no optimizer step) of 1, 2, 4, ... copies of its first member on one micro batch, and goes on
+doubling while a doubling cuts each member's share of the pass by at least ``SAVING``; the run's pack
+and the worker's memory bound it.
 """
 
 from __future__ import annotations
