@@ -18,15 +18,22 @@ load from disk as a trial does; ``--shape`` swaps in another Llama's sizes): ran
 time and memory, not accuracy.
 
     python benchmarks/gpu_packing.py --backbone DIR --data rows.csv [--packs 16 32] [--auto] [--solo 3]
-                                     [--shape 1b --set train.zero_stage=3]
+                                     [--shape 1b --set train.zero_stage=3] [--profile]
+
+``--profile`` runs the first configuration once more, solo, under ``cProfile`` and ``torch.profiler``
+(after the timed arms, so it slows none of them) and prints where its wall time went: the device's
+busy time against the wall, the torch ops by host time, the Python functions by own and total time.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import math
 import os
+import pstats
 import random
 import shutil
 import sys
@@ -168,6 +175,43 @@ def solo(base, params: list[dict], storage: Path) -> list[dict]:
     return rows
 
 
+def profile(base, params: dict, storage: Path) -> None:
+    """One solo configuration under both profilers: is its wall the device's work or the host's?"""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from skray.train.recipe import SKTuningRecipe
+
+    reports: list[dict] = []
+    storage.mkdir(parents=True)
+    without_ray(storage, reports)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if GPU else [])
+    python = cProfile.Profile()
+    start = time.perf_counter()
+    with torch_profile(activities=activities) as ops:
+        python.enable()
+        recipe = SKTuningRecipe(experiment(base, params, storage), cpus_per_worker=os.cpu_count() or 1)
+        recipe.setup()
+        recipe.train()
+        python.disable()
+    wall = time.perf_counter() - start
+    events = ops.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6 if GPU else float("nan")
+    s = recipe.state
+    print(
+        f"profile: wall {wall:.1f} s (profiled), steps {s.train_s:.1f} s, evaluation {s.eval_s:.1f} s, "
+        f"device busy {busy:.1f} s, torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25), flush=True)
+    if GPU:
+        print(events.table(sort_by="self_device_time_total", row_limit=15), flush=True)
+    for order in ("tottime", "cumulative"):
+        text = io.StringIO()
+        pstats.Stats(python, stream=text).sort_stats(order).print_stats(30)
+        print(text.getvalue(), flush=True)
+
+
 def packed(base, params: list[dict], storage: Path, auto: bool) -> dict:
     """One slot of ``len(params)`` members (with ``auto``, of the seats its step time pays for, at most
     that), fed until every configuration has run."""
@@ -214,6 +258,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--eval-every", type=int, default=12)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override")
+    p.add_argument("--profile", action="store_true", help="then profile the first configuration solo")
     args = p.parse_args()
 
     from skray.config import load_config
@@ -264,6 +309,8 @@ def main() -> None:
             table.append(row)
         print(solo_rows.to_markdown(index=False, floatfmt=".4g"))
         print(pd.DataFrame(table).to_markdown(index=False, floatfmt=".4g"))
+        if args.profile:
+            profile(base, params[0], storage / "profile")
 
 
 if __name__ == "__main__":
