@@ -20,9 +20,11 @@ time and memory, not accuracy.
     python benchmarks/gpu_packing.py --backbone DIR --data rows.csv [--packs 16 32] [--auto] [--solo 3]
                                      [--shape 1b --set train.zero_stage=3] [--profile]
 
-``--profile`` runs the first configuration once more, solo, under ``cProfile`` and ``torch.profiler``
-(after the timed arms, so it slows none of them) and prints where its wall time went: the device's
-busy time against the wall, the torch ops by host time, the Python functions by own and total time.
+``--profile`` runs the first configuration once more, solo and short (``PROFILED``: 4 steps, 64
+validation and test rows; profilers slow a run several times), under ``cProfile`` and
+``torch.profiler``, after the timed arms so it slows none of them, and prints where its wall went:
+the device's busy time against the wall, the torch ops by host time, the Python functions by own and
+total time.
 """
 
 from __future__ import annotations
@@ -43,10 +45,14 @@ import types
 from pathlib import Path
 
 import torch
-from gpu_check import SHAPES  # beside this script: "1b" is TinyLlama-1.1B's sizes
+from gpu_check import SHAPES as LLAMAS  # beside this script: "1b" is TinyLlama-1.1B's sizes
 from gpu_smoke import GPU, one_process_group  # sets DS_ACCELERATOR before DeepSpeed is imported
 
 QUICKSTART = Path(__file__).parents[1] / "experiments" / "quickstart.yaml"
+# "thin" keeps the backbone's layers and heads at a width of 8 per head: every op of a step is there at
+# almost no arithmetic, so its wall on a CPU is the host's cost per op that a fast GPU waits on.
+SHAPES = {**LLAMAS, "thin": {"hidden_size": 72, "intermediate_size": 144}}
+PROFILED = {"max_steps": 4, "eval_every": 4}, {"max_eval_samples": 64, "max_test_samples": 64}
 
 
 class _Remote:
@@ -176,7 +182,7 @@ def solo(base, params: list[dict], storage: Path) -> list[dict]:
 
 
 def profile(base, params: dict, storage: Path) -> None:
-    """One solo configuration under both profilers: is its wall the device's work or the host's?"""
+    """One short solo configuration under both profilers: is its wall the device's work or the host's?"""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -185,12 +191,18 @@ def profile(base, params: dict, storage: Path) -> None:
     reports: list[dict] = []
     storage.mkdir(parents=True)
     without_ray(storage, reports)
+    cfg = experiment(base, params, storage)
+    train, data = (
+        part.model_copy(update={k: min(v, getattr(part, k) or v) for k, v in short.items()})
+        for part, short in zip((cfg.train, cfg.data), PROFILED, strict=True)
+    )
+    cfg = cfg.model_copy(update={"train": train, "data": data})
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if GPU else [])
     python = cProfile.Profile()
     start = time.perf_counter()
     with torch_profile(activities=activities) as ops:
         python.enable()
-        recipe = SKTuningRecipe(experiment(base, params, storage), cpus_per_worker=os.cpu_count() or 1)
+        recipe = SKTuningRecipe(cfg, cpus_per_worker=os.cpu_count() or 1)
         recipe.setup()
         recipe.train()
         python.disable()

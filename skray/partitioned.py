@@ -72,10 +72,10 @@ def largest_module_params(model: nn.Module) -> int:
     return max((sum(full_numel(p) for p in m.parameters(recurse=False)) for m in model.modules()), default=0)
 
 
-def materialized_param_bytes(model: nn.Module) -> int:
+def materialized_param_bytes(params: list[nn.Parameter]) -> int:
     """Parameter bytes this rank holds right now: whole tensors, plus its ZeRO-3 partitions."""
     total = 0
-    for p in model.parameters():
+    for p in params:
         total += p.data.numel() * p.element_size()
         partition = getattr(p, "ds_tensor", None)
         if partition is not None:
@@ -84,33 +84,40 @@ def materialized_param_bytes(model: nn.Module) -> int:
 
 
 class ParamPeak:
-    """The most parameter bytes this rank held at once, sampled as every module's forward returns
-    (its weights still gathered: ZeRO-3 releases them in hooks registered after this one), as its
-    backward starts, and whenever ``sample`` is called; attached from load time through the first
-    training step (sampling costs a pass over the parameters per module)."""
+    """The most parameter bytes this rank held at once, from load time through the first training step.
+
+    Only ZeRO 3 changes what a rank holds as modules run (it gathers each module's weights for its
+    forward and backward), so only a partitioned model is sampled as every module's forward returns
+    (its weights still gathered: ZeRO 3 releases them in hooks registered after this one) and as its
+    backward starts; otherwise the bytes are read when attached and at each ``sample`` call. A sample
+    is a pass over the parameters, so the hooks come off at ``detach``: sampling on every module of a
+    model that never gathers cost a solo trial most of its step-0 evaluation (a profile, 2026-12-04)."""
 
     def __init__(self, model: nn.Module):
-        self.model = model
-        self.peak = materialized_param_bytes(model)
-        modules = list(model.modules())
-        self._handles = [m.register_forward_hook(self._hook) for m in modules]
-        self._handles += [m.register_full_backward_pre_hook(self._hook) for m in modules]
+        self.params = list(model.parameters())
+        self.peak = materialized_param_bytes(self.params)
+        self._handles = []
+        if is_partitioned(model):
+            modules = list(model.modules())
+            self._handles = [m.register_forward_hook(self._hook) for m in modules]
+            self._handles += [m.register_full_backward_pre_hook(self._hook) for m in modules]
+        self._attached = True
 
     def _hook(self, module: nn.Module, *args: object) -> None:
         self.sample()
 
     def sample(self) -> int:
         """The peak so far, this moment included (while attached)."""
-        if self._handles:
-            self.peak = max(self.peak, materialized_param_bytes(self.model))
+        if self._attached:
+            self.peak = max(self.peak, materialized_param_bytes(self.params))
         return self.peak
 
     def detach(self) -> int:
-        """Stop sampling (it costs a pass over the parameters per module); return the peak."""
+        """Stop sampling; return the peak."""
         self.sample()
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        self._handles, self._attached = [], False
         return self.peak
 
 

@@ -274,3 +274,19 @@ def test_cpu_budget_counts_what_the_worker_already_holds(monkeypatch):
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: NothingFree())
     assert worker_budget_bytes(False, 2) >= psutil.Process().memory_info().rss > 0
+
+
+def test_param_peak_only_samples_a_model_that_gathers(decoder):
+    """A backbone held whole (ZeRO 0-2) holds the same bytes all along: ParamPeak reads them when
+    attached and adds no hook to its modules (a sample on every module's forward cost a solo trial
+    most of its step-0 evaluation); a ZeRO-3 backbone is sampled module by module
+    (tests/test_ray_runs.py::test_zero3_never_holds_the_whole_backbone_from_load_on)."""
+    from skray.partitioned import ParamPeak
+
+    model = decoder.model
+    whole = sum(p.numel() * p.element_size() for p in model.parameters())
+    peak = ParamPeak(model)
+    assert not any(m._forward_hooks or m._backward_pre_hooks for m in model.modules())
+    model(*ids(2, 5))
+    assert peak.sample() == whole
+    assert peak.detach() == whole
