@@ -181,3 +181,27 @@ def test_word_linear_head_and_its_calibration_under_zero3(one_rank, tiny_llama_d
         got = engine(ids, mask)
         want = plain.eval()(ids, mask)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mixer", "mlp"])
+def test_all_layers_at_once_are_each_layer_alone(kind):
+    """PerLayer runs every layer's adapter in one vmapped pass over stacked weights: the same keys,
+    values and gradients as each layer's KVAdapter on its own."""
+    from skray.methods.adapters import kv_adapter
+
+    torch.manual_seed(0)
+    k, m = (5, 3) if kind == "mixer" else (5, 5)
+    adapters = kv_adapter(kind, 4, k, m, 24, 8, rank=4)
+    for p in adapters.parameters():  # away from the identity start, so every weight matters
+        p.data += 0.1 * torch.randn_like(p)
+    keys, values = torch.randn(4, k, 24), torch.randn(4, k, 24)
+    batched = adapters(keys, values)
+    sum(t.square().sum() for t in batched).backward()
+    grads = [p.grad.clone() for p in adapters.parameters()]
+    adapters.zero_grad()
+    alone = [layer(kk, vv) for layer, kk, vv in zip(adapters, keys, values, strict=True)]
+    sum(t.square().sum() for pair in alone for t in pair).backward()
+    for got, want in zip(batched, zip(*alone, strict=True), strict=True):
+        torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-6)
+    for got, p in zip(grads, adapters.parameters(), strict=True):
+        torch.testing.assert_close(got, p.grad, rtol=1e-5, atol=1e-6)

@@ -29,6 +29,7 @@ from skray.train.deepspeed import build_engine, lr_factor
 from skray.train.evaluate import evaluate, task_loss
 from skray.train.packed import Member, PackedSlot, evaluate_packed
 from tests.conftest import (
+    _llama,
     assert_one_mlflow_run_per_trial,
     assert_study_matches,
     minilm_tokenizer,
@@ -696,3 +697,35 @@ def test_a_bf16_slot_keeps_its_backbone_in_bf16_and_its_members_as_fp32_masters(
         )
         assert scores["loss"] == pytest.approx(solo["loss"], abs=0.05)
     assert {p.dtype for p in backbone.model.parameters()} == {torch.bfloat16}
+
+
+def test_a_members_ops_in_a_packed_pass_do_not_grow_with_depth():
+    """A GPU waits on every small op the host issues, so what a member adds to a packed pass (its
+    prefix, its share of the cache, its head: forward and backward) must not be a loop over layers:
+    the ops one more SK-Prefix member adds are the same on a 2-layer and a 6-layer backbone. Views
+    (metadata, no work launched) are not counted: the gradient of the layers' stacked weights comes
+    back as one slice per layer's own weight."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    def ops(layers: int, members: int) -> int:
+        llama = _llama(hidden_size=32, intermediate_size=64, num_hidden_layers=layers)
+        backbone = Backbone(llama, minilm_tokenizer(), True)
+        models = [_member(backbone, MEMBERS[0][0]) for _ in range(members)]
+        data = _data(backbone)
+        batch = take(data, torch.arange(4))
+        with Count() as count:
+            logits = packed_forward(backbone.model, models, [(batch["input_ids"], batch["attention_mask"])] * members)
+            sum(out.sum() for out in logits).backward()
+        return count.ops
+
+    per_member = {layers: ops(layers, 3) - ops(layers, 2) for layers in (2, 6)}
+    assert per_member[6] == per_member[2], per_member

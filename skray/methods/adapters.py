@@ -124,11 +124,21 @@ class KVAdapter(nn.Module):
 
 
 class PerLayer(nn.ModuleList):
-    """One KVAdapter per layer, applied to the stacked (layers, k, dim) prompt keys and values."""
+    """One KVAdapter per layer, applied to the stacked (layers, k, dim) prompt keys and values.
+
+    All layers run at once: each weight stacked over the layers and KVAdapter's forward vmapped over
+    them, a dozen ops whatever the depth. A loop over layers issues ~10 small ops per layer, forward
+    and backward, for every member of a packed pass, and a GPU waits on each (docs/SCALING.md). A
+    partitioned adapter (ZeRO 3 gathers each layer's weights as its own forward runs) keeps the loop."""
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [adapter(k, v) for adapter, k, v in zip(self, keys, values, strict=True)]
-        return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+        per_layer = [dict(adapter.named_parameters()) for adapter in self]
+        if any(hasattr(p, "ds_id") for p in per_layer[0].values()):
+            pairs = [adapter(k, v) for adapter, k, v in zip(self, keys, values, strict=True)]
+            return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+        stacked = {name: torch.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
+        one = self[0]
+        return torch.func.vmap(lambda w, k, v: torch.func.functional_call(one, w, (k, v)))(stacked, keys, values)
 
 
 class SharedHeadLinear(nn.Module):

@@ -22,12 +22,13 @@ import hashlib
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 from transformers import DynamicCache
 
 from skray.methods.base import TaskModel
 from skray.methods.heads import MeanLinearHead, pool
 from skray.methods.peft_baselines import PeftBaseline
-from skray.methods.sk_prefix import SKPrefix
+from skray.methods.sk_prefix import SKPrefix, StackedKV, layer_cache, stack_layers
 from skray.methods.sk_prompt import SKPrompt
 
 # The kinds whose backbone stays frozen and whose virtual part this module joins (LoRA changes the
@@ -38,11 +39,12 @@ PACKABLE = frozenset({"sk_prefix", "sk_prompt", "linear_probe", "prefix_tuning",
 
 @dataclass
 class Virtual:
-    """What one member joins to each of its rows: embeddings (m, d) in front of its tokens, or
-    per-layer keys/values (1, heads, m, head_dim) with its tokens' positions starting at ``start``."""
+    """What one member joins to each of its rows: embeddings (m, d) in front of its tokens, or every
+    layer's keys/values, stacked (layers, 1, heads, m, head_dim), with its tokens' positions starting
+    at ``start``."""
 
     embeds: torch.Tensor | None = None
-    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    kv: StackedKV | None = None
     start: int = 0
 
     @property
@@ -51,19 +53,20 @@ class Virtual:
 
     @property
     def kv_length(self) -> int:
-        return 0 if self.kv is None else self.kv[0][0].shape[2]
+        return 0 if self.kv is None else self.kv[0].shape[3]
 
 
 def virtual(member: TaskModel) -> Virtual:
     """A member's virtual part, computed with gradients where it trains."""
     if isinstance(member, SKPrefix):
-        return Virtual(kv=member.prefix_kv(), start=member.prompt_tokens)
+        return Virtual(kv=member.prefix_stack(), start=member.prompt_tokens)
     if isinstance(member, SKPrompt):
         return Virtual(embeds=member.adapter(member.prompt_states))
     if isinstance(member, PeftBaseline) and member.kind in PACKABLE:
         prompt = member.peft.get_prompt(1)  # PEFT's own: embeddings, or a cache for prefix tuning
         if member.kind == "prefix_tuning":  # PEFT's forward passes it as the past: the input's positions follow it
-            return Virtual(kv=[(layer.keys, layer.values) for layer in prompt.layers], start=member.prefix_length)
+            kv = stack_layers([(layer.keys, layer.values) for layer in prompt.layers])
+            return Virtual(kv=kv, start=member.prefix_length)
         return Virtual(embeds=prompt[0])
     if type(member) is TaskModel:
         return Virtual()
@@ -77,7 +80,7 @@ def step0_key(member: TaskModel) -> str:
     digest = hashlib.sha1(type(member).__name__.encode())
     with torch.no_grad():
         part = virtual(member)
-        tensors = [part.embeds] if part.embeds is not None else [t for kv in part.kv or [] for t in kv]
+        tensors = [part.embeds] if part.embeds is not None else list(part.kv or [])
         tensors += [t for _, t in sorted(member.head.state_dict().items())]
     digest.update(f"{part.start}:{part.embeds_length}:{part.kv_length}:{member.token_level}".encode())
     for t in tensors:
@@ -138,24 +141,20 @@ def _head(member: TaskModel, hidden: torch.Tensor, mask: torch.Tensor) -> torch.
 def _packed_cache(
     backbone: torch.nn.Module, parts: list[Virtual], sizes: list[int], past: int, dtype: torch.dtype
 ) -> DynamicCache:
-    """Per layer, every row's keys/values: its member's m in front, zeros (masked) after; zeros for
-    members without any."""
-    layers = next(p.kv for p in parts if p.kv is not None)
-    cache = DynamicCache(config=backbone.config)
-    for layer, (keys0, _) in enumerate(layers):
-        heads, head_dim = keys0.shape[1], keys0.shape[3]
-        keys, values = [], []
-        for part, n in zip(parts, sizes, strict=True):
-            k = keys0.new_zeros(n, heads, past, head_dim, dtype=dtype)
-            v = torch.zeros_like(k)
-            if part.kv is not None:
-                pk, pv = part.kv[layer]
-                k = torch.cat([pk.to(dtype).expand(n, -1, -1, -1), k[:, :, pk.shape[2] :]], dim=2)
-                v = torch.cat([pv.to(dtype).expand(n, -1, -1, -1), v[:, :, pv.shape[2] :]], dim=2)
-            keys.append(k)
-            values.append(v)
-        cache.update(torch.cat(keys), torch.cat(values), layer)
-    return cache
+    """Every row's keys/values, all layers at once: its member's m in front, zeros (masked) after;
+    zeros for members without any. A few ops per member whatever the depth (a GPU waits on each)."""
+    first = next(p.kv for p in parts if p.kv is not None)[0]
+    layers, _, heads, _, head_dim = first.shape
+    keys, values = [], []
+    for part, n in zip(parts, sizes, strict=True):
+        if part.kv is None:
+            zeros = first.new_zeros(layers, n, heads, past, head_dim, dtype=dtype)
+            keys.append(zeros)
+            values.append(zeros)
+            continue
+        for t, into in zip(part.kv, (keys, values), strict=True):
+            into.append(F.pad(t.to(dtype), (0, 0, 0, past - part.kv_length)).expand(-1, n, -1, -1, -1))
+    return layer_cache(backbone.config, torch.cat(keys, dim=1), torch.cat(values, dim=1))
 
 
 def packable(kind: str, is_decoder: bool = True) -> bool:

@@ -12,6 +12,7 @@ from skray.methods.adapters import kv_adapter
 from skray.methods.base import SKModel
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values as (1, heads, positions, head_dim)
+StackedKV = tuple[torch.Tensor, torch.Tensor]  # keys, values of every layer: (layers, 1, heads, positions, head_dim)
 
 
 class SKPrefix(SKModel):
@@ -45,24 +46,27 @@ class SKPrefix(SKModel):
         self.backbone.base_model(**inputs, cache=cache, use_cache=True)
         return [(layer.keys, layer.values) for layer in cache.layers]
 
-    def prefix_kv(self) -> LayerKV:
-        """The prefix's keys and values per layer, for one row (m positions)."""
+    def prefix_stack(self) -> StackedKV:
+        """The prefix's keys and values, every layer's stacked, for one row (m positions)."""
         if self.adapter_kind == "free":
             self.prompt_passes += 1
-            return self._read_prompt(inputs_embeds=self.prompt_embeds.unsqueeze(0))
+            return stack_layers(self._read_prompt(inputs_embeds=self.prompt_embeds.unsqueeze(0)))
         keys, values = self.adapters(self.prompt_keys, self.prompt_values)
-        return [(self._per_head(k), self._per_head(v)) for k, v in zip(keys, values, strict=True)]
+        return self._per_head(keys), self._per_head(values)
+
+    def prefix_kv(self) -> LayerKV:
+        """The prefix's keys and values per layer, for one row (m positions)."""
+        keys, values = self.prefix_stack()
+        return list(zip(keys.unbind(0), values.unbind(0), strict=True))
 
     def prefix_cache(self, batch_size: int) -> DynamicCache:
         """The prefix as a fresh cache (the forward pass appends to it, so one per call)."""
-        cache = DynamicCache(config=self.backbone.config)
-        for layer, (keys, values) in enumerate(self.prefix_kv()):
-            cache.update(keys.expand(batch_size, -1, -1, -1), values.expand(batch_size, -1, -1, -1), layer)
-        return cache
+        keys, values = (t.expand(-1, batch_size, -1, -1, -1) for t in self.prefix_stack())
+        return layer_cache(self.backbone.config, keys, values)
 
     def _per_head(self, states: torch.Tensor) -> torch.Tensor:
-        """(m, heads * head_dim) -> (1, heads, m, head_dim), the cache's layout."""
-        return states.view(self.prefix_length, self.kv_heads, self.head_dim).transpose(0, 1).unsqueeze(0)
+        """(layers, m, heads * head_dim) -> (layers, 1, heads, m, head_dim), the cache's layout."""
+        return states.unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2).unsqueeze(1)
 
     def position_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The input's positions start at k, right after the prompt the keys/values were computed
@@ -80,6 +84,19 @@ class SKPrefix(SKModel):
             use_cache=True,
         )
         return out.last_hidden_state
+
+
+def stack_layers(layers: LayerKV) -> StackedKV:
+    """Per-layer keys and values, stacked over the layers."""
+    return torch.stack([k for k, _ in layers]), torch.stack([v for _, v in layers])
+
+
+def layer_cache(config: object, keys: torch.Tensor, values: torch.Tensor) -> DynamicCache:
+    """A cache holding stacked (layers, rows, heads, positions, head_dim) keys and values, one layer each."""
+    cache = DynamicCache(config=config)
+    for layer, (k, v) in enumerate(zip(keys.unbind(0), values.unbind(0), strict=True)):
+        cache.update(k, v, layer)
+    return cache
 
 
 def flatten_heads(states: torch.Tensor) -> torch.Tensor:
