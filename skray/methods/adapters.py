@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from skray.partitioned import is_partitioned
+
 Adapter = Literal["mixer", "linear", "mlp", "free"]
 Cached = Literal["mixer", "linear", "mlp"]  # the kinds that adapt the cached prompt pass (free reruns it)
 Refined = Literal["mixer", "mlp"]  # a token mixer (identity for mlp), then residual refiners
@@ -132,10 +134,10 @@ class PerLayer(nn.ModuleList):
     partitioned adapter (ZeRO 3 gathers each layer's weights as its own forward runs) keeps the loop."""
 
     def forward(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        per_layer = [dict(adapter.named_parameters()) for adapter in self]
-        if any(hasattr(p, "ds_id") for p in per_layer[0].values()):
+        if is_partitioned(self):
             pairs = [adapter(k, v) for adapter, k, v in zip(self, keys, values, strict=True)]
             return torch.stack([k for k, _ in pairs]), torch.stack([v for _, v in pairs])
+        per_layer = [dict(adapter.named_parameters()) for adapter in self]
         stacked = {name: torch.stack([layer[name] for layer in per_layer]) for name in per_layer[0]}
         one = self[0]
         return torch.func.vmap(lambda w, k, v: torch.func.functional_call(one, w, (k, v)))(stacked, keys, values)
