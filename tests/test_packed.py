@@ -565,21 +565,22 @@ def test_a_packed_compare_packs_what_it_can_runs_lora_solo_beside_and_a_member_t
 ):
     """compare packs the methods x seeds that share a frozen backbone into one slot and runs LoRA's
     seeds as solo trials in the same run; a member its method refuses (adapter linear keeps m = k, and
-    m is not k here) is its own failed row, with the error, while the others complete beside it."""
+    m is not k here) is its own failed row, with the error, and the slot goes on with the others: here
+    the refused ones fill both seats first, and the slot must ask again rather than end empty."""
     from skray.config import parse_config
     from skray.results import load_results
     from skray.run import run_experiment
 
     bad = {"kind": "sk_prefix", "adapter": "linear", "prefix_length": 1}
     raw = tiny_experiment(train__max_steps=4, train__eval_every=2).model_dump()
-    cfg = parse_config(raw | {"compare": {"methods": ["sk_prefix", bad, "lora"], "seeds": [0, 1]}})
+    cfg = parse_config(raw | {"compare": {"methods": [bad, "sk_prefix", "lora"], "seeds": [0, 1], "pack": 2}})
     run_dir, summary = run_experiment(cfg, "compare", verbose=False)
     out, err = capsys.readouterr()
-    assert "4 trials as members of 1 slot(s) of up to 4 seats" in err, err
+    assert "4 trials as members of 1 slot(s) of 2," in err, err
     assert "2 trials run solo beside them" in err, err
     assert len(summary) == 3  # compare's table: a row per method
     table = load_results(run_dir)
-    assert len(table) == 6
+    assert len(table) == 6, table[["trial", "method", "status", "slot"]].to_string()
     assert table.slot.eq(0).sum() == 4
     assert table[table.method == "lora"].slot.isna().all()
     failed = table[table.status == "error"]

@@ -261,8 +261,8 @@ class PackedSlot:
                 offers.append(offer)
             self._build(offers)
             seated = self._admit()
-            if not offers or not seated:  # the broker has no more, or the seats or memory are full
-                return
+            if not offers or not seated and self.waiting:  # the broker has no more, or seats or memory are full
+                return  # (offers that all failed to build leave room: ask again)
 
     def _ask(self) -> tuple | None:
         """The broker's next configuration for this slot, on every rank (None: it has none left)."""
