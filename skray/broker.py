@@ -376,11 +376,15 @@ class MemberCallbacks(tune.Callback):
 
     def __init__(self, callbacks: list[tune.Callback], run_dir: str) -> None:
         self.callbacks, self.run_dir = callbacks, run_dir
-        self.seen, self.members = 0, {}
+        self.seen, self.members, self.asked = 0, {}, None
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "asked"}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self.seen, self.members = 0, {}  # a resumed run's broker is new, and tells its story from the start
+        # a resumed run's broker is new, and tells its story from the start
+        self.seen, self.members, self.asked = 0, {}, None
 
     def setup(self, **info: Any) -> None:
         for c in self.callbacks:
@@ -394,13 +398,13 @@ class MemberCallbacks(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._solo("on_trial_complete", iteration, trials, trial, **info)
-        self.on_step_end(iteration, trials)
+        self._poll(iteration, wait=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._solo("on_trial_error", iteration, trials, trial, **info)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.on_step_end(0, trials)
+        self._poll(0, wait=True)
 
     def _solo(self, hook: str, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not _is_slot(trial):
@@ -409,12 +413,38 @@ class MemberCallbacks(tune.Callback):
                 getattr(c, hook)(iteration, solo, _named(trial), **info)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._poll(iteration, wait=False)
+
+    def _poll(self, iteration: int, wait: bool) -> None:
+        """The broker's new events, forwarded. Tune's loop does not wait for them (``wait`` False): the
+        broker answers after the call it is busy with (a slot's ask, Optuna's sampling) or, at first,
+        after its process has started, and blocking on it stalled the driver 3-5 s ("callbacks.on_step_end
+        took ..."). A trial's end and the run's end wait, so that every event is forwarded by then."""
+        if self.asked is not None and (wait or ray.wait([self.asked], timeout=0)[0]):
+            self._forward(iteration, self._answer())
+        if wait:  # and what the broker has told since
+            self._ask()
+            if self.asked is not None:
+                self._forward(iteration, self._answer())
+        elif self.asked is None:
+            self._ask()
+
+    def _ask(self) -> None:
+        try:
+            self.asked = ray.get_actor(broker_name(self.run_dir), namespace=NAMESPACE).events.remote(self.seen)
+        except ValueError:  # no broker (yet, or any more)
+            self.asked = None
+
+    def _answer(self) -> list[tuple[str, str, dict | None]]:
+        asked, self.asked = self.asked, None
+        try:
+            return ray.get(asked)
+        except ray.exceptions.RayActorError:  # the broker ended (a finished or failed run) before it answered
+            return []
+
+    def _forward(self, iteration: int, events: list[tuple[str, str, dict | None]]) -> None:
         from skray.train.packed import MEMBER_DIR
 
-        try:
-            events = ray.get(ray.get_actor(broker_name(self.run_dir), namespace=NAMESPACE).events.remote(self.seen))
-        except ValueError:  # no broker (yet, or any more)
-            return
         self.seen += len(events)
         for kind, member, payload in events:
             if kind == "start":
