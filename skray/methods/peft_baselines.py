@@ -6,26 +6,23 @@ every method shares skray's heads, pooling, data and training loop: only what tr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import (
-    LoraConfig,
-    PeftConfig,
-    PrefixTuningConfig,
-    PromptEncoderConfig,
-    PromptTuningConfig,
-    PromptTuningInit,
-    TaskType,
-    get_peft_model,
-)
 
 from skray.backbones import Backbone
 from skray.config import MethodConfig
 from skray.errors import ConfigError
 from skray.methods.base import TaskModel
 
+if TYPE_CHECKING:  # peft is imported where a baseline is built: it costs every process ~2 s to import
+    from peft import PeftConfig
+
 
 def peft_config(cfg: MethodConfig, backbone: Backbone) -> PeftConfig:
     """The PEFT config for a baseline kind, sized by the same m (and rank) as SK-Tuning."""
+    from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit, TaskType
+
     task, m = TaskType.FEATURE_EXTRACTION, cfg.prefix_length
     if cfg.kind == "prompt_tuning":
         return PromptTuningConfig(task_type=task, num_virtual_tokens=m, prompt_tuning_init=PromptTuningInit.RANDOM)
@@ -52,6 +49,8 @@ class PeftBaseline(TaskModel):
     """Prompt tuning (random or text init), prefix tuning, P-tuning or LoRA, as PEFT builds them."""
 
     def __init__(self, backbone: Backbone, cfg: MethodConfig, label_names: list[str], token_level: bool = False):
+        from peft import get_peft_model
+
         super().__init__(backbone, cfg, label_names, token_level)
         try:
             self.peft = get_peft_model(backbone.model.base_model, peft_config(cfg, backbone))
