@@ -72,6 +72,8 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
             "--block",
             f"--port={_free_port()}",
             f"--dashboard-port={dashboard}",
+            # the job agent's port: Ray's default is taken where another Ray runs (the other tests' own)
+            f"--dashboard-agent-listen-port={_free_port()}",
             "--include-dashboard=true",
             f"--temp-dir={temp_dir}",
         ],

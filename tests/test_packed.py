@@ -730,3 +730,55 @@ def test_a_members_ops_in_a_packed_pass_do_not_grow_with_depth():
 
     per_member = {layers: ops(layers, 3) - ops(layers, 2) for layers in (2, 6)}
     assert per_member[6] == per_member[2], per_member
+
+
+@pytest.mark.slow
+def test_tunes_loop_never_waits_on_a_busy_broker_and_a_runs_end_forwards_everything(ray_cluster, tmp_path):
+    """Each turn of Tune's loop polls the broker for what happened to members (progress lines, trackers).
+    A broker busy with a slot's ask or Optuna's sampling, or still starting, answers late: the loop goes
+    on without its answer (waiting stalled the driver 3-5 s a time), and the run's end waits for it."""
+    import time
+
+    import ray
+    from ray import tune
+
+    from skray.broker import NAMESPACE, MemberCallbacks, broker_name
+
+    @ray.remote(num_cpus=0, max_concurrency=2)
+    class BusyBroker:
+        def __init__(self) -> None:
+            self.busy = True
+
+        def done(self) -> None:
+            self.busy = False
+
+        def events(self, since: int) -> list:
+            while self.busy:
+                time.sleep(0.01)
+            return [("start", "m1", {"lr": 0.1}), ("result", "m1", {"step": 0, "val_acc": 0.5})][since:]
+
+    class Heard(tune.Callback):
+        def __init__(self) -> None:
+            self.calls = []
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.calls.append(("start", trial.trial_id))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.calls.append(("result", trial.trial_id, result["val_acc"]))
+
+    run_dir = str(tmp_path / "tiny-tune-20261205-000000")
+    broker = BusyBroker.options(name=broker_name(run_dir), namespace=NAMESPACE).remote()
+    heard = Heard()
+    callbacks = MemberCallbacks([heard], run_dir)
+    loop = threading.Thread(target=lambda: [callbacks.on_step_end(i, []) for i in range(5)], daemon=True)
+    loop.start()
+    loop.join(timeout=60)  # it never returns if a turn waits for the busy broker
+    assert not loop.is_alive()
+    assert heard.calls == []
+    ray.get(broker.done.remote())
+    callbacks.on_experiment_end([])
+    assert heard.calls == [("start", "m1"), ("result", "m1", 0.5)]
+    callbacks.on_experiment_end([])  # nothing new: nothing forwarded twice
+    assert len(heard.calls) == 2
+    ray.kill(broker)
