@@ -422,12 +422,10 @@ class MemberCallbacks(tune.Callback):
         took ..."). A trial's end and the run's end wait, so that every event is forwarded by then."""
         if self.asked is not None and (wait or ray.wait([self.asked], timeout=0)[0]):
             self._forward(iteration, self._answer())
-        if wait:  # and what the broker has told since
+        if self.asked is None:
             self._ask()
-            if self.asked is not None:
+            if wait and self.asked is not None:  # and what the broker has told since
                 self._forward(iteration, self._answer())
-        elif self.asked is None:
-            self._ask()
 
     def _ask(self) -> None:
         try:

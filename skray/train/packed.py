@@ -261,7 +261,7 @@ class PackedSlot:
                 offers.append(offer)
             self._build(offers)
             seated = self._admit()
-            if not offers or not seated and self.waiting:  # the broker has no more, or seats or memory are full
+            if not offers or (not seated and self.waiting):  # the broker has no more, or seats or memory are full
                 return  # (offers that all failed to build leave room: ask again)
 
     def _ask(self) -> tuple | None:
