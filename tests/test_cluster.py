@@ -1,5 +1,6 @@
 """From laptop to cluster: cluster.yaml passes Ray's own validation; `ray job submit` runs a sweep."""
 
+import contextlib
 import copy
 import os
 import shutil
@@ -11,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -132,12 +134,35 @@ def test_ray_job_submit_to_a_local_head_with_token_auth(tmp_path, tiny_llama_dir
         assert (run_dir / "results.parquet").exists()
         sockets = listening(head.pid)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops every process it started
-        head.wait(timeout=60)
+        _stop_group(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
-    time.sleep(2)
     leftovers = subprocess.run(
         ["pgrep", "-f", f"dashboard-port={dashboard}|--dashboard_port={dashboard}"], capture_output=True, text=True
     ).stdout
     assert not leftovers.strip(), "the head started by this test is still running"
     assert_loopback_only(sockets)
+
+
+def _stop_group(head: subprocess.Popen, grace: float = 5) -> None:
+    """Stop the head and every process it started (its own session): SIGTERM, then SIGKILL after
+    ``grace`` seconds. A SIGTERMed raylet waits out its 30 s shutdown timeout before it exits; this
+    throwaway head's state need not outlive the test."""
+    os.killpg(head.pid, signal.SIGTERM)
+    deadline = time.time() + grace
+    while time.time() < deadline and _alive(head.pid):
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(head.pid, signal.SIGKILL)
+    head.wait(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline and _alive(head.pid):
+        time.sleep(0.2)
+
+
+def _alive(group: int) -> bool:
+    """Whether any process of the process group ``group`` is still running (zombies excluded)."""
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error):
+            if os.getpgid(proc.pid) == group and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False

@@ -60,6 +60,11 @@ def test_real_smollm2_sk_prefix_step0_is_zero_shot():
 
 
 def test_unknown_backbone_is_a_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
+    # Offline as a user's HF_HUB_OFFLINE=1 makes it. The hub library reads the variable once, when first
+    # imported (here: before this test): setting only the variable, the lookup tried the network (23 s here).
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(BackboneError, match="not an embedded name"):
         load_backbone(BackboneConfig(name="no-such-org/no-such-model"))
