@@ -148,21 +148,21 @@ def _stop_group(head: subprocess.Popen, grace: float = 5) -> None:
     ``grace`` seconds. A SIGTERMed raylet waits out its 30 s shutdown timeout before it exits; this
     throwaway head's state need not outlive the test."""
     os.killpg(head.pid, signal.SIGTERM)
-    deadline = time.time() + grace
-    while time.time() < deadline and _alive(head.pid):
-        time.sleep(0.2)
+    _wait_gone(head.pid, grace)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(head.pid, signal.SIGKILL)
     head.wait(timeout=60)
-    deadline = time.time() + 30
-    while time.time() < deadline and _alive(head.pid):
+    _wait_gone(head.pid, 30)
+
+
+def _wait_gone(group: int, seconds: float) -> None:
+    """Wait up to ``seconds`` until no process of the process group ``group`` runs (zombies aside)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(_in_group(p, group) for p in psutil.process_iter(["status"])):
         time.sleep(0.2)
 
 
-def _alive(group: int) -> bool:
-    """Whether any process of the process group ``group`` is still running (zombies excluded)."""
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(psutil.Error):
-            if os.getpgid(proc.pid) == group and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                return True
+def _in_group(proc: psutil.Process, group: int) -> bool:
+    with contextlib.suppress(psutil.Error, ProcessLookupError):
+        return os.getpgid(proc.pid) == group and proc.info["status"] != psutil.STATUS_ZOMBIE
     return False
