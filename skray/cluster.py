@@ -9,8 +9,10 @@ import math
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import ray
@@ -95,6 +97,44 @@ def capacity(joined: bool) -> Capacity:
     if not mapping or all(t == format_readonly_node_type(node) for node, t in mapping.items()):
         return Capacity(resources, **per_node)
     return Capacity(resources, grows=True, max_gpus=launcher_gpus(LAUNCHER_CONFIG.expanduser()), **per_node)
+
+
+def remove_orphaned_placement_groups() -> list[str]:
+    """Remove the placement groups of this job whose creator, an actor, has died; return their ids.
+
+    Ray keeps an actor's placement group until both the actor and its job have died
+    (ray-project/ray#65881), and Ray Train's controller, ended by Tune while it retried a worker group
+    whose workers had just died with it, created one after its own death was recorded, which Ray's
+    record of the group then never notes, and which Train's cleaner never heard of (ray-project/ray#58515
+    cleans only registered groups): it held a CPU for the rest of the sweep, and the next trial waited on
+    it for ever. Ray's public placement-group table does not say who made a group, so this reads the
+    GCS's own records."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup
+
+    job = ray.get_runtime_context().get_job_id()
+    removed = []
+    for raw in state._global_state_accessor.get_placement_group_table():
+        pg = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        if orphaned(pg, job, lambda actor: state.actor_table(actor).get("State")):
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(pg.placement_group_id)))
+            removed.append(pg.placement_group_id.hex())
+    return removed
+
+
+def orphaned(pg: Any, job: str, actor_state: Callable[[str], str | None]) -> bool:
+    """Whether the GCS's record ``pg`` (a ``PlacementGroupTableData``) is a live group of ``job`` made by
+    an actor that ``actor_state`` (the actor table's state of an actor id, None where it has none) says
+    is dead. Groups of other jobs, detached ones, the driver's and a live actor's are not."""
+    from ray.core.generated import gcs_pb2
+
+    if pg.state == gcs_pb2.PlacementGroupTableData.REMOVED or pg.is_detached or pg.creator_job_id.hex() != job:
+        return False
+    creator = ray.ActorID(pg.creator_actor_id)
+    if creator.is_nil():  # the driver's (Tune's trial groups): its record reads "actor dead" too
+        return False
+    return pg.creator_actor_dead or actor_state(creator.hex()) in (None, "DEAD")
 
 
 def launcher_gpus(path: Path) -> float | None:

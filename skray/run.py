@@ -36,6 +36,7 @@ from skray.console import tune_output
 from skray.preflight import check_memory, preflight
 from skray.report import rebuild
 from skray.search import (
+    PlacementGroupReaper,
     TrialReports,
     finished_run,
     plan_resources,
@@ -261,7 +262,8 @@ def build_tuner(
             run.path, trainable, resume_unfinished=True, resume_errored=retry_errored, restart_errored=False
         )
     per_trial = [*trackers(cfg, run.path), *([] if verbose else [progress(cfg, cmd)])]
-    callbacks = [TrialReports(run.path), *([MemberCallbacks(per_trial, run.path)] if packing else per_trial)]
+    per_run = [TrialReports(run.path), PlacementGroupReaper()]
+    callbacks = [*per_run, *([MemberCallbacks(per_trial, run.path)] if packing else per_trial)]
     if packing:  # each slot and solo point one trial, in that order, then the solo members asked for
         space, solo_beside = {}, bool(packing.solo) or packing.solo_asked
         asks = broker_name(run.path) if packing.solo_asked else None

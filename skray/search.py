@@ -11,6 +11,8 @@ import contextlib
 import json
 import math
 import posixpath
+import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.utils.util import SafeFallbackEncoder
 
 from skray import storage
-from skray.cluster import Capacity
+from skray.cluster import Capacity, remove_orphaned_placement_groups
 from skray.commands import COMMANDS, Command
 from skray.config import ExperimentConfig, selection_metric
 from skray.console import environment_default
@@ -225,6 +227,22 @@ class TrialReports(JsonLoggerCallback):
 
     def log_trial_end(self, trial: Trial, failed: bool = False) -> None:
         self._trial_configs.pop(trial, None)
+
+
+class PlacementGroupReaper(tune.Callback):
+    """Every ``every_s`` of a run, frees the placement groups that trials' Ray Train controllers left
+    behind as Tune ended them (``skray.cluster.remove_orphaned_placement_groups``): one such group held
+    a CPU, and the next trial waited on it for ever."""
+
+    def __init__(self, every_s: float = 2.0) -> None:
+        self.every_s, self.last = every_s, -math.inf
+
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        for pg in remove_orphaned_placement_groups():
+            print(f"skray: freed placement group {pg}, left behind by an ended trial's Ray Train run", file=sys.stderr)
 
 
 def _ended_at(path: str) -> dict | None:

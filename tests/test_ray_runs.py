@@ -302,3 +302,42 @@ def test_private_rays_workers_run_at_the_drivers_priority(ray_cluster):
         return os.nice(0)
 
     assert ray.get(niceness.remote(), timeout=120) == os.nice(0)
+
+
+def test_a_sweep_frees_the_placement_group_an_ended_trials_controller_left(ray_cluster, tmp_path):
+    """Ray keeps a placement group whose creator actor died for as long as the job lives, and Ray
+    Train's controller, ended by Tune mid-retry, can make one in its last moments: the next trial then
+    waited for ever. Here the first trial leaves such a group (1 of the 2 CPUs) as that controller did;
+    the second needs both CPUs, and gets them because skray's reaper frees the orphan. What the reaper
+    must keep alive goes on meanwhile: Tune's own groups for its trials (the driver's) and the group the
+    second trial waits on (a live actor's)."""
+    import ray
+    from ray import tune
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from skray.search import PlacementGroupReaper
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def reserve(self) -> None:
+            ray.get(placement_group([{"CPU": 1}]).ready())
+
+    def trial(config: dict) -> None:
+        if config["i"] == 0:
+            controller = Controller.remote()
+            ray.get(controller.reserve.remote())
+            ray.kill(controller)
+            tune.report({"placed": True})
+        else:
+            both = placement_group([{"CPU": 1}, {"CPU": 1}])
+            tune.report({"placed": both.wait(timeout_seconds=60)})
+            remove_placement_group(both)
+
+    tuner = tune.Tuner(
+        tune.with_resources(trial, {"CPU": 0, "memory": 1}),
+        param_space={"i": tune.grid_search([0, 1])},
+        tune_config=tune.TuneConfig(max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), callbacks=[PlacementGroupReaper(every_s=0.5)]),
+    )
+    results = tuner.fit()
+    assert [r.metrics["placed"] for r in results] == [True, True]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from skray.cli import main
-from skray.cluster import Capacity, capacity, launcher_gpus
+from skray.cluster import Capacity, capacity, launcher_gpus, orphaned
 from skray.commands import COMMANDS
 from skray.config import parse_config, resolve_device
 from skray.errors import ConfigError, ResourceError
@@ -419,3 +419,28 @@ def test_a_run_has_ended_only_when_every_trial_made_its_last_report_or_failed():
     assert ran_to_end([final, stopped, failed], 3)
     assert not ran_to_end([final, cut], 2)
     assert not ran_to_end([final, stopped], 3)  # a planned trial never started
+
+
+def test_only_a_live_group_of_this_job_made_by_a_dead_actor_is_an_orphan():
+    """The reaper's rule, on the GCS's own records: Ray Train's controller made its leaked group after
+    its death was recorded, so the record's creator_actor_dead stayed false and only the actor table
+    says the creator is gone."""
+    import ray
+    from ray.core.generated import gcs_pb2
+
+    job, actor = "01000000", ray.ActorID.from_random()
+    dead, alive = {actor.hex(): "DEAD"}.get, {actor.hex(): "ALIVE"}.get
+
+    def group(**fields) -> gcs_pb2.PlacementGroupTableData:
+        record = {"creator_job_id": bytes.fromhex(job), "creator_actor_id": actor.binary(), "state": 1} | fields
+        return gcs_pb2.PlacementGroupTableData(**record)
+
+    assert orphaned(group(), job, dead)  # made after its creator's death: only the actor table knows
+    assert orphaned(group(creator_actor_dead=True), job, alive)  # the record says so itself
+    assert orphaned(group(), job, lambda actor: None)  # an actor the table no longer holds
+    assert not orphaned(group(), job, alive)
+    assert not orphaned(group(), "02000000", dead)  # another job's
+    assert not orphaned(group(is_detached=True), job, dead)
+    assert not orphaned(group(state=gcs_pb2.PlacementGroupTableData.REMOVED), job, dead)
+    driver = ray.ActorID.nil().binary()
+    assert not orphaned(group(creator_actor_id=driver, creator_actor_dead=True), job, dead)  # Tune's trial groups

@@ -53,11 +53,13 @@ def train_loop_per_worker(config: dict) -> None:
 
 def setup_env(use_gpu: bool) -> None:
     """DeepSpeed picks its accelerator at import: each worker names its own device's, whatever it
-    inherited (a driver or test process may carry DS_ACCELERATOR=cpu into Ray's workers)."""
+    inherited (a driver or test process may carry DS_ACCELERATOR=cpu into Ray's workers). Its ops build
+    in skray's cache (``skray.train.op_builds``)."""
     os.environ["DS_ACCELERATOR"] = "cuda" if use_gpu else "cpu"
     from skray.backbones import cache_dir
+    from skray.train.op_builds import prepare_op_builds
 
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    prepare_op_builds(cache_dir())
 
 
 SETTLED = ("zero_stage", "offload", "precision")  # what a run settles before building its engine (RunState keeps it)
