@@ -98,15 +98,9 @@ def data_config(checkpoint: Path, meta: dict) -> DataConfig:
 
 def read_rows(path: Path, cfg: DataConfig) -> pd.DataFrame:
     """The input file, checked for the columns the template reads and for rows with no text."""
-    from skray.data.files import READERS
+    from skray.data.files import read_table
 
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use .csv, .jsonl or .parquet)")
-    try:
-        df = reader(path)
-    except Exception as err:  # the parsers raise many types; the user needs the file and the reason
-        raise DataError(f"{path}: could not read ({type(err).__name__}: {' '.join(str(err).split())})") from None
+    df = read_table(path)
     needed = [cfg.text_column] + ([cfg.text_pair_column] if cfg.text_pair_column else [])
     missing = [c for c in needed if c not in df.columns]
     if missing:

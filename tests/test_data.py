@@ -115,6 +115,20 @@ def test_explicit_split_column_and_label_errors(tmp_path):
         load_splits(DataConfig(name=str(path)))
 
 
+def test_a_csv_whose_texts_have_unquoted_commas_is_refused_not_cut(tmp_path):
+    """pandas read such a file as one with an index column: every text lost its start, silently. (A
+    comma first in a later line was a parser error already.)"""
+    path = tmp_path / "d.csv"
+    texts = [f"{'a fine' if i % 2 else 'a dull'}, moving film number {i}" for i in range(40)]
+    labels = ["positive" if i % 2 else "negative" for i in range(40)]
+    path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True)))
+    with pytest.raises(DataError, match=r"line 2 has more fields than the header line \(text, label\): a comma"):
+        load_splits(DataConfig(name=str(path)))
+    path.write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in zip(texts, labels, strict=True)))
+    splits = load_splits(DataConfig(name=str(path)))
+    assert sorted(pd.concat([splits.train, splits.validation, splits.test]).text) == sorted(texts)
+
+
 def test_unsupported_file_type(tmp_path):
     path = tmp_path / "d.txt"
     path.write_text("x")

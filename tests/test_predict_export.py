@@ -257,6 +257,10 @@ def test_predict_errors_are_one_line(tmp_path, tiny_llama_dir, capsys):
     assert "'review' not found" in err
     assert "['review']" in err
     assert "the file has: id, text" in err
+    unquoted = tmp_path / "unquoted.csv"
+    unquoted.write_text("review\nfine, really\ndull, sadly\n")  # read as an index column, the texts were cut
+    err = one_line_error(capsys, ["predict", str(run), str(unquoted)])
+    assert "line 2 has more fields than the header line (review): a comma in a text that is not quoted?" in err
     err = one_line_error(capsys, ["predict", str(tmp_path), str(source)])
     assert "neither a run directory nor a checkpoint" in err
     err = one_line_error(capsys, ["predict", str(tmp_path / "nowhere"), str(source)])

@@ -20,16 +20,28 @@ READERS = {
 DATASET_ROWS = "1-based rows of the data set's split they came from"
 
 
-def local_file(path: Path, cfg: DataConfig) -> Splits:
+def read_table(path: Path, kinds: str = ".csv, .jsonl or .parquet") -> pd.DataFrame:
+    """A local file as a table, or a one-line DataError: a type it is not (``kinds`` says what to use),
+    the parser's reason, or a CSV whose first data line has more fields than its header. pandas takes
+    that line for a sign that the file begins with an index column and moves every row's first field
+    there: a first text with a comma and no quotes cut the start off every text in the file, silently."""
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise DataError(
-            f"{path}: unsupported file type {path.suffix!r} (use .csv, .jsonl or .parquet, or a folder of them)"
-        )
+        raise DataError(f"{path}: unsupported file type {path.suffix!r} (use {kinds})")
     try:
         df = reader(path)
     except Exception as err:  # the parsers raise many types; the user needs the file and the reason
-        raise DataError(f"{path}: could not read ({type(err).__name__}: {err})") from None
+        raise DataError(f"{path}: could not read ({type(err).__name__}: {' '.join(str(err).split())})") from None
+    if path.suffix.lower() == ".csv" and not isinstance(df.index, pd.RangeIndex):
+        raise DataError(
+            f"{path}: line 2 has more fields than the header line ({', '.join(map(str, df.columns))}): "
+            "a comma in a text that is not quoted? Put such texts in double quotes, or use .jsonl"
+        )
+    return df
+
+
+def local_file(path: Path, cfg: DataConfig) -> Splits:
+    df = read_table(path, ".csv, .jsonl or .parquet, or a folder of them")
     source = str(path)
     if "split" in df.columns:
         return build_splits(carve_missing(checked(_given_splits(df, source), cfg, source), cfg, source), cfg, source)
