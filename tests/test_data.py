@@ -124,9 +124,16 @@ def test_a_csv_whose_texts_have_unquoted_commas_is_refused_not_cut(tmp_path):
     path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True)))
     with pytest.raises(DataError, match=r"line 2 has more fields than the header line \(text, label\): a comma"):
         load_splits(DataConfig(name=str(path)))
+    folder = tmp_path / "folder"  # a folder of split files: datasets reads their CSVs with pandas
+    folder.mkdir()
+    (folder / "train.csv").write_text(path.read_text())
+    with pytest.raises(DataError, match=r"the train file's line 2 has more fields than its header line: a comma"):
+        load_splits(DataConfig(name=str(folder)))
     path.write_text("text,label\n" + "".join(f'"{t}",{y}\n' for t, y in zip(texts, labels, strict=True)))
-    splits = load_splits(DataConfig(name=str(path)))
-    assert sorted(pd.concat([splits.train, splits.validation, splits.test]).text) == sorted(texts)
+    (folder / "train.csv").write_text(path.read_text())
+    for source in (path, folder):
+        splits = load_splits(DataConfig(name=str(source)))
+        assert sorted(pd.concat([splits.train, splits.validation, splits.test]).text) == sorted(texts)
 
 
 def test_unsupported_file_type(tmp_path):
