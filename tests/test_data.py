@@ -136,6 +136,14 @@ def test_a_csv_whose_texts_have_unquoted_commas_is_refused_not_cut(tmp_path):
         assert sorted(pd.concat([splits.train, splits.validation, splits.test]).text) == sorted(texts)
 
 
+def test_a_missing_file_is_named_as_such_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        DataError, match=rf"data.name 'reviews.csv': no such file \(a relative path is read from {tmp_path}\)"
+    ):
+        load_splits(DataConfig(name="reviews.csv"))
+
+
 def test_unsupported_file_type(tmp_path):
     path = tmp_path / "d.txt"
     path.write_text("x")

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from skray.config import DataConfig
 from skray.data.embedded import EMBEDDED
-from skray.data.files import hub_dataset, local_file
+from skray.data.files import READERS, hub_dataset, local_file
 from skray.data.splits import Splits
+from skray.errors import DataError
 
 
 def load_splits(cfg: DataConfig) -> Splits:
@@ -18,6 +19,8 @@ def load_splits(cfg: DataConfig) -> Splits:
         return hub_dataset(str(path), cfg)
     if path.exists():
         return local_file(path, cfg)
+    if path.suffix.lower() in READERS:  # a mistyped path, not a hub id: asking the hub only confused
+        raise DataError(f"data.name {cfg.name!r}: no such file (a relative path is read from {Path.cwd()})")
     return hub_dataset(cfg.name, cfg)
 
 
