@@ -15,6 +15,15 @@ from skray.commands import COMMANDS
 from skray.errors import INPUT_ERROR, INTERNAL_ERROR, INTERRUPTED, SOME_TRIALS_FAILED, Interrupted, SkrayError
 
 
+def add_source(parser: argparse.ArgumentParser) -> None:
+    """The trained model `predict` and `export` read (``skray.predict.find_checkpoint``)."""
+    parser.add_argument(
+        "source",
+        metavar="RUN_DIR|CHECKPOINT",
+        help="a run directory (its best trial's checkpoint), a trial's folder (its newest) or a checkpoint",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="skray", description="SK-Tuning on Ray: train, search and report.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -48,9 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="rebuild the tables (and plots) of a run directory")
     rep.add_argument("run_dir")
     pred = sub.add_parser("predict", help="label a file's rows with a trained checkpoint (a run's best by default)")
-    pred.add_argument(
-        "source", metavar="RUN_DIR|CHECKPOINT", help="a run directory (its best trial's checkpoint) or a checkpoint"
-    )
+    add_source(pred)
     pred.add_argument(
         "input", metavar="INPUT", help="rows to label: .csv, .jsonl or .parquet with the run's text column(s)"
     )
@@ -64,9 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda or cuda:N")
     pred.add_argument("--batch-size", type=int, default=32, help="rows per forward pass")
     exp = sub.add_parser("export", help="write a checkpoint (a run's best by default) as a PEFT adapter")
-    exp.add_argument(
-        "source", metavar="RUN_DIR|CHECKPOINT", help="a run directory (its best trial's checkpoint) or a checkpoint"
-    )
+    add_source(exp)
     exp.add_argument("--format", choices=["peft"], default="peft", help="peft: a prompt- or prefix-tuning adapter")
     exp.add_argument(
         "--out", required=True, metavar="DIR", help="a new (or empty) folder for the adapter, head and README.md"

@@ -26,7 +26,8 @@ WRITERS = {
 
 
 def find_checkpoint(source: str | Path) -> Path:
-    """A checkpoint folder as given; a run directory: its best trial's checkpoint.
+    """A checkpoint folder as given; a trial's folder (``RUN_DIR/train_<trial>``): its newest
+    checkpoint, tested or not; a run directory: its best trial's checkpoint.
 
     The best trial is ``skray.results.best_trial``'s: completed (tested), by the selection metric on
     validation, as the run's closing line names it; a trial ASHA stopped was never tested and is not
@@ -38,7 +39,12 @@ def find_checkpoint(source: str | Path) -> Path:
     path = Path(source)
     if (path / META).is_file() and (path / WEIGHTS).is_file():
         return path
-    not_run = f"{source}: neither a run directory nor a checkpoint (a folder with {WEIGHTS} and {META})"
+    in_trial = sorted(p.parent for p in path.glob(f"checkpoint_*/{META}"))
+    if in_trial:
+        return in_trial[-1]
+    not_run = (
+        f"{source}: neither a run directory, a trial's folder nor a checkpoint (a folder with {WEIGHTS} and {META})"
+    )
     if not path.is_dir():
         raise ConfigError(not_run)
     try:

@@ -123,6 +123,7 @@ def scores_of(checkpoint: Path, texts: list[str], pairs=None) -> torch.Tensor:
 def test_predict_a_run_uses_the_best_trials_newest_checkpoint(tmp_path, tiny_llama_dir, capsys):
     run = run_dir(tmp_path, tiny_llama_dir, {"aaa": 0.6, "bbb": 0.9, "ccc": 0.7})
     assert find_checkpoint(run) == run / "train_bbb" / "checkpoint_000001"
+    assert find_checkpoint(run / "train_aaa") == run / "train_aaa" / "checkpoint_000001"  # a trial's own, named
     source = tmp_path / "reviews.csv"
     pd.DataFrame({"id": range(len(TEXTS)), "review": TEXTS, "label": ["x"] * len(TEXTS)}).to_csv(source, index=False)
 
@@ -262,9 +263,9 @@ def test_predict_errors_are_one_line(tmp_path, tiny_llama_dir, capsys):
     err = one_line_error(capsys, ["predict", str(run), str(unquoted)])
     assert "line 2 has more fields than the header line (review): a comma in a text that is not quoted?" in err
     err = one_line_error(capsys, ["predict", str(tmp_path), str(source)])
-    assert "neither a run directory nor a checkpoint" in err
+    assert "neither a run directory, a trial's folder nor a checkpoint" in err
     err = one_line_error(capsys, ["predict", str(tmp_path / "nowhere"), str(source)])
-    assert "neither a run directory nor a checkpoint" in err
+    assert "neither a run directory, a trial's folder nor a checkpoint" in err
     meta_path = next(run.glob("train_*/checkpoint_000001/skray.json"))
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "backbone": str(tmp_path / "gone")}))
