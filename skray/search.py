@@ -238,9 +238,10 @@ class PlacementGroupReaper(tune.Callback):
         self.every_s, self.last = every_s, -math.inf
 
     def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        if time.monotonic() - self.last < self.every_s:
+        now = time.monotonic()
+        if now - self.last < self.every_s:
             return
-        self.last = time.monotonic()
+        self.last = now
         for pg in remove_orphaned_placement_groups():
             print(f"skray: freed placement group {pg}, left behind by an ended trial's Ray Train run", file=sys.stderr)
 

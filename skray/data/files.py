@@ -19,6 +19,7 @@ READERS = {
 }
 DATASET_ROWS = "1-based rows of the data set's split they came from"
 INDEX_COLUMN = "__index_level_0__"  # where Arrow keeps a pandas index (read_table's cut texts, in a folder)
+UNQUOTED = "a comma in a text that is not quoted? Put such texts in double quotes, or use .jsonl"
 
 
 def read_table(path: Path, kinds: str = ".csv, .jsonl or .parquet") -> pd.DataFrame:
@@ -35,8 +36,7 @@ def read_table(path: Path, kinds: str = ".csv, .jsonl or .parquet") -> pd.DataFr
         raise DataError(f"{path}: could not read ({type(err).__name__}: {' '.join(str(err).split())})") from None
     if path.suffix.lower() == ".csv" and not isinstance(df.index, pd.RangeIndex):
         raise DataError(
-            f"{path}: line 2 has more fields than the header line ({', '.join(map(str, df.columns))}): "
-            "a comma in a text that is not quoted? Put such texts in double quotes, or use .jsonl"
+            f"{path}: line 2 has more fields than the header line ({', '.join(map(str, df.columns))}): {UNQUOTED}"
         )
     return df
 
@@ -72,12 +72,9 @@ def hub_dataset(name: str, cfg: DataConfig) -> Splits:
             f"data {name!r}: datasets could not load it ({type(err).__name__}: {reason}); use an embedded "
             f"name, a .csv/.jsonl/.parquet file, a folder of split files or a reachable hub dataset id"
         ) from None
-    cut = [s for s in ds if Path(name).is_dir() and INDEX_COLUMN in ds[s].column_names]
+    cut = [s for s in ds if INDEX_COLUMN in ds[s].column_names] if Path(name).is_dir() else []
     if cut:  # datasets reads a folder's CSVs with pandas, which moved each row's first field there
-        raise DataError(
-            f"{name}: the {cut[0]} file's line 2 has more fields than its header line: a comma in a text "
-            "that is not quoted? Put such texts in double quotes, or use .jsonl"
-        )
+        raise DataError(f"{name}: the {cut[0]} file's line 2 has more fields than its header line: {UNQUOTED}")
     if "train" not in ds:
         raise DataError(
             f"data {name!r}: no train split (splits: {', '.join(ds)}); name a data set or folder that has one"
