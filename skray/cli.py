@@ -1,4 +1,4 @@
-"""Command line: `skray train|tune|compare|scale CONFIG [--set k=v]`, `skray report RUN_DIR`,
+"""Command line: `skray train|tune|compare|scale CONFIG [--set k=v]`, `skray report RUN_DIR [...] [--into DIR]`,
 `skray predict SOURCE INPUT`, `skray export SOURCE --out DIR`. Parsing only; each command's modules
 are imported when it runs (``--help`` must not load torch and Ray).
 
@@ -12,7 +12,15 @@ import sys
 import traceback
 
 from skray.commands import COMMANDS
-from skray.errors import INPUT_ERROR, INTERNAL_ERROR, INTERRUPTED, SOME_TRIALS_FAILED, Interrupted, SkrayError
+from skray.errors import (
+    INPUT_ERROR,
+    INTERNAL_ERROR,
+    INTERRUPTED,
+    SOME_TRIALS_FAILED,
+    ConfigError,
+    Interrupted,
+    SkrayError,
+)
 
 
 def add_source(parser: argparse.ArgumentParser) -> None:
@@ -54,8 +62,18 @@ def _parser() -> argparse.ArgumentParser:
             help="Ray's own output (per-report tables, every worker's log) instead of skray's progress lines; "
             "without it that output goes to RUN_DIR/logs/",
         )
-    rep = sub.add_parser("report", help="rebuild the tables (and plots) of a run directory")
-    rep.add_argument("run_dir")
+    rep = sub.add_parser(
+        "report",
+        help="rebuild the tables (and plots) of a run directory, or merge compare runs done in pieces",
+    )
+    rep.add_argument("run_dir", nargs="+", metavar="RUN_DIR")
+    rep.add_argument(
+        "--into",
+        default=None,
+        metavar="DIR",
+        help="compare runs of one experiment, each over some of its methods: their results and per-row test "
+        "predictions (no checkpoints) copied into DIR (new, or an earlier merge), its tables over them all",
+    )
     pred = sub.add_parser("predict", help="label a file's rows with a trained checkpoint (a run's best by default)")
     add_source(pred)
     pred.add_argument(
@@ -96,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         from skray.report import rebuild, show
 
         if args.command == "report":
-            print(show(rebuild(args.run_dir)))
+            if args.into is None and len(args.run_dir) > 1:
+                raise ConfigError("several run directories are merged into one folder: add --into DIR")
+            if args.into is None:
+                print(show(rebuild(args.run_dir[0])))
+                return 0
+            from skray.merge import merge_runs
+
+            print(show(merge_runs(args.run_dir, args.into)))
+            print(f"\nmerged into {args.into}/ (results and test predictions, no checkpoints)")
             return 0
         from skray import storage
         from skray.config import load_config

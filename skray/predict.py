@@ -34,7 +34,7 @@ def find_checkpoint(source: str | Path) -> Path:
     taken. Each report of a trial replaces its checkpoint (Ray keeps one) and every checkpoint holds
     the best weights so far, so the trial's newest checkpoint holds the weights behind that best score.
     """
-    from skray.results import best_trial, load_results
+    from skray.results import best_trial, experiment, load_results
 
     path = Path(source)
     if (path / META).is_file() and (path / WEIGHTS).is_file():
@@ -59,7 +59,9 @@ def find_checkpoint(source: str | Path) -> Path:
         )
     found = sorted(p.parent for p in (path / f"train_{best['trial']}").glob(f"checkpoint_*/{META}"))
     if not found:
-        raise ConfigError(f"{source}: the best trial, {best['trial']}, has no checkpoint here")
+        pieces = experiment(str(path)).get("merged_from")
+        where = f" (a merged folder keeps none: its trials ran in {', '.join(pieces)})" if pieces else ""
+        raise ConfigError(f"{source}: the best trial, {best['trial']}, has no checkpoint here{where}")
     return found[-1]
 
 

@@ -51,6 +51,12 @@ def subdirs(path: str) -> list[str]:
     return sorted(join(path, i.base_name) for i in infos if i.type == pafs.FileType.Directory)
 
 
+def is_empty(path: str) -> bool:
+    """No such folder, or one with nothing in it."""
+    fs, p = filesystem(path)
+    return not fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+
+
 def read_text(path: str) -> str:
     fs, p = filesystem(path)
     with fs.open_input_stream(p) as f:

@@ -98,11 +98,15 @@ def test_saved_predictions_read_back(tmp_path):
 GOLD = np.arange(300) % 2
 
 
-def compare_run(tmp_path, methods: dict[str, list[tuple[float, float, np.ndarray | None]]]):
+def compare_run(
+    tmp_path, methods: dict[str, list[tuple[float, float, np.ndarray | None]]], first: int = 0, config=None
+):
     """A compare run dir: per method, per seed (best validation accuracy, test accuracy, right-or-wrong
-    per test row, or None for a trial ASHA never let finish), with the predictions in the checkpoint."""
-    (tmp_path / "experiment.json").write_text(json.dumps({"command": "compare", "config": {}}))
-    n = 0
+    per test row, or None for a trial ASHA never let finish), with the predictions in the checkpoint;
+    trials numbered from ``first``, started with ``config``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "experiment.json").write_text(json.dumps({"command": "compare", "config": config or {}}))
+    n = first
     for method, seeds in methods.items():
         for seed, (val, test, right) in enumerate(seeds):
             trial = f"t{n:04d}"
