@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def hub_dataset(name: str, cfg: DataConfig) -> Splits:
     that datasets reads the same way. Given splits are kept; missing ones are carved from train."""
     import datasets
 
+    hub_log = logging.getLogger("huggingface_hub")  # its retries print a line each: the error below says it once
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)
     try:
         ds = datasets.load_dataset(name)
     except Exception as err:
@@ -72,6 +76,8 @@ def hub_dataset(name: str, cfg: DataConfig) -> Splits:
             f"data {name!r}: datasets could not load it ({type(err).__name__}: {reason}); use an embedded "
             f"name, a .csv/.jsonl/.parquet file, a folder of split files or a reachable hub dataset id"
         ) from None
+    finally:
+        hub_log.setLevel(level)
     cut = [s for s in ds if INDEX_COLUMN in ds[s].column_names] if Path(name).is_dir() else []
     if cut:  # datasets reads a folder's CSVs with pandas, which moved each row's first field there
         raise DataError(f"{name}: the {cut[0]} file's line 2 has more fields than its header line: {UNQUOTED}")
