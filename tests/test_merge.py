@@ -108,3 +108,23 @@ def test_the_cli_merges_with_into_and_says_what_is_missing_without(tmp_path, cap
     out = capsys.readouterr().out
     assert "a vs b: test accuracy +0.300" in out
     assert f"merged into {tmp_path / 'm'}/" in out
+
+
+def test_in_pieces_runs_only_the_methods_the_folder_does_not_hold(tmp_path):
+    """experiments/in_pieces.py: a verdict's methods one compare run each, named apart, skipping those merged."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("in_pieces", "experiments/in_pieces.py")
+    in_pieces = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(in_pieces)
+    everything = in_pieces.pieces("experiments/verdict_full_rt.yaml", str(tmp_path / "none"))
+    assert len(everything) == 10
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "experiment.json").write_text(json.dumps({"command": "compare", "config": config(["sk_prefix"])}))
+    label, overrides = in_pieces.pieces("experiments/verdict_full_rt.yaml", str(held))[0]
+    assert label == "sk_prefix(adapter=free,prefix_length=13)"
+    assert overrides == [
+        'compare.methods=[{"kind": "sk_prefix", "adapter": "free", "prefix_length": 13}]',
+        "name=verdict-full-rt-sk_prefix_adapter_free_prefix_length_13",
+    ]
