@@ -17,7 +17,7 @@ from skray import storage
 from skray.config import compare_labels
 from skray.errors import ConfigError
 from skray.report import rebuild
-from skray.results import experiment, trial_of, trial_predictions, write_predictions
+from skray.results import experiment, is_slot, trial_of, trial_predictions, write_predictions
 
 TRIAL_FILES = ("params.json", "result.json", "error.txt")  # what the results table reads from a trial
 RUN_FILES = ("experiment.json", "prepared.json", "finished")
@@ -110,13 +110,9 @@ def _trial_dirs(run: str) -> list[str]:
     dirs = []
     for d in storage.subdirs(run):
         path = storage.join(d, "params.json")
-        if storage.exists(path) and not _is_slot(json.loads(storage.read_text(path))):
+        if storage.exists(path) and not is_slot(json.loads(storage.read_text(path))):
             dirs.append(d)
     return dirs
-
-
-def _is_slot(params: dict[str, Any]) -> bool:
-    return "slot" in params and "method" not in params
 
 
 def _trials_unique(runs: list[str], trials: list[list[str]]) -> None:

@@ -131,8 +131,8 @@ def load_results(run_dir: str) -> pd.DataFrame:
             params = json.loads(storage.read_text(storage.join(trial_dir, "params.json")))
         except (FileNotFoundError, json.JSONDecodeError):
             continue  # not a trial directory (e.g. Ray Train's checkpoints), or a half-written one
-        if "slot" in params and "method" not in params:
-            continue  # a packed run's slot (skray.broker): its members are the rows
+        if is_slot(params):
+            continue
         params.pop("member", None)  # a solo member's id (skray.broker.Lanes): the trial column says it
         reports = storage.read_reports(storage.join(trial_dir, "result.json"))
         last = reports[-1] if reports else {}
@@ -160,6 +160,11 @@ def load_results(run_dir: str) -> pd.DataFrame:
     table = table.sort_values(key, ascending=False, na_position="last").reset_index(drop=True)
     table.attrs["selection"] = key
     return table
+
+
+def is_slot(params: dict) -> bool:
+    """A packed run's slot (``skray.broker``): a Tune trial whose members, not itself, are the trials."""
+    return "slot" in params and "method" not in params
 
 
 def selection_key(config: dict) -> str:
