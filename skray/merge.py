@@ -17,7 +17,7 @@ from skray import storage
 from skray.config import compare_labels
 from skray.errors import ConfigError
 from skray.report import rebuild
-from skray.results import experiment, is_slot, trial_of, trial_predictions, write_predictions
+from skray.results import experiment, is_slot, load_results, trial_of, trial_predictions, write_predictions, write_table
 
 TRIAL_FILES = ("params.json", "result.json", "error.txt")  # what the results table reads from a trial
 RUN_FILES = ("experiment.json", "prepared.json", "finished")
@@ -154,8 +154,9 @@ def _copy_trials(run: str, into: str, dirs: list[str]) -> None:
 
 
 def _copy_run(run: str, into: str) -> None:
-    """A whole run, results only (no checkpoints, no Tune state)."""
+    """A whole run, results only (no checkpoints, no Tune state), with its trials' table."""
     for file in RUN_FILES:
         if storage.exists(storage.join(run, file)):
             storage.write_text(storage.join(into, file), storage.read_text(storage.join(run, file)))
     _copy_trials(run, into, _trial_dirs(run))
+    write_table(load_results(into), into)

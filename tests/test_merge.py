@@ -46,12 +46,17 @@ def files(folder):
 def test_a_comparison_merged_from_pieces_reads_as_the_whole_run(tmp_path):
     whole = rebuild(str(piece(tmp_path / "whole", "abcd", 0)))
     first, second = piece(tmp_path / "ab", "ab", 0), piece(tmp_path / "cd", "cd", 10)
+    search = compare_run(first / "tuning" / "search-a", {"a": SEEDS["a"]}, first=90, config=config("a"))
+    (search / "experiment.json").write_text(json.dumps({"command": "tune", "config": config("a")}))
     merged = merge_runs([str(first), str(second)], str(tmp_path / "merged"))
     columns = ["method", "completed", "test_acc", "vs_best_gap", "vs_best_ci_low", "vs_best_p", "vs_best"]
     pd.testing.assert_frame_equal(merged[columns], whole[columns])
     assert merged.set_index("method").loc["b", "vs_best"] == "beyond chance (2 seeds, 300 rows)"
     out = tmp_path / "merged"
     assert not list(out.glob("train_*")), "checkpoints are not copied"
+    searched = pd.read_csv(out / "tuning" / "search-a" / "results.csv")  # a method's search, as evidence
+    assert sorted(searched["test_acc"]) == [0.7, 0.7]
+    assert not list((out / "tuning" / "search-a").glob("train_*"))
     assert len(list(out.glob("*/test_predictions.csv"))) == 6  # every completed trial's rows, beside its reports
     assert json.loads((out / "experiment.json").read_text())["config"]["compare"]["methods"] == list("abcd")
     assert (out / "compare.md").exists()
