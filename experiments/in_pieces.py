@@ -13,10 +13,10 @@ still there, else starts again. ``--methods N`` stops after N methods.
 import argparse
 import json
 import re
+import subprocess
 import sys
 
 from skray import storage
-from skray.cli import main as skray
 from skray.config import compare_labels, load_config
 from skray.errors import SOME_TRIALS_FAILED
 from skray.results import experiment
@@ -32,6 +32,16 @@ def pieces(config: str, folder: str) -> list[tuple[str, list[str]]]:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}").strip("_")
             todo.append((label, [f"compare.methods=[{json.dumps(entry)}]", f"name={name}"]))
     return todo
+
+
+def skray(args: list[str]) -> int:
+    """One skray command in its own process, so that each piece runs the code on disk when it starts,
+    its driver and its workers alike (a checkout updated between pieces is never half old)."""
+    child = subprocess.Popen([sys.executable, "-m", "skray.cli", *args])
+    try:
+        return child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the child too: it keeps its run's state, then exits 130
+        return child.wait()
 
 
 def newest_run(cfg_path: str, overrides: list[str]) -> str:
