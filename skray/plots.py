@@ -104,7 +104,8 @@ def plot_tune(trials: pd.DataFrame, curves: pd.DataFrame, run_dir: str, key: str
     ax.set_ylabel(f"validation {key}")
     ax.set_title("learning curves (x: stopped by ASHA)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if len(curves):  # a run cut before its first evaluation has no curve to name
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     written.append(_save(fig, run_dir, "curves.png"))
     plt.close(fig)
@@ -126,7 +127,8 @@ def plot_scale(table: pd.DataFrame, run_dir: str) -> str:
         ax.set_ylabel(ylabel)
         ax.set_xticks(sorted(done["workers"].unique()) if len(done) else [])
         ax.grid(alpha=0.3)
-    speed.legend(fontsize=7)
+    if len(done):
+        speed.legend(fontsize=7)
     fig.tight_layout()
     path = _save(fig, run_dir, "scaling.png")
     plt.close(fig)

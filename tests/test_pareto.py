@@ -69,3 +69,14 @@ def test_tune_plots_of_a_run_interrupted_before_any_trial_ended(tmp_path):
     curves = pd.DataFrame({"trial": ["a", "a"], "step": [0, 2], "val_acc": [0.5, 0.6]})
     written = plot_tune(trials, curves, str(tmp_path))
     assert [p.rsplit("/", 1)[-1] for p in written] == ["curves.png"]
+
+
+def test_tune_plots_of_a_run_cut_before_its_first_evaluation_say_nothing(tmp_path, recwarn):
+    """No curve yet: an empty plot, and no matplotlib warning about a legend with nothing in it."""
+    from skray.plots import plot_tune
+
+    trials = pd.DataFrame({"trial": ["a"], "status": ["interrupted"], "best_val_acc": [None]})
+    trials = trials.assign(trainable_params=None, train_s=None)
+    curves = pd.DataFrame({"trial": [], "step": [], "val_acc": []})
+    assert [p.rsplit("/", 1)[-1] for p in plot_tune(trials, curves, str(tmp_path))] == ["curves.png"]
+    assert not [str(w.message) for w in recwarn if "legend" in str(w.message)]
