@@ -105,22 +105,23 @@ def _each_method_once(runs: list[str], methods: list[list[Any]], lr: float) -> N
         raise ConfigError(f"the runs name their methods {list(seen)} apart, {union} together; merge them in one")
 
 
-def _trial_dirs(run: str) -> list[str]:
-    """A run's trials (folders with params.json), without a packed run's slots (their members are the trials)."""
-    dirs = []
+def _trial_dirs(run: str) -> dict[str, str]:
+    """A run's trials: folder -> trial id (folders with params.json, without a packed run's slots:
+    their members are the trials)."""
+    dirs = {}
     for d in storage.subdirs(run):
         path = storage.join(d, "params.json")
         if storage.exists(path) and not is_slot(json.loads(storage.read_text(path))):
-            dirs.append(d)
+            dirs[d] = _trial_id(d)
     return dirs
 
 
-def _trials_unique(runs: list[str], trials: list[list[str]]) -> None:
+def _trials_unique(runs: list[str], trials: list[dict[str, str]]) -> None:
     """No two runs hold a trial of the same id or folder name: the merge reads predictions by trial id."""
     owner: dict[str, str] = {}
     for run, dirs in zip(runs, trials, strict=True):
-        for d in dirs:
-            for key in {d.rsplit("/", 1)[-1], _trial_id(d)}:
+        for d, trial in dirs.items():
+            for key in {d.rsplit("/", 1)[-1], trial}:
                 if owner.setdefault(key, run) != run:
                     raise ConfigError(f"{owner[key]} and {run} both hold a trial {key}; merge one of them")
 
@@ -141,14 +142,14 @@ def _prepared(run: str) -> dict[str, Any] | None:
     return json.loads(storage.read_text(path)) if storage.exists(path) else None
 
 
-def _copy_trials(run: str, into: str, dirs: list[str]) -> None:
+def _copy_trials(run: str, into: str, dirs: dict[str, str]) -> None:
     """Each trial's reports (and error), and beside them its final test's per-row predictions."""
-    for d in dirs:
+    for d, trial in dirs.items():
         name = d.rsplit("/", 1)[-1]
         for file in TRIAL_FILES:
             if storage.exists(storage.join(d, file)):
                 storage.write_text(storage.join(into, name, file), storage.read_text(storage.join(d, file)))
-        predictions = trial_predictions(run, _trial_id(d))
+        predictions = trial_predictions(run, trial)
         if predictions is not None:
             write_predictions(storage.join(into, name), predictions)
 

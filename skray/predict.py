@@ -39,9 +39,9 @@ def find_checkpoint(source: str | Path) -> Path:
     path = Path(source)
     if (path / META).is_file() and (path / WEIGHTS).is_file():
         return path
-    in_trial = sorted(p.parent for p in path.glob(f"checkpoint_*/{META}"))
+    in_trial = _newest_checkpoint(path)
     if in_trial:
-        return in_trial[-1]
+        return in_trial
     not_run = (
         f"{source}: neither a run directory, a trial's folder nor a checkpoint (a folder with {WEIGHTS} and {META})"
     )
@@ -57,12 +57,18 @@ def find_checkpoint(source: str | Path) -> Path:
             f"{source}: no trial of this run has completed (been tested), so it has no best trial; "
             f"name a checkpoint folder (RUN_DIR/train_<trial>/checkpoint_*) to use an untested one"
         )
-    found = sorted(p.parent for p in (path / f"train_{best['trial']}").glob(f"checkpoint_*/{META}"))
+    found = _newest_checkpoint(path / f"train_{best['trial']}")
     if not found:
         pieces = experiment(str(path)).get("merged_from")
         where = f" (a merged folder keeps none: its trials ran in {', '.join(pieces)})" if pieces else ""
         raise ConfigError(f"{source}: the best trial, {best['trial']}, has no checkpoint here{where}")
-    return found[-1]
+    return found
+
+
+def _newest_checkpoint(trial: Path) -> Path | None:
+    """A trial folder's newest checkpoint (``checkpoint_*`` with skray's metadata), None if none."""
+    found = sorted(p.parent for p in trial.glob(f"checkpoint_*/{META}"))
+    return found[-1] if found else None
 
 
 def load_model(checkpoint: Path, device: torch.device | str = "cpu") -> tuple[Any, dict]:
