@@ -12,12 +12,11 @@ still there, else starts again. ``--methods N`` stops after N methods.
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 
 from skray import storage
-from skray.config import compare_labels, load_config
+from skray.config import compare_labels, load_config, method_run_name
 from skray.errors import SOME_TRIALS_FAILED
 from skray.results import experiment
 
@@ -29,7 +28,7 @@ def pieces(config: str, folder: str) -> list[tuple[str, list[str]]]:
     todo = []
     for label, entry in zip(compare_labels(cfg.compare.methods, cfg.train.lr), cfg.compare.methods, strict=True):
         if entry not in held:
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}").strip("_")
+            name = method_run_name(cfg.name, label)
             todo.append((label, [f"compare.methods=[{json.dumps(entry)}]", f"name={name}"]))
     return todo
 

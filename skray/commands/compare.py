@@ -9,7 +9,6 @@ over the seeds that completed, its sd in a ``<column>_sd`` column beside it, num
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ from skray.config import (
     SearchConfig,
     compare_labels,
     entry_lr,
+    method_run_name,
     method_variant,
 )
 from skray.errors import Interrupted
@@ -160,7 +160,7 @@ def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any]
     searched = m if fixed_m else t.prefix_length or m
     sub = cfg.model_copy(
         update={
-            "name": re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.name}-{label}").strip("_"),
+            "name": method_run_name(cfg.name, label),
             "storage_path": storage.join(run_dir, "tuning"),
             "method": method,
             "train": cfg.train.model_copy(update={"seed": cfg.compare.seeds[0]}),

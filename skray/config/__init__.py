@@ -6,7 +6,14 @@ keys, so a typo (``lerning_rate``) fails loudly instead of silently training wit
 """
 
 from skray.config.backbone import BackboneConfig
-from skray.config.compare import CompareConfig, CompareTuneConfig, compare_labels, entry_lr, method_variant
+from skray.config.compare import (
+    CompareConfig,
+    CompareTuneConfig,
+    compare_labels,
+    entry_lr,
+    method_run_name,
+    method_variant,
+)
 from skray.config.data import DataConfig, selection_metric
 from skray.config.experiment import ExperimentConfig, MlflowConfig, ScaleConfig, TrackingConfig
 from skray.config.load import apply_overrides, is_text_key, load_config, parse_config
@@ -49,6 +56,7 @@ __all__ = [
     "entry_lr",
     "is_text_key",
     "load_config",
+    "method_run_name",
     "method_variant",
     "offloads_optimizer",
     "offloads_params",

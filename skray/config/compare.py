@@ -3,6 +3,7 @@ method keys, with its own lr; the labels that tell entries apart."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
@@ -100,6 +101,12 @@ def compare_labels(entries: list[str | dict[str, Any]], default_lr: float) -> li
             f"compare.methods: two entries both run {twice!r}; remove one or make them differ (e.g. in lr)"
         )
     return labels
+
+
+def method_run_name(name: str, label: str) -> str:
+    """A run's name for one method of the comparison ``name`` (its label made safe for a folder name):
+    compare.tune's per-method searches and a comparison run a method at a time name their runs so."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-{label}").strip("_")
 
 
 def method_variant(base: MethodConfig, entry: str | dict[str, Any]) -> MethodConfig:
