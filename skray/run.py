@@ -42,6 +42,7 @@ from skray.search import (
     plan_resources,
     progress,
     ran_to_end,
+    remove_unreported_trials,
     run_trial,
     trackers,
     trackers_only,
@@ -94,7 +95,10 @@ def run_experiment(
     tuner = build_tuner(run, cfg, plan, cmd, retry_errored, verbose, packing)
     with tune_output(verbose), trackers_only():
         results = tuner.fit()
-    mark_finished(run.path, packing.ended(results) if packing else ran_to_end(results, cmd.trials(cfg)))
+    ended = packing.ended(results) if packing else ran_to_end(results, cmd.trials(cfg))
+    if ended:
+        remove_unreported_trials(run.path)
+    mark_finished(run.path, ended)
     return run.path, rebuild(run.path)
 
 

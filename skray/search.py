@@ -229,6 +229,21 @@ class TrialReports(JsonLoggerCallback):
         self._trial_configs.pop(trial, None)
 
 
+# What a Tune trial's folder holds before its first report: Tune's parameters and TrialReports' empty log.
+UNREPORTED = {"params.json", "params.pkl", "result.json"}
+
+
+def remove_unreported_trials(run_dir: str) -> None:
+    """Once every trial of a run ended, the trial folders with no report, no error and nothing else:
+    what a driver killed just after starting a trial leaves, where the resumed run (restored from an
+    experiment state saved before that start) never knew the trial and ran another in its place.
+    Left there, such a folder read as a trial with no scores (or failed the steps' check of a run)."""
+    for folder in storage.subdirs(run_dir):
+        held, log = storage.names(folder), storage.join(folder, "result.json")
+        if "result.json" in held and held <= UNREPORTED and not storage.read_reports(log):
+            storage.remove_dir(folder)
+
+
 class PlacementGroupReaper(tune.Callback):
     """Every ``every_s`` of a run, frees the placement groups that trials' Ray Train controllers left
     behind as Tune ended them (``skray.cluster.remove_orphaned_placement_groups``): one such group held

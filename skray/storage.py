@@ -51,10 +51,15 @@ def subdirs(path: str) -> list[str]:
     return sorted(join(path, i.base_name) for i in infos if i.type == pafs.FileType.Directory)
 
 
+def names(path: str) -> set[str]:
+    """What a folder holds, by name (nothing if there is no such folder)."""
+    fs, p = filesystem(path)
+    return {i.base_name for i in fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))}
+
+
 def is_empty(path: str) -> bool:
     """No such folder, or one with nothing in it."""
-    fs, p = filesystem(path)
-    return not fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    return not names(path)
 
 
 def read_text(path: str) -> str:
@@ -95,6 +100,12 @@ def remove(path: str) -> None:
     fs, p = filesystem(path)
     if fs.get_file_info(p).type == pafs.FileType.File:
         fs.delete_file(p)
+
+
+def remove_dir(path: str) -> None:
+    """Delete a folder and what it holds."""
+    fs, p = filesystem(path)
+    fs.delete_dir(p)
 
 
 def write_text(path: str, text: str) -> None:

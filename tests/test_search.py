@@ -252,6 +252,30 @@ def test_trial_reports_keep_what_came_before_a_resume_and_a_rerun_step_replaces_
     assert [r["step"] for r in read_reports(path)] == [0]
 
 
+def test_an_ended_run_drops_only_the_trial_folders_a_killed_driver_started_and_never_reported(tmp_path):
+    """A driver killed right after it started a trial leaves the trial's folder (an empty result.json,
+    maybe Tune's params) that the resumed run never knew; once the run ended it is removed, and nothing
+    else is: a trial with reports, one that failed before its first, a folder of checkpoints, the logs."""
+    from skray.search import remove_unreported_trials
+
+    run = tmp_path / "run"
+    folders = {
+        "run_trial_husk_3": {"params.json": "{}", "params.pkl": "", "result.json": ""},
+        "run_trial_bare_4": {"result.json": ""},
+        "run_trial_done_1": {"params.json": "{}", "result.json": '{"step": 0}\n'},
+        "run_trial_failed_2": {"params.json": "{}", "result.json": "", "error.txt": "boom"},
+        "train_m1a2b3001": {"result.json": "", "checkpoint_000000/x": "weights"},
+        "logs": {"worker.err": ""},
+    }
+    for folder, files in folders.items():
+        for name, text in files.items():
+            (run / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (run / folder / name).write_text(text)
+    remove_unreported_trials(str(run))
+    kept = ["logs", "run_trial_done_1", "run_trial_failed_2", "train_m1a2b3001"]
+    assert sorted(p.name for p in run.iterdir()) == kept
+
+
 def test_compare_without_a_compare_section_is_a_clear_error(tiny_experiment, tmp_path):
     with pytest.raises(ConfigError, match="compare: missing"):
         run_experiment(tiny_experiment(), "compare")
