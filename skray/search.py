@@ -126,6 +126,22 @@ def run_trial(
     with output_to(f"{log_dir}/{name}.log" if log_dir else None):
         trainer = build_trainer(cfg, cpus_per_worker, storage_path, name, [ReplayFilter(logged)], log_dir, slot)
         trainer.fit()
+    await_logged_end(logged)
+
+
+def await_logged_end(logged: str, timeout_s: float = 120.0) -> None:
+    """Return once the driver logged the trial's final report (at most ``timeout_s`` on).
+
+    Ray Train (V2) hands each report from its controller to this trial's main thread through a one-item
+    queue, which that thread polls in turn with Tune's one-slot result queue (Ray 2.60,
+    ray/train/_internal/session.py, ``_get_result_from_queues``). ``fit()`` can return while the final
+    report still waits in the first queue; had ``run_trial`` returned then, Tune's wrapper would put its
+    end marker (RESULT_DUPLICATE) in the result queue first, and the main thread either took the marker
+    (the final report lost) or, taking the report, blocked for ever putting it into the full queue that
+    only it empties: the trial hung (seen once in ~20 runs of the test suite). Logged means handed on."""
+    deadline = time.monotonic() + timeout_s
+    while _ended_at(logged) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 class ReplayFilter(TuneReportCallback):

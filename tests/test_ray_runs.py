@@ -1,5 +1,6 @@
 """Real Ray Train + DeepSpeed runs and a real Optuna/ASHA search, on a tiny Llama saved to disk."""
 
+import contextlib
 import json
 import os
 import re
@@ -341,3 +342,85 @@ def test_a_sweep_frees_the_placement_group_an_ended_trials_controller_left(ray_c
     )
     results = tuner.fit()
     assert [r.metrics["placed"] for r in results] == [True, True]
+
+
+# Run in its own process: a private Ray whose every worker first runs the hook, then one `skray train` trial.
+HELD_FINAL_REPORT = '''
+import sys
+
+import yaml
+
+from skray.cluster import start_private_ray
+from skray.config import parse_config
+from skray.run import run_experiment
+
+MARKER = sys.argv[2]  # the hook below runs in Ray's workers, with their own argv: it takes this value along
+
+
+def hold_the_final_report():
+    """Ray 2.60's poll of a Tune trial's two report queues, but the final report taken from Ray Train's
+    queue is held until Tune's own result queue holds something (or 20 s): the order that hung."""
+    import queue
+    import time
+    from pathlib import Path
+
+    from ray.train._internal import session
+    from ray.util import queue as ray_queue
+
+    def poll(self, block):
+        if self._inter_actor_queue is not None:
+            try:
+                item = self._inter_actor_queue.get(block=block, timeout=session._RESULT_FETCH_TIMEOUT)
+                if item:
+                    if item.get("done"):
+                        deadline = time.monotonic() + 20
+                        while self.result_queue.empty() and time.monotonic() < deadline:
+                            time.sleep(0.05)
+                        Path(MARKER).write_text("overtaken" if not self.result_queue.empty() else "held")
+                    self.continue_lock.release()
+                    self.report(item)
+            except ray_queue.Empty:
+                pass
+        try:
+            return self.result_queue.get(block=block, timeout=session._RESULT_FETCH_TIMEOUT)
+        except queue.Empty:
+            return None
+
+    session._TrainSession._get_result_from_queues = poll
+
+
+start_private_ray(
+    num_cpus=2, num_gpus=0, log_to_driver=False, runtime_env={"worker_process_setup_hook": hold_the_final_report}
+)
+run_dir, table = run_experiment(parse_config(yaml.safe_load(open(sys.argv[1]))), "train", verbose=False)
+print(table.status.iloc[0], table.test_acc.iloc[0])
+'''
+
+
+def test_a_trial_ends_with_its_final_report_whatever_order_rays_two_report_queues_are_read_in(
+    tiny_experiment, tmp_path
+):
+    """Ray Train can return from fit() while the trial's final report still waits in the queue between
+    its controller and the trial; the trial must not end (Tune's end marker) before that report is
+    handed on. Forced here: the trial's main thread holds the final report it took until the end marker
+    could have overtaken it. Before skray waited for it, that run hung with the report unlogged."""
+    cfg = tiny_experiment(train__num_workers=1)
+    path, marker = tmp_path / "exp.yaml", tmp_path / "hold"
+    path.write_text(yaml.safe_dump(cfg.model_dump()))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HELD_FINAL_REPORT, str(path), str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=300)  # a hang's limit: the trial takes seconds
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its Ray too, had it hung
+    assert proc.returncode == 0, err[-2000:]
+    assert marker.read_text() == "held"  # the end marker waited for the final report
+    status, test_acc = out.splitlines()[-1].split()  # after the run's progress lines
+    assert status == "completed"
+    assert 0 <= float(test_acc) <= 1
