@@ -359,7 +359,7 @@ MARKER = sys.argv[2]  # the hook below runs in Ray's workers, with their own arg
 
 def hold_the_final_report():
     """Ray 2.60's poll of a Tune trial's two report queues, but the final report taken from Ray Train's
-    queue is held until Tune's own result queue holds something (or 20 s): the order that hung."""
+    queue is held until Tune's own result queue holds something (or 10 s): the order that hung."""
     import queue
     import time
     from pathlib import Path
@@ -373,7 +373,7 @@ def hold_the_final_report():
                 item = self._inter_actor_queue.get(block=block, timeout=session._RESULT_FETCH_TIMEOUT)
                 if item:
                     if item.get("done"):
-                        deadline = time.monotonic() + 20
+                        deadline = time.monotonic() + 10
                         while self.result_queue.empty() and time.monotonic() < deadline:
                             time.sleep(0.05)
                         Path(MARKER).write_text("overtaken" if not self.result_queue.empty() else "held")
