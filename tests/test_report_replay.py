@@ -232,7 +232,13 @@ def test_a_trial_that_ended_before_the_driver_died_ends_again_without_training(t
     context = SimpleNamespace(get_trial_dir=lambda: "/tmp/ray/working_dirs/run_trial_x/", get_trial_id=lambda: "x")
     monkeypatch.setattr(tune, "get_context", lambda: context)
     monkeypatch.setattr(tune, "report", sent.append)
-    trainer = SimpleNamespace(fit=lambda: built.append("fit"))
+
+    def fit() -> None:  # the trial trains to its end, and the driver logs its final report
+        built.append("fit")
+        with open(trial_dir / "result.json", "a") as log:
+            log.write(json.dumps(stopped) + "\n")
+
+    trainer = SimpleNamespace(fit=fit)
     monkeypatch.setattr(skray.train.launch, "build_trainer", lambda *args: built.append(args[4]) or trainer)
     run = {"params": {}, "experiment": {}, "command": "train", "cpus_per_worker": 1, "log_dir": None}
 
