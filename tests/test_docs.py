@@ -77,6 +77,39 @@ def test_every_yaml_block_in_the_docs_is_a_valid_config(where, block):
     parse_config(raw)  # a ConfigError names the key that is wrong
 
 
+def _cited(pattern: str) -> set[str]:
+    return {name for doc in DOCS for name in re.findall(pattern, doc.read_text())}
+
+
+def _resolves(dotted: str) -> bool:
+    """Whether ``skray.a.b.c`` names a module or something inside one."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for part in parts[i:]:
+            if not hasattr(obj, part):
+                return False
+            obj = getattr(obj, part)
+        return True
+    return False
+
+
+def test_every_test_and_skray_name_the_docs_cite_exists():
+    """The docs point at code (``skray.search.await_logged_end``) and at the tests that show a behaviour
+    (``tests/test_x.py::test_y``; docs/UPSTREAM.md names one per workaround): a rename must not leave
+    them pointing at nothing."""
+    tests = _cited(r"(tests/\w+\.py)::(\w+)")
+    assert tests, "expected the docs to cite tests"
+    stale = [f"{f}::{t}" for f, t in sorted(tests) if not re.search(rf"^\s*def {t}\(", (ROOT / f).read_text(), re.M)]
+    assert not stale, f"the docs cite tests that do not exist: {stale}"
+    names = {n for n in _cited(r"`(skray(?:\.\w+)+)") if not n.endswith((".json", ".yaml", ".py"))}
+    missing = [n for n in sorted(names) if not _resolves(n)]
+    assert not missing, f"the docs cite skray names that do not exist: {missing}"
+
+
 # --- docs/OUTPUTS.md ---------------------------------------------------------------------------
 
 
