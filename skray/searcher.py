@@ -21,7 +21,7 @@ import numbers
 import pickle
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,24 @@ class Space:
         if self.adapter_rank:
             point["adapter_rank"] = round(at(quantile[rank_at[i]], *self.adapter_rank, log=True))
         return point
+
+    def at_edges(self, params: Mapping[str, Any], margin: float = 0.1) -> list[tuple[str, str, tuple]]:
+        """The searched numbers in ``params`` that lie within ``margin`` of an end of their range, on
+        the scale they are sampled on (log for lr and the rank): (name, "bottom" or "top", the range).
+        Where a search's best trial sits there, the range may have capped it."""
+        ranges = {"lr": (self.lr, True), "prefix_length": (self.prefix_length, False)}
+        if self.adapter_rank:
+            ranges["adapter_rank"] = (self.adapter_rank, True)
+        edges = []
+        for name, ((low, high), log) in ranges.items():
+            value = params.get(name)
+            if value is None or value != value or low == high:  # not read by the trial's kind (NaN)
+                continue
+            scale = math.log if log else float
+            where = (scale(value) - scale(low)) / (scale(high) - scale(low))
+            if where <= margin or where >= 1 - margin:
+                edges.append((name, "bottom" if where <= margin else "top", (low, high)))
+        return edges
 
     def covering(self, i: int) -> dict[str, Any]:
         """Trial ``i``'s kind and head where the first trials take each searched kind and each searched

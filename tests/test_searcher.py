@@ -462,3 +462,43 @@ def test_compare_tune_searches_the_head_of_each_method_that_names_none(tiny_llam
     (trial / "result.json").write_text(json.dumps(report) + "\n")
     chosen, _ = tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir, search_or_reuse)  # read back, not run
     assert chosen == {"kind": "sk_prefix", "lr": 0.002, "head": "word_linear"}
+
+
+def test_a_best_trial_near_an_end_of_its_range_is_named_on_the_scale_it_was_sampled_on():
+    """A search cannot see past its range: where the best trial sits at an end, the run says so (the
+    powered RT verdict's best SK-Prefix chose lr 0.00943 of 3e-4 - 1e-2, its best prompt tuning 0.0113
+    of 1e-2 - 1e-1). lr and the rank are judged on their log scale, the prefix length on its own."""
+    import pandas as pd
+
+    from skray.commands.tune import edge_lines
+    from skray.config import load_config
+
+    space = Space(wordings=("w",), prefix_length=(4, 16), lr=(3e-4, 1e-2), adapter_rank=(2, 64))
+    assert space.at_edges({"lr": 0.00943, "prefix_length": 16, "adapter_rank": 8}) == [
+        ("lr", "top", (3e-4, 1e-2)),
+        ("prefix_length", "top", (4, 16)),
+    ]
+    assert space.at_edges({"lr": 0.0003, "prefix_length": 5, "adapter_rank": 2}) == [
+        ("lr", "bottom", (3e-4, 1e-2)),
+        ("prefix_length", "bottom", (4, 16)),
+        ("adapter_rank", "bottom", (2, 64)),
+    ]
+    # the log middle of lr (0.0017) and a rank of 11 (log middle 11.3) are not ends; a kind without m is skipped
+    assert space.at_edges({"lr": 0.0017, "prefix_length": float("nan"), "adapter_rank": 11}) == []
+
+    cfg = load_config("experiments/quickstart.yaml")  # lr 3e-4 - 1e-2, m 4 - 16
+    trials = pd.DataFrame(
+        {
+            "trial": ["a", "b", "c"],
+            "status": ["completed", "completed", "early_stopped"],
+            "best_val_acc": [0.80, 0.86, 0.90],  # c scored highest, but ASHA stopped it: not the best
+            "lr": [0.0099, 0.00943, 0.0003],
+            "prefix_length": [10, 9, 4],
+        }
+    )
+    assert edge_lines(trials, cfg) == [
+        "the best trial's lr (0.00943) is near the top of the range searched (0.0003 - 0.01): "
+        "the best setting may lie beyond it"
+    ]
+    assert edge_lines(trials.assign(lr=[0.0099, 0.0017, 0.0003]), cfg) == []
+    assert edge_lines(trials.assign(status="failed"), cfg) == []

@@ -86,6 +86,8 @@ class Tune(Command):
         line = screen_correlation(trials, run_dir, key)
         if line:
             print(f"skray: {line}")
+        for line in edge_lines(trials, cfg):
+            print(f"skray: {line}")
         if len(objectives) > 1 and len(trials):
             front = write_pareto(trials, objectives, run_dir)
             if len(front):
@@ -93,6 +95,22 @@ class Tune(Command):
                 names = ", ".join(f"{m} ({d})" for m, d in objectives)
                 print(f"skray: Pareto front of {names}: {len(front)} trials, hypervolume {volume:.4g}")
         return trials
+
+
+def edge_lines(trials: pd.DataFrame, cfg: ExperimentConfig) -> list[str]:
+    """A line per searched number at which the best trial sits near an end of its range (``Space.at_edges``):
+    a search cannot say what lies beyond, so the range may have capped the best."""
+    from skray.results import best_trial
+    from skray.searcher import Space
+
+    best = best_trial(trials) if len(trials) else None
+    if best is None:
+        return []
+    return [
+        f"the best trial's {name} ({best[name]:.3g}) is near the {end} of the range searched ({low:.3g} - "
+        f"{high:.3g}): the best setting may lie beyond it"
+        for name, end, (low, high) in Space.from_config(cfg).at_edges(best.to_dict())
+    ]
 
 
 def searched_heads(cfg: ExperimentConfig) -> ExperimentConfig:
