@@ -126,7 +126,7 @@ class Space:
         edges = []
         for name, ((low, high), log) in ranges.items():
             value = params.get(name)
-            if value is None or value != value or low == high:  # not read by the trial's kind (NaN)
+            if not isinstance(value, numbers.Real) or math.isnan(value) or low == high:  # not read by its kind
                 continue
             scale = math.log if log else float
             where = (scale(value) - scale(low)) / (scale(high) - scale(low))

@@ -485,6 +485,7 @@ def test_a_best_trial_near_an_end_of_its_range_is_named_on_the_scale_it_was_samp
     ]
     # the log middle of lr (0.0017) and a rank of 11 (log middle 11.3) are not ends; a kind without m is skipped
     assert space.at_edges({"lr": 0.0017, "prefix_length": float("nan"), "adapter_rank": 11}) == []
+    assert space.at_edges({"lr": 0.0017, "prefix_length": None}) == []
 
     cfg = load_config("experiments/quickstart.yaml")  # lr 3e-4 - 1e-2, m 4 - 16
     trials = pd.DataFrame(
