@@ -51,6 +51,16 @@ READS = {
 }
 
 
+def edge(value: Any, low: float, high: float, log: bool, margin: float = 0.1) -> str | None:
+    """Which end of [low, high] ``value`` lies within ``margin`` of, "bottom" or "top" (on a log scale if
+    ``log``), else None (also for a value that is not a number: a parameter a kind does not read)."""
+    if not isinstance(value, numbers.Real) or math.isnan(value) or low == high:
+        return None
+    scale = math.log if log else float
+    where = (scale(value) - scale(low)) / (scale(high) - scale(low))
+    return "bottom" if where <= margin else "top" if where >= 1 - margin else None
+
+
 @dataclass(frozen=True)
 class Space:
     """What a trial varies, sampled define-by-run so that a parameter exists only where it means
@@ -116,23 +126,15 @@ class Space:
             point["adapter_rank"] = round(at(quantile[rank_at[i]], *self.adapter_rank, log=True))
         return point
 
-    def at_edges(self, params: Mapping[str, Any], margin: float = 0.1) -> list[tuple[str, str, tuple]]:
-        """The searched numbers in ``params`` that lie within ``margin`` of an end of their range, on
-        the scale they are sampled on (log for lr and the rank): (name, "bottom" or "top", the range).
-        Where a search's best trial sits there, the range may have capped it."""
+    def at_edges(self, params: Mapping[str, Any]) -> list[tuple[str, str, tuple]]:
+        """The searched numbers in ``params`` that lie at an end of their range (``edge``; log scale for
+        lr and the rank, as they are sampled): (name, "bottom" or "top", the range). Where a search's
+        best trial sits there, the range may have capped it."""
         ranges = {"lr": (self.lr, True), "prefix_length": (self.prefix_length, False)}
         if self.adapter_rank:
             ranges["adapter_rank"] = (self.adapter_rank, True)
-        edges = []
-        for name, ((low, high), log) in ranges.items():
-            value = params.get(name)
-            if not isinstance(value, numbers.Real) or math.isnan(value) or low == high:  # not read by its kind
-                continue
-            scale = math.log if log else float
-            where = (scale(value) - scale(low)) / (scale(high) - scale(low))
-            if where <= margin or where >= 1 - margin:
-                edges.append((name, "bottom" if where <= margin else "top", (low, high)))
-        return edges
+        ends = {name: (edge(params.get(name), *bounds, log), bounds) for name, (bounds, log) in ranges.items()}
+        return [(name, end, bounds) for name, (end, bounds) in ends.items() if end]
 
     def covering(self, i: int) -> dict[str, Any]:
         """Trial ``i``'s kind and head where the first trials take each searched kind and each searched

@@ -276,6 +276,8 @@ def test_every_compare_trial_config_is_valid_where_the_worker_reads_it():
 
 
 def test_compare_tune_lr_ranges_per_kind_per_entry_or_one_for_all(tmp_path):
+    import pandas as pd
+
     from skray.commands.compare import lr_range, method_search, searched_ranges
 
     own = "{kind: lora, lr: {low: 1.0e-4, high: 1.0e-3}}"
@@ -298,11 +300,18 @@ def test_compare_tune_lr_ranges_per_kind_per_entry_or_one_for_all(tmp_path):
         }
     )
     (tmp_path / "prepared.json").write_text(prepared.model_dump_json())  # what the searches chose
-    assert searched_ranges(cfg.model_dump(), str(tmp_path)) == {
-        "full_finetune": "5e-06-5e-05",
-        "prompt_tuning(prefix_length=9)": "0.01-0.1",
-        "lora": "0.0001-0.001",
-    }
+    table = pd.DataFrame(
+        {
+            "method": ["full_finetune", "prompt_tuning(prefix_length=9)", "lora", "other"],
+            "lr": [1e-5, 0.05, 9.5e-4, 1.0],
+        }
+    )
+    assert searched_ranges(table, cfg.model_dump(), str(tmp_path)) == [
+        "5e-06-5e-05",
+        "0.01-0.1",
+        "0.0001-0.001, chosen at the top",  # 9.5e-4 sits in the top tenth of the log range: it may have capped lora
+        None,
+    ]
     for every, grace in ((24, 2), (48, 1)):  # ASHA's one rung at half of the 96 steps
         steps = load_config(QUICKSTART, [tuned, "train.max_steps=96", f"train.eval_every={every}"])
         assert method_search(steps, "lora", "lora", "runs/x").search.grace_period == grace

@@ -126,7 +126,7 @@ class Compare(Command):
         title = ""
         if tuned:  # every method at its own best setting after the same search budget
             table.insert(2, "tune_trials", tuned["trials"])
-            table.insert(2, "lr_searched", table["method"].map(searched_ranges(started, run_dir)))
+            table.insert(2, "lr_searched", searched_ranges(table, started, run_dir))
             title = f"each method tuned first: {tuned['trials']} Optuna trials (lr; m where it has one)"
         write_table(table, run_dir, "compare")
         storage.write_text(storage.join(run_dir, "compare.md"), readable(table).to_markdown(index=False) + "\n")
@@ -134,17 +134,25 @@ class Compare(Command):
         return table
 
 
-def searched_ranges(started: dict[str, Any], run_dir: str) -> dict[str, str]:
-    """Method label (as the seeds ran it) -> the learning rates its search covered, "low-high",
-    from the config the run started with and the one its searches prepared (prepared.json)."""
+def searched_ranges(table: pd.DataFrame, started: dict[str, Any], run_dir: str) -> list[str | None]:
+    """Each method's searched learning rates, "low-high" (from the config the run started with and the
+    one its searches prepared, prepared.json), and where the lr its search chose lies at an end of that
+    range (``skray.searcher.edge``), ", chosen at the top" (or bottom): the range may have capped it."""
+    from skray.searcher import edge
+
     prepared = storage.join(run_dir, "prepared.json")
     if not storage.exists(prepared):
-        return {}
+        return [None] * len(table)
     cfg = ExperimentConfig.model_validate(started)
     ran = ExperimentConfig.model_validate(json.loads(storage.read_text(prepared)))
     labels = compare_labels(ran.compare.methods, ran.train.lr)
-    ranges = [lr_range(cfg, entry) for entry in cfg.compare.methods]
-    return {label: f"{r.low:.2g}-{r.high:.2g}" for label, r in zip(labels, ranges, strict=True)}
+    ranges = dict(zip(labels, [lr_range(cfg, entry) for entry in cfg.compare.methods], strict=True))
+    out: list[str | None] = []
+    for method, lr in zip(table["method"], table["lr"], strict=True):
+        r = ranges.get(method)
+        end = r and edge(lr, r.low, r.high, log=True)
+        out.append(r and f"{r.low:.2g}-{r.high:.2g}" + (f", chosen at the {end}" if end else ""))
+    return out
 
 
 def method_search(cfg: ExperimentConfig, label: str, entry: str | dict[str, Any], run_dir: str) -> ExperimentConfig:
