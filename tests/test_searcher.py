@@ -427,10 +427,10 @@ def test_a_search_chooses_the_head_where_the_config_names_none(tiny_llama_dir, t
     assert searched_heads(probe).search.heads is None
 
 
-def test_compare_tune_searches_the_head_of_each_method_that_names_none(tiny_llama_dir, tmp_path):
+def test_compare_tune_searches_the_head_of_each_method_that_names_none(tiny_llama_dir, tmp_path, capsys):
     """compare.tune's per-method searches follow tune's rule: an entry with no head (and none in the
     method section) searches it, an entry naming one keeps it, the probe has none to choose; the seeds
-    then run the head its search chose."""
+    then run the head its search chose. Its line says where the chosen lr lies at an end of its range."""
     from skray.commands.compare import method_search, tuned_entry
     from skray.commands.tune import SEARCHED_HEADS
     from skray.run import search_or_reuse
@@ -462,6 +462,10 @@ def test_compare_tune_searches_the_head_of_each_method_that_names_none(tiny_llam
     (trial / "result.json").write_text(json.dumps(report) + "\n")
     chosen, _ = tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir, search_or_reuse)  # read back, not run
     assert chosen == {"kind": "sk_prefix", "lr": 0.002, "head": "word_linear"}
+    assert "lr 0.002 (searched 0.0001-0.01), head word_linear;" in capsys.readouterr().out
+    (trial / "params.json").write_text(json.dumps(params | {"lr": 0.0095, "head": "word_linear"}))
+    tuned_entry(cfg, "sk_prefix", "sk_prefix", run_dir, search_or_reuse)
+    assert "lr 0.0095 (searched 0.0001-0.01, at the top of its range), head" in capsys.readouterr().out
 
 
 def test_a_best_trial_near_an_end_of_its_range_is_named_on_the_scale_it_was_sampled_on():

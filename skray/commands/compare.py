@@ -207,6 +207,8 @@ def tuned_entry(
     """One method's search (``method_search``), run by ``search`` (in a resumed compare, one that had
     finished is read back); returns the entry with the best completed trial's setting (by
     validation), and that trial's directory."""
+    from skray.searcher import Space
+
     sub = method_search(cfg, label, entry, run_dir)
     searched = sub.search.prefix_length
     tuned_dir, table = search(sub)
@@ -225,10 +227,11 @@ def tuned_entry(
         chosen["prefix_length"] = int(best["prefix_length"])
     if sub.search.heads and pd.notna(best.get("head")):
         chosen["head"] = str(best["head"])
+    ends = {name: f", at the {end} of its range" for name, end, _ in Space.from_config(sub).at_edges(chosen)}
     print(
         f"skray: compare.tune: {label}: best of {len(table)} trials (validation {key[9:]} {best[key]:.3f}): "
-        f"lr {chosen['lr']:.3g} (searched {sub.search.lr.low:g}-{sub.search.lr.high:g})"
-        + (f", m {chosen['prefix_length']}" if "prefix_length" in chosen else "")
+        f"lr {chosen['lr']:.3g} (searched {sub.search.lr.low:g}-{sub.search.lr.high:g}{ends.get('lr', '')})"
+        + (f", m {chosen['prefix_length']}{ends.get('prefix_length', '')}" if "prefix_length" in chosen else "")
         + (f", head {chosen['head']}" if "head" in chosen else "")
         + f"; {tuned_dir}/",
         flush=True,
