@@ -14,6 +14,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 
 from skray import storage
 from skray.config import compare_labels, load_config, method_run_name
@@ -61,6 +62,7 @@ if __name__ == "__main__":
     print(f"in_pieces: {len(todo)} method(s) to run: {', '.join(label for label, _ in todo) or 'none'}", flush=True)
     for label, overrides in todo:
         sets = [arg for o in overrides for arg in ("--set", o)]
+        start = time.monotonic()
         code = skray(["compare", args.config, *sets])
         if code not in (0, SOME_TRIALS_FAILED):
             sys.exit(code)  # interrupted (the same command goes on), or refused
@@ -69,4 +71,5 @@ if __name__ == "__main__":
         code = skray(["report", newest_run(args.config, overrides), "--into", args.folder])
         if code != 0:
             sys.exit(code)
+        print(f"in_pieces: {label}: merged after {(time.monotonic() - start) / 60:.0f} min (this sitting)", flush=True)
     sys.exit(0)
