@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -225,11 +226,17 @@ def format_table(table: pd.DataFrame) -> str:
     return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 
 
+# Tune's trial ids: a searcher's are hex (``f9172397``); its basic variant generator's, which runs
+# grids and a compare's seeds, are five hex digits, "_" and a five-digit count (``ea424_00000``).
+_TUNE_TRIAL = re.compile(r"run_trial_([0-9a-f]{5}_\d{5}|[0-9a-f]+)_\d+(_|$)")
+
+
 def trial_of(name: str) -> str:
     """The trial a folder of a run holds: Tune names a trial's run_trial_<id>_<n>_<params>_<time>; a
     packed member's is train_m<token><n> (``skray.broker``; Ray Train's own train_<id> is hex); else the name."""
-    if name.startswith("run_trial_"):
-        return name.split("_")[2]
+    tune_trial = _TUNE_TRIAL.match(name)
+    if tune_trial or name.startswith("run_trial_"):
+        return tune_trial.group(1) if tune_trial else name.split("_")[2]
     return name.removeprefix("train_") if name.startswith("train_m") else name
 
 

@@ -95,6 +95,32 @@ def test_saved_predictions_read_back(tmp_path):
     assert trial_predictions(str(tmp_path), "cd34") is None
 
 
+def test_a_merged_solo_seeds_predictions_are_found_by_its_tune_trial_id(tmp_path):
+    """A compare's solo seeds are Tune's basic-variant trials, ids with an underscore (``ea424_00000``);
+    a merge keeps their predictions beside their reports in ``run_trial_<id>_<n>_<params>_<time>``. The
+    id read from that name was cut at its underscore, so a merged solo method (the RT verdict's LoRA)
+    was paired on the one seed its search ran instead of five."""
+    from skray.results import trial_of, trial_predictions
+    from skray.train.evaluate import save_predictions
+
+    names = {
+        "run_trial_ea424_00000_0_method=lora_head_verbalizer,seed=1_2026-12-05_15-45-36": "ea424_00000",
+        "run_trial_f9172397_4_head=verbalizer,lr=0.0006,method=lora_2026-12-05_15-29-26": "f9172397",
+        "run_trial_06b92cfc_1_slot=0_2026-12-05_13-21-44": "06b92cfc",
+        "train_m3afe3001": "m3afe3001",
+    }
+    assert {name: trial_of(name) for name in names} == names
+    seed = tmp_path / next(iter(names))
+    seed.mkdir()
+    save_predictions(str(seed), torch.tensor([1, 0]), torch.tensor([1, 1]))
+    assert trial_predictions(str(tmp_path), "ea424_00000").to_dict("list") == {
+        "row": [0, 1],
+        "gold": [1, 0],
+        "pred": [1, 1],
+    }
+    assert trial_predictions(str(tmp_path), "ea424_00001") is None
+
+
 GOLD = np.arange(300) % 2
 
 
