@@ -9,6 +9,7 @@ The lines are written on the driver by a Tune callback, so they read the same on
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -158,9 +159,23 @@ def output_to(path: str | None):
 def tune_output(verbose: bool):
     """Ray Tune's console output for the block: its own (verbose), or none. Tune's new output engine
     prints an experiment header at any verbosity, so the quiet mode takes its legacy reporter, which
-    at verbosity 0 prints nothing (a user's own RAY_AIR_NEW_OUTPUT wins)."""
-    with contextlib.nullcontext() if verbose else environment_default("RAY_AIR_NEW_OUTPUT", "0"):
+    at verbosity 0 prints nothing (a user's own RAY_AIR_NEW_OUTPUT wins). Quiet, Tune's warning on
+    Ctrl-C that names ``Tuner.restore`` is dropped too: skray says how to go on (the same command)."""
+    if verbose:
         yield
+        return
+    tune_log = logging.getLogger("ray.tune.tune")
+    tune_log.addFilter(_not_interrupted)
+    try:
+        with environment_default("RAY_AIR_NEW_OUTPUT", "0"):
+            yield
+    finally:
+        tune_log.removeFilter(_not_interrupted)
+
+
+def _not_interrupted(record: logging.LogRecord) -> bool:
+    """False for Tune's "... has been interrupted, but the most recent state was saved" warning."""
+    return "has been interrupted, but the most recent state was saved" not in record.getMessage()
 
 
 @contextlib.contextmanager

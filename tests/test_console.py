@@ -103,6 +103,26 @@ def test_quiet_tune_takes_rays_legacy_reporter_for_the_block_only(monkeypatch):
     assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"
 
 
+def test_quiet_tune_drops_tunes_restore_advice_on_ctrl_c_and_nothing_else(caplog):
+    """Tune's warning on Ctrl-C names ``Tuner.restore``; a skray user goes on with the same command,
+    which skray says. Quiet, that one warning is dropped; Tune's other warnings, and it outside the
+    block or with -v, pass (the real Ctrl-C: tests/test_ray_runs.py)."""
+    import logging
+
+    from skray.console import tune_output
+
+    tune_log = logging.getLogger("ray.tune.tune")
+    interrupted = "Experiment has been interrupted, but the most recent state was saved.\nResume experiment with: X"
+    with caplog.at_level(logging.WARNING, logger="ray.tune.tune"):
+        with tune_output(verbose=False):
+            tune_log.warning(interrupted)
+            tune_log.warning("another warning")
+        with tune_output(verbose=True):
+            tune_log.warning(interrupted)
+        tune_log.warning(interrupted)
+    assert [r.getMessage() for r in caplog.records] == ["another warning", interrupted, interrupted]
+
+
 def test_progress_names_the_selecting_metric_first_and_the_other_beside_it(capsys):
     progress = Progress(trials=1, steps_per_trial=4, key="f1")  # train.select_by: macro_f1
     a = SimpleNamespace(trial_id="a", config={}, last_result={})
