@@ -234,8 +234,8 @@ _TUNE_TRIAL = re.compile(r"run_trial_([0-9a-f]{5}_\d{5}|[0-9a-f]+)_\d+(_|$)")
 def trial_of(name: str) -> str:
     """The trial a folder of a run holds: Tune names a trial's run_trial_<id>_<n>_<params>_<time>; a
     packed member's is train_m<token><n> (``skray.broker``; Ray Train's own train_<id> is hex); else the name."""
-    tune_trial = _TUNE_TRIAL.match(name)
-    if tune_trial or name.startswith("run_trial_"):
+    if name.startswith("run_trial_"):
+        tune_trial = _TUNE_TRIAL.match(name)
         return tune_trial.group(1) if tune_trial else name.split("_")[2]
     return name.removeprefix("train_") if name.startswith("train_m") else name
 

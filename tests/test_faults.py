@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from skray.results import load_results
+from skray.results import load_results, trial_of
 from skray.run import run_experiment
 
 pytestmark = pytest.mark.slow
@@ -142,7 +142,7 @@ def test_killed_tune_driver_resumes_trials_and_asha_counts_steps(tiny_experiment
     for trial, text in before.items():
         assert after[trial] == text  # finished trials were kept as they were, not run again
     # the frozen trial came back with no step left to train: it sent its final report again
-    row = table.set_index("trial").loc[frozen.name.split("_")[2]]
+    row = table.set_index("trial").loc[trial_of(frozen.name)]
     assert row.status == "completed", dict(row)
     assert 0 <= row.test_acc <= 1
     final = _reports(frozen)[-1]
